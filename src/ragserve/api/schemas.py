@@ -1,0 +1,152 @@
+"""Request and response models of the HTTP API (and ``ragserve ask --json``)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ragserve.types import Answer
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "ChatRequest",
+    "ChatResponse",
+    "CitationOut",
+    "DocumentOut",
+    "ErrorBody",
+    "SourceOut",
+    "completion_response",
+]
+
+
+class ChatMessage(BaseModel):
+    role: Literal["user", "assistant", "system"]
+    content: str = Field(max_length=20_000)
+
+
+class ChatRequest(BaseModel):
+    query: str = Field(description="The question.", examples=["How do I set a timeout?"])
+    history: list[ChatMessage] = Field(
+        default_factory=list, description="Earlier turns, oldest first."
+    )
+    stream: bool = Field(False, description="Answer as Server-Sent Events.")
+
+
+class SourceOut(BaseModel):
+    id: str
+    source: str
+    page: int | None
+    section: str | None
+    title: str | None = None
+    score: float
+    text: str
+    char_start: int | None = None
+    char_end: int | None = None
+
+
+class CitationOut(BaseModel):
+    number: int
+    id: str
+    source: str
+    page: int | None
+    section: str | None
+    span: str
+
+
+class ChatResponse(BaseModel):
+    answer: str
+    sources: list[SourceOut]
+    citations: list[CitationOut] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict, description="Milliseconds per stage.")
+    refused: bool = False
+    intent: str = "question"
+    standalone_query: str | None = None
+    invalid_citations: list[int] = Field(default_factory=list)
+
+    @classmethod
+    def from_answer(cls, answer: Answer) -> ChatResponse:
+        return cls(
+            answer=answer.text,
+            sources=[
+                SourceOut(
+                    id=h.chunk.id,
+                    source=h.chunk.source,
+                    page=h.chunk.page,
+                    section=h.chunk.section,
+                    title=h.chunk.title,
+                    score=round(h.score, 6),
+                    text=h.chunk.text,
+                    char_start=h.chunk.char_start,
+                    char_end=h.chunk.char_end,
+                )
+                for h in answer.sources
+            ],
+            citations=[
+                CitationOut(
+                    number=c.number,
+                    id=c.chunk_id,
+                    source=c.source,
+                    page=c.page,
+                    section=c.section,
+                    span=c.span,
+                )
+                for c in answer.citations
+            ],
+            timings=answer.timings,
+            refused=answer.refused,
+            intent=str(answer.intent),
+            standalone_query=answer.standalone_query,
+            invalid_citations=answer.invalid_citations,
+        )
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    hint: str | None = None
+
+
+class DocumentOut(BaseModel):
+    id: str
+    source: str
+    chunks: int
+    title: str | None = None
+    content_hash: str
+    ingested_at: float
+
+
+class ChatCompletionRequest(BaseModel):
+    """The subset of OpenAI's chat completions request that applies to document chat."""
+
+    model: str = "ragserve"
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    temperature: float | None = None
+    max_tokens: int | None = None
+    user: str | None = None
+
+
+def completion_response(answer: Answer, model: str) -> dict[str, Any]:
+    body = ChatResponse.from_answer(answer)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "sources": [s.model_dump() for s in body.sources],
+        "citations": [c.model_dump() for c in body.citations],
+        "timings": answer.timings,
+        "refused": answer.refused,
+    }

@@ -1,0 +1,134 @@
+"""Stage 4: context assembly — pack re-ranked chunks into the prompt within a token budget.
+
+* Budget from the generator's own tokenizer. The seed's allocation for a 16K window (system
+  500, context 8000, query 200, response 2000) is scaled to the model's real window.
+* "Lost in the middle" (Liu et al., 2023): models attend best to the start and the end, so the
+  most relevant source goes first, the second most relevant last, the rest in between.
+* Sources are numbered by relevance ([Source 1] is the best), whatever their position, and each
+  carries ``file, p.N`` or ``file, section`` so the model can cite it.
+* A chunk that does not fit is cut at a sentence boundary, or dropped; never cut mid-sentence.
+* Document text is fenced as data: instructions planted in a document are quoted, not obeyed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ragserve.ingest.chunking import split_sentences
+from ragserve.types import Hit, Message
+
+__all__ = ["AssembledContext", "ContextAssembler", "source_label"]
+
+
+@dataclass(slots=True)
+class AssembledContext:
+    sources: list[Hit]
+    """Numbered 1..n in relevance order: ``[n]`` refers to ``sources[n - 1]``."""
+    text: str
+    tokens: int
+    dropped: int = 0
+    history: list[Message] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    """The (possibly sentence-trimmed) text of each source as given to the model."""
+
+
+def source_label(hit: Hit, number: int) -> str:
+    c = hit.chunk
+    where = f", p.{c.page}" if c.page else (f", {c.section}" if c.section else "")
+    return f"[Source {number}: {c.source}{where}]"
+
+
+def _fence(text: str) -> str:
+    # Stop a document from closing the fence early and smuggling text outside it.
+    return text.replace("<<<", "‹‹‹").replace(">>>", "›››")
+
+
+class ContextAssembler:
+    def __init__(
+        self,
+        count_tokens: Callable[[str], int],
+        *,
+        context_window: int = 16384,
+        system: int = 500,
+        context: int = 8000,
+        query: int = 200,
+        response: int = 2000,
+    ) -> None:
+        self.count_tokens = count_tokens
+        self.context_window = context_window
+        scale = min(1.0, context_window / 16384)
+        self.budget_system = int(system * scale)
+        self.budget_query = int(query * scale)
+        self.budget_response = int(response * scale)
+        # Whatever the window leaves after the fixed parts, up to the configured context share.
+        rest = context_window - self.budget_system - self.budget_query - self.budget_response
+        self.budget_context = max(0, min(int(context * max(scale, 1.0)), rest))
+        self.budget_history = max(0, rest - self.budget_context)
+
+    def assemble(
+        self, query: str, hits: Sequence[Hit], history: Sequence[Message] = ()
+    ) -> AssembledContext:
+        budget = self.budget_context
+        chosen: list[tuple[Hit, str]] = []
+        used = 0
+        dropped = 0
+        for number, hit in enumerate(hits, 1):
+            block_overhead = self.count_tokens(source_label(hit, number)) + 4
+            remaining = budget - used - block_overhead
+            if remaining <= 0:
+                dropped += len(hits) - number + 1
+                break
+            text = hit.chunk.text
+            tokens = self.count_tokens(text)
+            if tokens > remaining:
+                text = self._trim_to_sentences(text, remaining)
+                if not text:
+                    dropped += 1
+                    continue
+                tokens = self.count_tokens(text)
+            chosen.append((hit, text))
+            used += tokens + block_overhead
+        order = self._lost_in_the_middle_order(len(chosen))
+        blocks = []
+        for i in order:
+            hit, text = chosen[i]
+            blocks.append(f"{source_label(hit, i + 1)}\n<<<\n{_fence(text)}\n>>>")
+        packed = "\n\n".join(blocks)
+        return AssembledContext(
+            sources=[h for h, _ in chosen],
+            text=packed,
+            tokens=self.count_tokens(packed),
+            dropped=dropped,
+            history=self.trim_history(history, self.budget_history),
+            texts=[t for _, t in chosen],
+        )
+
+    @staticmethod
+    def _lost_in_the_middle_order(n: int) -> list[int]:
+        """Positions for relevance ranks 0..n-1: best first, second best last, and so on."""
+        front: list[int] = []
+        back: list[int] = []
+        for rank in range(n):
+            (front if rank % 2 == 0 else back).append(rank)
+        return front + back[::-1]
+
+    def _trim_to_sentences(self, text: str, limit: int) -> str:
+        kept_end = 0
+        for a, b in split_sentences(text):
+            if self.count_tokens(text[:b]) > limit:
+                break
+            kept_end = b
+        return text[:kept_end].strip()
+
+    def trim_history(self, history: Sequence[Message], budget: int) -> list[Message]:
+        """The most recent turns that fit in ``budget`` tokens, oldest first."""
+        kept: list[Message] = []
+        used = 0
+        for message in reversed(history):
+            cost = self.count_tokens(message.content) + 4
+            if used + cost > budget:
+                break
+            kept.append(message)
+            used += cost
+        return kept[::-1]

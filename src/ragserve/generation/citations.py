@@ -1,0 +1,82 @@
+"""After generation: check every ``[n]`` against the sources that were actually given."""
+
+from __future__ import annotations
+
+import re
+
+from ragserve.context import AssembledContext
+from ragserve.ingest.chunking import split_sentences
+from ragserve.types import Citation
+
+__all__ = ["REFUSAL_TEXT", "is_refusal", "validate_citations"]
+
+REFUSAL_TEXT = "I couldn't find that in the documents."
+
+_MARKER = re.compile(
+    r"\[(\s*(?:source\s*)?\d+(?:\s*[,;]\s*(?:source\s*)?\d+)*\s*)\]", re.IGNORECASE
+)
+_REFUSAL = re.compile(
+    r"couldn'?t find|could not find|can ?not find|can'?t find|not (?:mentioned|found|"
+    r"contained|present|provided|stated|included) in the (?:provided )?(?:documents|sources|"
+    r"context|text)|(?:documents|sources|context) (?:do(?:es)? not|don'?t) (?:contain|mention|"
+    r"provide|say)|\bI (?:do not|don'?t) know\b|no information (?:about|on|in)",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"\w+")
+
+
+def is_refusal(text: str) -> bool:
+    """The answer says the sources do not answer the question (and makes no cited claim)."""
+    return bool(_REFUSAL.search(text)) and not _MARKER.search(text)
+
+
+def validate_citations(
+    answer: str, context: AssembledContext
+) -> tuple[str, list[Citation], list[int]]:
+    """Drop markers that point at no source; return the text, valid citations, invalid numbers.
+
+    Each valid citation carries the sentence of its source that best supports the sentence
+    of the answer that cites it (token overlap), so a reader can check the claim.
+    """
+    n_sources = len(context.sources)
+    invalid: list[int] = []
+    found: dict[int, str] = {}
+
+    def fix(match: re.Match[str]) -> str:
+        numbers = [int(x) for x in re.findall(r"\d+", match.group(1))]
+        good = [n for n in numbers if 1 <= n <= n_sources]
+        invalid.extend(n for n in numbers if n not in good)
+        return "".join(f"[{n}]" for n in dict.fromkeys(good))
+
+    cleaned = _MARKER.sub(fix, answer)
+    cleaned = re.sub(r"[ \t]+([.,;:!?])", r"\1", re.sub(r"[ \t]{2,}", " ", cleaned)).strip()
+    for a, b in split_sentences(cleaned) or [(0, len(cleaned))]:
+        sentence = cleaned[a:b]
+        for m in re.finditer(r"\[(\d+)\]", sentence):
+            found.setdefault(int(m.group(1)), sentence)
+    citations = []
+    for number, citing in sorted(found.items()):
+        hit = context.sources[number - 1]
+        text = context.texts[number - 1] if number - 1 < len(context.texts) else hit.chunk.text
+        citations.append(
+            Citation(
+                number=number,
+                chunk_id=hit.chunk.id,
+                source=hit.chunk.source,
+                page=hit.chunk.page,
+                section=hit.chunk.section,
+                span=_best_span(text, citing),
+            )
+        )
+    return cleaned, citations, sorted(set(invalid))
+
+
+def _best_span(source: str, citing: str) -> str:
+    target = {w.lower() for w in _WORD.findall(re.sub(r"\[\d+\]", "", citing))}
+    best, best_score = "", -1.0
+    for a, b in split_sentences(source) or [(0, len(source))]:
+        words = {w.lower() for w in _WORD.findall(source[a:b])}
+        score = len(words & target) / (len(words) ** 0.5 + 1)
+        if score > best_score:
+            best, best_score = source[a:b], score
+    return best

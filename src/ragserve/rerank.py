@@ -1,0 +1,84 @@
+"""Stage 3: cross-encoder re-ranking of the fused candidates only.
+
+A cross-encoder reads query and passage together, so it judges relevance far better than the
+bi-encoder that retrieved them, at a cost per pair; it therefore only sees the fused top-K.
+The default model is ragserve's own MiniLM cross-encoder shipped inside the package
+(``resources/reranker``, see its MODEL_CARD.md); any sentence-transformers CrossEncoder can be
+named instead by local path (or by hub name, for machines that reach a hub).
+Scores are probabilities (sigmoid), which is what the refusal gate's threshold is set on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ragserve.errors import EmptyQueryError
+from ragserve.models import resolve_reranker_model
+from ragserve.types import Hit
+
+__all__ = ["CrossEncoderReranker", "Reranker"]
+
+log = logging.getLogger("ragserve.rerank")
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    def rerank(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
+        """The ``k`` best of ``hits`` by relevance to ``query``, best first."""
+        ...
+
+
+class CrossEncoderReranker:
+    def __init__(self, model: str = "builtin", *, max_length: int = 256,
+                 batch_size: int = 32) -> None:
+        self.model_name = model
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            import torch
+            from sentence_transformers import CrossEncoder
+
+            path = resolve_reranker_model(self.model_name)
+            model = CrossEncoder(path, device="cpu", max_length=self.max_length,
+                                 local_files_only=True)
+            # Shipped in fp16 to halve the package; CPUs run fp32 kernels much faster.
+            model.model.to(torch.float32)
+            model.model.eval()
+            self._model = model
+            log.info("loaded re-ranker %s (max length %d)", self.model_name, self.max_length)
+
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        if not query.strip():
+            raise EmptyQueryError()
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
+        if self._model is None:
+            self.warm_up()
+        import torch
+
+        # Long passages are cut by the tokenizer at max_length (query first, so the query is
+        # never the part that is lost).
+        scores = self._model.predict(
+            [(query, t) for t in texts], batch_size=self.batch_size, show_progress_bar=False,
+            convert_to_numpy=True, activation_fn=torch.nn.Sigmoid())
+        return np.asarray(scores, dtype=np.float32).reshape(-1)
+
+    def rerank(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
+        if not hits:
+            if not query.strip():
+                raise EmptyQueryError()
+            return []
+        scores = self.score(query, [h.chunk.searchable_text for h in hits])
+        order = np.argsort(-scores, kind="stable")[: max(k, 0)]
+        return [hits[i].with_score("rerank", float(scores[i])) for i in order]

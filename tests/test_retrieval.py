@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ragserve.config import Settings
+from ragserve.retrieval import HybridRetriever, reciprocal_rank_fusion
+from ragserve.types import ProcessedQuery
+
+
+def test_rrf_rewards_agreement_between_rankings() -> None:
+    fused = reciprocal_rank_fusion([["a", "b", "c"], ["b", "c", "a"]], k=60)
+    assert [d for d, _ in fused][:1] == ["b"]
+    assert fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
+
+
+def test_rrf_single_ranking_keeps_order_and_limit() -> None:
+    fused = reciprocal_rank_fusion([["x", "y", "z"]], limit=2)
+    assert [d for d, _ in fused] == ["x", "y"]
+
+
+def test_rrf_weights() -> None:
+    fused = reciprocal_rank_fusion([["a"], ["b"]], weights=[1.0, 2.0])
+    assert fused[0][0] == "b"
+    with pytest.raises(ValueError):
+        reciprocal_rank_fusion([["a"]], weights=[1.0, 2.0])
+
+
+@given(st.lists(st.lists(st.sampled_from("abcdefgh"), unique=True), max_size=4))
+def test_rrf_scores_sorted_and_cover_every_id(rankings: list[list[str]]) -> None:
+    fused = reciprocal_rank_fusion(rankings)
+    scores = [s for _, s in fused]
+    assert scores == sorted(scores, reverse=True)
+    assert {d for d, _ in fused} == {d for r in rankings for d in r}
+
+
+@pytest.fixture(scope="module")
+def scifact_index(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Path, embedder):  # type: ignore[no-untyped-def]
+    """The first 300 SciFact abstracts, ingested with the real embedder into real Chroma+BM25."""
+    from ragserve.ingest.loaders import iter_beir_corpus
+    from ragserve.ingest.pipeline import Ingestor
+    from ragserve.stores.local import LocalIndex
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("idx"), collection="scifact")
+    index = LocalIndex.from_settings(settings)
+    index.open(settings.embedding_model, embedder.dimension)
+    docs = []
+    for i, doc in enumerate(iter_beir_corpus(shared_datasets / "scifact" / "corpus.jsonl")):
+        if i >= 300:
+            break
+        docs.append(doc)
+    Ingestor(settings, index, embedder).ingest_documents(docs, progress=False)
+    yield index, docs
+    index.close()
+
+
+def test_hybrid_finds_a_document_by_its_own_title(scifact_index, embedder) -> None:  # type: ignore[no-untyped-def]
+    index, docs = scifact_index
+    retriever = HybridRetriever(index, embedder)
+    found = 0
+    for doc in docs[:20]:
+        hits = retriever.retrieve(ProcessedQuery(original=doc.title, text=doc.title or ""), 5)
+        assert hits and all({"rrf"} <= set(h.scores) for h in hits)
+        found += hits[0].chunk.doc_id == doc.doc_id
+    assert found >= 18
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_single_side_modes_only_use_their_side(scifact_index, embedder, mode: str) -> None:  # type: ignore[no-untyped-def]
+    index, docs = scifact_index
+    retriever = HybridRetriever(index, embedder, mode=mode)  # type: ignore[arg-type]
+    hits = retriever.retrieve(ProcessedQuery(original="x", text=docs[3].title or ""), 5)
+    assert hits
+    other = "sparse" if mode == "dense" else "dense"
+    assert all(mode in h.scores and other not in h.scores for h in hits)
+
+
+def test_overfetch_depth(scifact_index, embedder) -> None:  # type: ignore[no-untyped-def]
+    index, docs = scifact_index
+    calls: list[int] = []
+    original = index.dense_search
+
+    def spy(vector, k):  # type: ignore[no-untyped-def]
+        calls.append(k)
+        return original(vector, k)
+
+    index.dense_search = spy
+    try:
+        HybridRetriever(index, embedder, overfetch=3).retrieve(
+            ProcessedQuery(original="q", text="cancer"), 7
+        )
+    finally:
+        del index.dense_search
+    assert calls == [21]

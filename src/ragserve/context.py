@@ -115,7 +115,7 @@ class ContextAssembler:
 
     def _trim_to_sentences(self, text: str, limit: int) -> str:
         kept_end = 0
-        for a, b in split_sentences(text):
+        for _a, b in split_sentences(text):
             if self.count_tokens(text[:b]) > limit:
                 break
             kept_end = b

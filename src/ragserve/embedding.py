@@ -33,6 +33,10 @@ class Embedder(Protocol):
         """Vectors of shape (len(texts), dimension), float32, unit length."""
         ...
 
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
     def embed_query(self, text: str) -> np.ndarray: ...
 
     @property
@@ -117,6 +121,10 @@ class SentenceTransformerEmbedder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
 
     def embed_query(self, text: str) -> np.ndarray:
         with self._lock:

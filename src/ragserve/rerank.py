@@ -34,8 +34,9 @@ class Reranker(Protocol):
 
 
 class CrossEncoderReranker:
-    def __init__(self, model: str = "builtin", *, max_length: int = 256,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self, model: str = "builtin", *, max_length: int = 256, batch_size: int = 32
+    ) -> None:
         self.model_name = model
         self.max_length = max_length
         self.batch_size = batch_size
@@ -50,8 +51,9 @@ class CrossEncoderReranker:
             from sentence_transformers import CrossEncoder
 
             path = resolve_reranker_model(self.model_name)
-            model = CrossEncoder(path, device="cpu", max_length=self.max_length,
-                                 local_files_only=True)
+            model = CrossEncoder(
+                path, device="cpu", max_length=self.max_length, local_files_only=True
+            )
             # Shipped in fp16 to halve the package; CPUs run fp32 kernels much faster.
             model.model.to(torch.float32)
             model.model.eval()
@@ -70,8 +72,12 @@ class CrossEncoderReranker:
         # Long passages are cut by the tokenizer at max_length (query first, so the query is
         # never the part that is lost).
         scores = self._model.predict(
-            [(query, t) for t in texts], batch_size=self.batch_size, show_progress_bar=False,
-            convert_to_numpy=True, activation_fn=torch.nn.Sigmoid())
+            [(query, t) for t in texts],
+            batch_size=self.batch_size,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+            activation_fn=torch.nn.Sigmoid(),
+        )
         return np.asarray(scores, dtype=np.float32).reshape(-1)
 
     def rerank(self, query: str, hits: list[Hit], k: int) -> list[Hit]:

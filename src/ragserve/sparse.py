@@ -69,8 +69,12 @@ class BM25Index:
             if not self._ids:
                 self._retriever = None
                 return
+            tokens = self.tokenizer.tokenize(texts)
+            if not tokens.vocab:  # nothing but stop words: no lexical index to build
+                self._retriever = None
+                return
             retriever = bm25s.BM25()
-            retriever.index(self.tokenizer.tokenize(texts), show_progress=False)
+            retriever.index(tokens, show_progress=False)
             self._retriever = retriever
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:

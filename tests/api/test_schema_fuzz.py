@@ -24,8 +24,9 @@ def app(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path, embedder)
     s = Settings(data_dir=data_dir, admin_api_key="fuzz-key", rate_limit_per_minute=100_000)
     index = LocalIndex.from_settings(s)
     index.open(s.embedding_model, embedder.dimension)
-    Ingestor(s, index, embedder).ingest_paths([sample_corpus / "httpx" / "timeouts.md"],
-                                              progress=False)
+    Ingestor(s, index, embedder).ingest_paths(
+        [sample_corpus / "httpx" / "timeouts.md"], progress=False
+    )
     index.close()
     application = create_app(s)
     with TestClient(application):  # runs the lifespan: models load once
@@ -36,9 +37,15 @@ schema = schemathesis.pytest.from_fixture("app")
 
 
 @schema.parametrize()
-@settings(max_examples=15, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 def test_no_server_errors(case) -> None:  # type: ignore[no-untyped-def]
     response = case.call(headers={"Authorization": "Bearer fuzz-key"})
     assert response.status_code < 500, f"{case.method} {case.path}: {response.text[:300]}"

@@ -61,8 +61,15 @@ def test_hostile_folder(hostile: Path, tmp_path: Path, embedder, monkeypatch) ->
         by_name = {Path(r.path).name: r for r in summary.results}
         assert by_name["good.md"].status == "ingested"
         assert by_name["good-latin1.txt"].status == "ingested"
-        for name in ("corrupt.pdf", "encrypted.pdf", "bomb.docx", "binary.txt", "empty.md",
-                     "huge.txt", "bad-utf16.txt"):
+        for name in (
+            "corrupt.pdf",
+            "encrypted.pdf",
+            "bomb.docx",
+            "binary.txt",
+            "empty.md",
+            "huge.txt",
+            "bad-utf16.txt",
+        ):
             assert by_name[name].status == "failed", (name, by_name[name])
             assert by_name[name].error, name
         assert "MB" in (by_name["huge.txt"].error or "")

@@ -50,7 +50,7 @@ def setup(tmp_path: Path, embedder):  # type: ignore[no-untyped-def]
 def test_incremental_sync_change_and_prune(
     setup, tmp_path: Path, shared_datasets: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    settings, index, ingestor = setup
+    _settings, index, ingestor = setup
     corpus = tmp_path / "docs"
     _write_corpus(corpus, _scifact(shared_datasets, 12))
     monkeypatch.chdir(tmp_path)
@@ -75,7 +75,7 @@ def test_incremental_sync_change_and_prune(
 
 
 def test_one_bad_file_does_not_stop_the_rest(setup, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    settings, index, ingestor = setup
+    _settings, index, ingestor = setup
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -92,7 +92,7 @@ def test_one_bad_file_does_not_stop_the_rest(setup, tmp_path: Path, monkeypatch)
 
 
 def test_delete_by_source(setup, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    settings, index, ingestor = setup
+    _settings, index, ingestor = setup
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.md").write_text("# A\n\nAlpha text.\n")
     (tmp_path / "b.md").write_text("# B\n\nBeta text.\n")

@@ -156,18 +156,36 @@ class _Base:
         raise NotImplementedError
 
     def _windows(self, text: str, tokens: _Tokens, a: int, b: int, overlap: int) -> list[Span]:
-        """Fixed token windows inside [a, b); the fallback for text with no usable boundary."""
+        """Fixed token windows inside [a, b); the fallback for text with no usable boundary.
+
+        Windows start and end on word boundaries where possible: a window starting inside a
+        word would re-tokenise differently and could exceed the limit.
+        """
         first, last = tokens.index_at(a), tokens.index_at(b)
         out: list[Span] = []
         step = max(1, self.size - overlap)
         i = first
         while i < last:
             j = min(i + self.size, last)
-            out.append(_strip(text, tokens.offsets[i][0], tokens.offsets[j - 1][1]))
-            if j == last:
+            while j < last and j - 1 > i and not _word_start(text, tokens.offsets[j][0]):
+                j -= 1  # do not end a window inside a word
+            span = _strip(text, tokens.offsets[i][0], tokens.offsets[j - 1][1])
+            while j - 1 > i and self.counter.count(text[span[0] : span[1]]) > self.size:
+                j -= 1
+                span = _strip(text, tokens.offsets[i][0], tokens.offsets[j - 1][1])
+            if span[1] > span[0]:
+                out.append(span)
+            if j >= last:
                 break
-            i += step
-        return [s for s in out if s[1] > s[0]]
+            nxt = max(i + 1, j - overlap) if j - i <= self.size else i + step
+            while nxt < j and not _word_start(text, tokens.offsets[nxt][0]):
+                nxt += 1
+            i = nxt if nxt > i else i + 1
+        return out
+
+
+def _word_start(text: str, offset: int) -> bool:
+    return offset == 0 or not (text[offset - 1].isalnum() and text[offset].isalnum())
 
 
 class FixedTokenChunker(_Base):
@@ -278,8 +296,9 @@ class SemanticChunker(SentenceChunker):
         size: int,
         percentile: float = 90.0,
         threshold: float | None = None,
+        max_tokens: int | None = None,
     ) -> None:
-        super().__init__(tokenizer, size, overlap_sentences=0)
+        super().__init__(tokenizer, size, overlap_sentences=0, max_tokens=max_tokens)
         self.embed = embed
         self.percentile = percentile
         self.threshold = threshold
@@ -290,7 +309,15 @@ class SemanticChunker(SentenceChunker):
             return self._pack(text, tokens, sentences)
         vectors = np.asarray(self.embed([text[a:b] for a, b in sentences]), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
-        distance = 1.0 - np.sum(vectors[:-1] * vectors[1:], axis=1)
+        # Compare the two sentences before each gap with the two after it: single short
+        # sentences are too noisy to compare one to one.
+        n = len(sentences)
+        distance = np.empty(n - 1, dtype=np.float32)
+        for i in range(n - 1):
+            left = vectors[max(0, i - 1) : i + 1].mean(axis=0)
+            right = vectors[i + 1 : min(n, i + 3)].mean(axis=0)
+            cos = float(left @ right / (np.linalg.norm(left) * np.linalg.norm(right) + 1e-12))
+            distance[i] = 1.0 - cos
         cut = (
             self.threshold
             if self.threshold is not None

@@ -503,17 +503,23 @@ def _decode(data: bytes, path: Path) -> str:
         return _normalise(data.decode("utf-8"))
     except UnicodeDecodeError:
         pass
-    try:
+    ascii_share = sum(1 for b in data[:_SNIFF] if b < 128) / max(1, min(len(data), _SNIFF))
+    text: str | None = None
+    if ascii_share > 0.9:
+        # Mostly-ASCII text with a few accented letters is almost always Western (cp1252);
+        # statistical detectors guess wildly on so little evidence.
+        try:
+            text = data.decode("cp1252")
+        except UnicodeDecodeError:
+            text = None
+    if text is None:
         from charset_normalizer import from_bytes
 
         best = from_bytes(data[: 1 << 20]).best()
-    except ImportError:  # pragma: no cover
-        best = None
-    encoding = best.encoding if best is not None else "cp1252"
-    try:
-        text = data.decode(encoding)
-    except (UnicodeDecodeError, LookupError):
-        text = data.decode("latin-1")
+        try:
+            text = data.decode(best.encoding if best is not None else "latin-1")
+        except (UnicodeDecodeError, LookupError):
+            text = data.decode("latin-1")
     control = sum(1 for ch in text[:_SNIFF] if ord(ch) < 32 and ch not in "\t\n\r\f")
     if control / max(1, min(len(text), _SNIFF)) > 0.05:
         raise UnsupportedFileTypeError(

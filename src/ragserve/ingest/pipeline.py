@@ -316,6 +316,8 @@ class Ingestor:
                 r.status = "unchanged"
 
     def _chunk(self, doc: Document) -> list[Chunk]:
+        if self._chunker is None:
+            self.warm_up()
         chunks = self._chunker.split(doc)
         if not chunks:
             raise IngestError(

@@ -1,0 +1,66 @@
+"""Ingestion figures on SciFact's corpus: end-to-end docs/s and chunks/s next to the raw
+``model.encode`` rate for the same chunks, the time to re-run on the unchanged corpus, and peak RSS.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_ingest.py [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from ragserve.config import Settings
+from ragserve.embedding import SentenceTransformerEmbedder
+from ragserve.ingest.loaders import iter_beir_corpus
+from ragserve.ingest.pipeline import Ingestor
+from ragserve.stores.local import LocalIndex
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact" / "corpus.jsonl"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--limit", type=int, default=None, help="first N documents only")
+    args = ap.parse_args()
+    docs = list(itertools.islice(iter_beir_corpus(CORPUS), args.limit))
+    embedder = SentenceTransformerEmbedder()
+    embedder.warm_up()
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp))
+        index = LocalIndex.from_settings(settings)
+        index.open(settings.embedding_model, embedder.dimension)
+        ingestor = Ingestor(settings, index, embedder)
+        t0 = time.perf_counter()
+        summary = ingestor.ingest_documents(docs, total=len(docs), progress=True)
+        first = time.perf_counter() - t0
+        chunks = [c for batch in index.iter_chunks(5000) for c in batch]
+        t0 = time.perf_counter()
+        again = ingestor.ingest_documents(docs, total=len(docs), progress=False)
+        rerun = time.perf_counter() - t0
+        texts = [c.searchable_text for c in chunks]
+        t0 = time.perf_counter()
+        embedder.model.encode(
+            texts, batch_size=settings.embedding_batch_size, normalize_embeddings=True
+        )
+        raw = time.perf_counter() - t0
+        index.close()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"documents {len(docs)}, chunks {summary.chunks}")
+    print(
+        f"end-to-end ingest: {first:.1f} s = {len(docs) / first:.1f} docs/s, {summary.chunks / first:.1f} chunks/s"
+    )
+    print(f"raw model.encode of the same chunks: {raw:.1f} s = {len(texts) / raw:.1f} chunks/s")
+    print(f"end-to-end / raw encode rate: {raw / first:.2f}x")
+    print(
+        f"re-run on unchanged corpus: {rerun:.2f} s ({100 * rerun / first:.1f}% of the first run), "
+        f"{again.count('unchanged')} unchanged"
+    )
+    print(f"peak RSS: {peak_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

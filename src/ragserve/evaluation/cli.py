@@ -1,0 +1,100 @@
+"""``ragserve eval retrieval`` and ``ragserve eval answers``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Measure retrieval and answer quality.", no_args_is_help=True)
+
+
+@app.command()
+def retrieval(
+    dataset: Annotated[
+        Path, typer.Option(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/.")
+    ],
+    split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
+    stages: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: bm25, dense, hybrid, hybrid+expansion, hybrid+rerank, "
+            "hybrid+expansion+rerank."
+        ),
+    ] = "bm25,dense,hybrid,hybrid+expansion,hybrid+rerank",
+    collection: Annotated[
+        str | None, typer.Option(help="Collection to (re)use; default eval-<name>.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N queries.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Write report.md and plots here.")] = None,
+) -> None:
+    """nDCG@10, Recall@10/100, MRR@10 and latency on a BEIR dataset, with an ablation."""
+    from rich.console import Console
+
+    from ragserve.cli import _friendly_errors, _logging, _settings
+    from ragserve.evaluation.beir import load_beir
+    from ragserve.evaluation.report import ablation_table, write_report
+    from ragserve.evaluation.retrieval import evaluate_retrieval
+
+    @_friendly_errors
+    def run() -> None:
+        _logging(False)
+        data = load_beir(dataset, split)
+        settings = _settings(collection=collection or f"eval-{data.name}"[:63])
+        chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+        results = evaluate_retrieval(
+            settings, data, stages=chosen, limit=limit, progress=not as_json
+        )
+        full = "hybrid+rerank" if "hybrid+rerank" in results and settings.rerank else chosen[-1]
+        head = results[full].summary()
+        body = {k: head[k] for k in ("ndcg@10", "recall@10", "recall@100", "mrr@10")}
+        body |= {
+            "p50_ms": head.get("p50_ms"),
+            "p95_ms": head.get("p95_ms"),
+            "queries": len(results[full].per_query_ndcg),
+            "pipeline": full,
+            "dataset": data.name,
+            "split": split,
+            "stage_ms": head["stage_ms"],
+            "ablation": {s: r.summary() for s, r in results.items()},
+        }
+        if report is not None:
+            write_report(results, report, f"{data.name} ({split})")
+        if as_json:
+            typer.echo(json.dumps(body, indent=2))
+        else:
+            Console().print(
+                ablation_table(results, f"{data.name} {split}: {body['queries']} queries")
+            )
+            if report is not None:
+                typer.echo(f"report: {report / 'report.md'}")
+
+    run()
+
+
+@app.command()
+def answers(
+    qa: Annotated[Path, typer.Option(help="SQuAD-style qa.jsonl (corpus.jsonl beside it).")],
+    generator: Annotated[str | None, typer.Option(help="extractive | llama | openai")] = None,
+    n: Annotated[int, typer.Option(help="Questions in the fixed seeded sample.")] = 300,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N of the sample.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Containment, token F1, citation accuracy, refusal when the answer is absent, TTFT."""
+    from ragserve.cli import _friendly_errors, _logging, _settings
+    from ragserve.evaluation.answers import evaluate_answers
+
+    @_friendly_errors
+    def run() -> None:
+        _logging(False)
+        result = evaluate_answers(
+            _settings(generator=generator), qa, n=n, limit=limit, progress=not as_json
+        )
+        typer.echo(json.dumps(result, indent=2 if as_json else None))
+
+    run()

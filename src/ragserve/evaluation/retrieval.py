@@ -1,0 +1,184 @@
+"""Retrieval evaluation: every query of a BEIR split through the real retrieval path.
+
+One run measures several configurations on the same index and queries (the ablation):
+``bm25``, ``dense``, ``hybrid`` (RRF), ``hybrid+rerank`` and the query-expansion variants.
+Chunks are mapped to their documents by first appearance (max-score aggregation), since BEIR
+judges documents. For Recall@100, 100 fused candidates are retrieved; the re-ranker scores the
+top ``rerank_candidates`` of them (as in production) and the rest keep their fused order.
+Metrics come from ranx.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ragserve.config import Settings
+from ragserve.evaluation.beir import BeirDataset
+from ragserve.retrieval import HybridRetriever
+from ragserve.types import Hit, ProcessedQuery
+
+__all__ = ["ALL_STAGES", "StageResult", "evaluate_retrieval", "ranx_metrics"]
+
+ALL_STAGES = (
+    "bm25",
+    "dense",
+    "hybrid",
+    "hybrid+expansion",
+    "hybrid+rerank",
+    "hybrid+expansion+rerank",
+)
+METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
+DEPTH = 100
+
+
+@dataclass(slots=True)
+class StageResult:
+    stage: str
+    metrics: dict[str, float]
+    per_query_ndcg: dict[str, float]
+    latency_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: round(v, 4) for k, v in self.metrics.items()}
+        total = (
+            [sum(v) for v in zip(*self.latency_ms.values(), strict=True)] if self.latency_ms else []
+        )
+        if total:
+            out["p50_ms"] = round(float(np.percentile(total, 50)), 2)
+            out["p95_ms"] = round(float(np.percentile(total, 95)), 2)
+        out["stage_ms"] = {
+            k: {
+                "p50": round(float(np.percentile(v, 50)), 2),
+                "p95": round(float(np.percentile(v, 95)), 2),
+            }
+            for k, v in self.latency_ms.items()
+        }
+        return out
+
+
+def ranx_metrics(
+    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """ranx metrics over the queries in qrels; queries with no results score 0."""
+    from ranx import Qrels, Run, evaluate
+
+    full_run = {q: (run.get(q) or {"__none__": 0.0}) for q in qrels}
+    scores = evaluate(Qrels(qrels), Run(full_run), list(METRICS), return_mean=False)
+    means = {m: float(np.mean(scores[m])) for m in METRICS}
+    per_query = dict(zip(list(qrels), map(float, scores["ndcg@10"]), strict=True))
+    return means, per_query
+
+
+def _to_docs(hits: list[Hit]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for rank, hit in enumerate(hits):
+        out.setdefault(hit.chunk.doc_id, float(DEPTH * 10 - rank))
+    return out
+
+
+def evaluate_retrieval(
+    settings: Settings,
+    dataset: BeirDataset,
+    *,
+    stages: tuple[str, ...] = ALL_STAGES,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, StageResult]:
+    from ragserve.ingest.loaders import iter_beir_corpus
+    from ragserve.ingest.pipeline import Ingestor
+    from ragserve.pipeline import RagPipeline
+    from ragserve.query import RuleBasedQueryProcessor
+    from ragserve.rerank import CrossEncoderReranker
+
+    unknown = set(stages) - set(ALL_STAGES)
+    if unknown:
+        from ragserve.errors import BadRequestError
+
+        raise BadRequestError(
+            f"Unknown stages: {', '.join(sorted(unknown))}.",
+            hint="Choose from " + ", ".join(ALL_STAGES) + ".",
+        )
+    wants_rerank = any("rerank" in s for s in stages)
+    pipeline = RagPipeline(settings.model_copy(update={"rerank": wants_rerank and settings.rerank}))
+    pipeline.warm_up(generation=False)
+    Ingestor(settings, pipeline.index, pipeline.embedder).ingest_documents(
+        iter_beir_corpus(dataset.corpus_path),
+        total=dataset.corpus_size,
+        progress=progress,
+        label="documents",
+    )
+    reranker = pipeline.reranker
+    if reranker is None and wants_rerank:
+        reranker = CrossEncoderReranker(
+            settings.reranker_model,
+            max_length=settings.rerank_max_length,
+            batch_size=settings.rerank_batch_size,
+        )
+        reranker.warm_up()
+    plain = RuleBasedQueryProcessor(condense_history=False, expansion=False, intent_detection=False)
+    expand = RuleBasedQueryProcessor(condense_history=False, expansion=True, intent_detection=False)
+    retrievers = {
+        mode: HybridRetriever(
+            pipeline.index, pipeline.embedder, mode=mode, overfetch=1, rrf_k=settings.rrf_k
+        )
+        for mode in ("sparse", "dense", "hybrid")
+    }
+    qids = sorted(dataset.qrels)[: limit or None]
+    qrels = {q: dataset.qrels[q] for q in qids}
+    runs: dict[str, dict[str, dict[str, float]]] = {s: {} for s in stages}
+    latency: dict[str, dict[str, list[float]]] = {s: {} for s in stages}
+    bar = _bar(len(qids), progress)
+    n_rerank = settings.rerank_candidates
+    for qid in qids:
+        text = dataset.queries[qid]
+        cache: dict[str, tuple[list[Hit], float, float]] = {}
+        for stage in stages:
+            lat = latency[stage]
+            processor = expand if "expansion" in stage else plain
+            t0 = time.perf_counter()
+            pq: ProcessedQuery = processor.process(text)
+            t_query = (time.perf_counter() - t0) * 1000
+            mode = {"bm25": "sparse", "dense": "dense"}.get(stage, "hybrid")
+            key = f"{mode}:{'x' if 'expansion' in stage else ''}"
+            if key not in cache:
+                pipeline.embedder.clear_cache()  # time the real embedding, not a cache hit
+                t0 = time.perf_counter()
+                hits = retrievers[mode].retrieve(pq, DEPTH)
+                cache[key] = (hits, t_query, (time.perf_counter() - t0) * 1000)
+            hits, t_query, t_retrieve = cache[key]
+            lat.setdefault("query", []).append(t_query)
+            lat.setdefault("retrieve", []).append(t_retrieve)
+            if "rerank" in stage:
+                assert reranker is not None
+                t0 = time.perf_counter()
+                head = reranker.rerank(pq.text, hits[:n_rerank], n_rerank)
+                lat.setdefault("rerank", []).append((time.perf_counter() - t0) * 1000)
+                hits = head + hits[n_rerank:]
+            runs[stage][qid] = _to_docs(hits)
+        bar.update(1)
+    bar.close()
+    results = {}
+    for stage in stages:
+        means, per_query = ranx_metrics(qrels, runs[stage])
+        results[stage] = StageResult(stage, means, per_query, latency[stage])
+    pipeline.close()
+    return results
+
+
+class _Null:
+    def update(self, n: int = 1) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled or os.environ.get("RAGSERVE_NO_PROGRESS"):
+        return _Null()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="query", desc="eval queries", dynamic_ncols=True)

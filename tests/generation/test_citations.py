@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from ragserve.context import ContextAssembler
+from ragserve.generation.citations import REFUSAL_TEXT, is_refusal, validate_citations
+from ragserve.types import Chunk, Hit
+
+
+def _ctx():  # type: ignore[no-untyped-def]
+    texts = [
+        "Timeouts default to five seconds. They can be disabled with None.",
+        "HTTP/2 is enabled with http2=True. It needs the h2 package.",
+    ]
+    hits = [
+        Hit(
+            Chunk(
+                id=f"c{i}",
+                doc_id="d",
+                source=f"s{i}.md",
+                text=t,
+                chunk_index=i,
+                char_start=0,
+                char_end=len(t),
+                content_hash="h",
+                page=i + 1,
+            ),
+            1.0,
+        )
+        for i, t in enumerate(texts)
+    ]
+    return ContextAssembler(lambda s: len(s.split())).assemble("q", hits)
+
+
+def test_valid_citations_get_metadata_and_supporting_span() -> None:
+    _text, cites, invalid = validate_citations(
+        "The default timeout is five seconds [1]. Use http2=True [2].", _ctx()
+    )
+    assert invalid == [] and [c.number for c in cites] == [1, 2]
+    assert cites[0].source == "s0.md" and cites[0].page == 1
+    assert cites[0].span == "Timeouts default to five seconds."
+    assert cites[1].span == "HTTP/2 is enabled with http2=True."
+
+
+def test_invented_source_numbers_are_dropped_and_reported() -> None:
+    text, cites, invalid = validate_citations("Five seconds [1][7]. Also [3, 2].", _ctx())
+    assert invalid == [3, 7]
+    assert "[7]" not in text and "[3" not in text and "[1]" in text and "[2]" in text
+    assert {c.number for c in cites} == {1, 2}
+
+
+def test_source_n_style_markers_are_normalised() -> None:
+    text, cites, _ = validate_citations("Five seconds [Source 1].", _ctx())
+    assert text == "Five seconds [1]." and cites[0].number == 1
+
+
+def test_refusal_detection() -> None:
+    assert is_refusal(REFUSAL_TEXT)
+    assert is_refusal("The provided sources do not contain information about llamas.")
+    assert is_refusal("I don't know.")
+    assert not is_refusal("Timeouts default to five seconds [1].")

@@ -1,0 +1,121 @@
+"""The two LLM backends with real models: llama.cpp in process, and an OpenAI-compatible server.
+
+The server is llama-cpp-python's own (``python -m llama_cpp.server``) serving the shipped
+Gemma 3 270M GGUF on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from ragserve.context import ContextAssembler
+from ragserve.errors import LLMUnavailableError, ModelNotFoundError
+from ragserve.generation import LlamaCppGenerator, OpenAICompatibleGenerator
+from ragserve.models import resolve_gguf_model
+from ragserve.types import Chunk, Hit
+
+TEXT = "The Eiffel Tower is 330 metres tall. It was completed in 1889 in Paris."
+
+
+def _context(count):  # type: ignore[no-untyped-def]
+    hit = Hit(
+        Chunk(
+            id="c",
+            doc_id="d",
+            source="eiffel.txt",
+            text=TEXT,
+            chunk_index=0,
+            char_start=0,
+            char_end=len(TEXT),
+            content_hash="h",
+        ),
+        1.0,
+    )
+    return ContextAssembler(count, context_window=2048).assemble("How tall is it?", [hit])
+
+
+@pytest.fixture(scope="module")
+def llama() -> LlamaCppGenerator:
+    gen = LlamaCppGenerator(n_ctx=2048, max_tokens=24)
+    gen.warm_up()
+    return gen
+
+
+def test_llama_streams_tokens_from_the_real_model(llama: LlamaCppGenerator) -> None:
+    pieces = list(llama.stream("How tall is the Eiffel Tower?", _context(llama.count_tokens), []))
+    assert len(pieces) > 1 and "".join(pieces).strip()
+    assert llama.count_tokens("hello world") >= 2
+
+
+def test_missing_gguf_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        LlamaCppGenerator(str(tmp_path / "nope.gguf")).warm_up()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(resolve_gguf_model("builtin:gemma-3-270m")),
+            "--chat_format",
+            "gemma",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail("llama_cpp.server exited early")
+            try:
+                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("llama_cpp.server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_openai_compatible_backend_streams_from_a_real_server(llama_server: str) -> None:
+    gen = OpenAICompatibleGenerator(llama_server, "gemma", timeout_s=60, max_tokens=24)
+    pieces = list(gen.stream("How tall is the Eiffel Tower?", _context(gen.count_tokens), []))
+    assert len(pieces) > 1 and "".join(pieces).strip()
+
+
+def test_unreachable_server_is_llm_unavailable() -> None:
+    gen = OpenAICompatibleGenerator(f"http://127.0.0.1:{_free_port()}/v1", "m", timeout_s=2)
+    with pytest.raises(LLMUnavailableError, match="Cannot reach"):
+        list(gen.stream("q", _context(gen.count_tokens), []))

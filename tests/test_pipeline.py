@@ -1,0 +1,97 @@
+"""RagPipeline end to end with every real component over the bundled sample corpus."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ragserve.config import Settings
+from ragserve.errors import EmptyQueryError
+from ragserve.generation.citations import REFUSAL_TEXT
+from ragserve.pipeline import RagPipeline
+from ragserve.types import Intent, Message
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path, embedder
+) -> Iterator[RagPipeline]:  # type: ignore[no-untyped-def]
+    from ragserve.ingest.pipeline import Ingestor
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("pipe"))
+    p = RagPipeline(settings, embedder=embedder)
+    p.warm_up()
+    Ingestor(settings, p.index, embedder).ingest_paths([sample_corpus], progress=False)
+    yield p
+    p.close()
+
+
+def test_answer_is_grounded_cited_and_timed(pipeline: RagPipeline) -> None:
+    a = pipeline.answer("How do I enable HTTP/2 in httpx?")
+    assert not a.refused and a.text
+    assert any("http2.md" in h.chunk.source for h in a.sources)
+    assert a.citations and all(1 <= c.number <= len(a.sources) for c in a.citations)
+    assert {"query", "retrieve", "rerank", "context", "generate", "total"} <= set(a.timings)
+    scores = [h.scores["rerank"] for h in a.sources]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_pdf_source_has_a_page(pipeline: RagPipeline) -> None:
+    a = pipeline.answer("What does the zlib compression library do?")
+    pdf = [h for h in a.sources if h.chunk.source.endswith("zlib.3.pdf")]
+    assert pdf and all(h.chunk.page in (1, 2) for h in pdf)
+
+
+def test_stream_yields_tokens_then_done(pipeline: RagPipeline) -> None:
+    events = list(pipeline.stream("How do I use a proxy with httpx?"))
+    assert events[-1].kind == "done" and events[-1].answer is not None
+    assert [e.kind for e in events[:-1]] and all(e.kind == "token" for e in events[:-1])
+
+
+def test_refusal_gate_skips_generation_for_unrelated_questions(pipeline: RagPipeline) -> None:
+    a = pipeline.answer("What is the capital city of Mongolia and its population in 1950?")
+    assert a.refused and a.text == REFUSAL_TEXT
+    assert "generate" not in a.timings
+
+
+def test_chitchat_and_out_of_scope(pipeline: RagPipeline) -> None:
+    hello = pipeline.answer("hello")
+    assert hello.intent is Intent.CHITCHAT and not hello.sources and "retrieve" not in hello.timings
+    poem = pipeline.answer("write me a poem about the sea")
+    assert poem.intent is Intent.OUT_OF_SCOPE and poem.refused
+
+
+def test_follow_up_is_condensed(pipeline: RagPipeline) -> None:
+    history = [
+        Message("user", "How do I configure proxies in httpx?"),
+        Message("assistant", "Use the proxy argument [1]."),
+    ]
+    a = pipeline.answer("and what about authentication for it?", history)
+    assert a.standalone_query and "prox" in a.standalone_query.lower()
+
+
+def test_result_cache_hits_and_invalidates_on_write(
+    pipeline: RagPipeline, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    pq = pipeline.process("How do I set timeouts?")
+    pipeline.search(pq)
+    hits = pipeline.cache_hits
+    pipeline.search(pq)
+    assert pipeline.cache_hits == hits + 1
+    from ragserve.ingest.pipeline import Ingestor
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "new.md").write_text("# New\n\nTimeouts in the new system are set in minutes.\n")
+    Ingestor(pipeline.settings, pipeline.index, pipeline.embedder).ingest_paths(
+        [tmp_path / "new.md"], progress=False
+    )
+    misses = pipeline.cache_misses
+    pipeline.search(pq)
+    assert pipeline.cache_misses == misses + 1, "a write must invalidate cached results"
+
+
+def test_empty_query(pipeline: RagPipeline) -> None:
+    with pytest.raises(EmptyQueryError):
+        pipeline.answer("   ")

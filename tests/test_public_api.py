@@ -1,0 +1,50 @@
+"""Guard the public surface: what ``import ragserve`` promises must not change by accident."""
+
+from __future__ import annotations
+
+import ragserve
+
+EXPECTED = {
+    "Answer",
+    "Chunk",
+    "Citation",
+    "Document",
+    "Hit",
+    "RagPipeline",
+    "RagServeError",
+    "Settings",
+    "__version__",
+}
+
+
+def test_public_names() -> None:
+    assert set(ragserve.__all__) == EXPECTED
+    for name in EXPECTED:
+        assert getattr(ragserve, name) is not None
+
+
+def test_stage_modules_declare_their_exports() -> None:
+    import importlib
+
+    for module in (
+        "ragserve.config",
+        "ragserve.types",
+        "ragserve.errors",
+        "ragserve.embedding",
+        "ragserve.retrieval",
+        "ragserve.rerank",
+        "ragserve.query",
+        "ragserve.context",
+        "ragserve.pipeline",
+        "ragserve.sparse",
+        "ragserve.ingest.loaders",
+        "ragserve.ingest.chunking",
+        "ragserve.ingest.pipeline",
+        "ragserve.generation",
+        "ragserve.stores",
+        "ragserve.api.app",
+    ):
+        mod = importlib.import_module(module)
+        assert hasattr(mod, "__all__"), module
+        for name in mod.__all__:
+            assert hasattr(mod, name), f"{module}.{name}"

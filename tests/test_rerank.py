@@ -1,0 +1,106 @@
+"""The shipped cross-encoder, loaded offline, on real pairs from the datasets (test splits are
+used here only as a check, never for training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ragserve.errors import EmptyQueryError, ModelNotFoundError
+from ragserve.rerank import CrossEncoderReranker
+from ragserve.types import Chunk, Hit
+
+
+def _hit(i: str, text: str, title: str | None = None) -> Hit:
+    return Hit(
+        Chunk(
+            id=i,
+            doc_id=i,
+            source=i,
+            text=text,
+            chunk_index=0,
+            char_start=0,
+            char_end=len(text),
+            content_hash="h",
+            title=title,
+        ),
+        0.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def reranker() -> CrossEncoderReranker:
+    r = CrossEncoderReranker()
+    r.warm_up()
+    return r
+
+
+def _scifact_cases(shared: Path, n: int) -> list[tuple[str, dict, list[dict]]]:
+    corpus = {}
+    with (shared / "scifact" / "corpus.jsonl").open() as fh:
+        for line in fh:
+            d = json.loads(line)
+            corpus[d["_id"]] = d
+    queries = {
+        json.loads(x)["_id"]: json.loads(x)["text"]
+        for x in (shared / "scifact" / "queries.jsonl").open()
+    }
+    ids = list(corpus)
+    cases = []
+    for line in (shared / "scifact" / "qrels" / "test.tsv").open():
+        q, d, _score = line.rstrip("\r\n").split("\t")
+        if q == "query-id":
+            continue
+        unrelated = [corpus[ids[(int(d) * 7 + k * 131) % len(ids)]] for k in range(4)]
+        cases.append((queries[q], corpus[d], [u for u in unrelated if u["_id"] != d]))
+        if len(cases) >= n:
+            break
+    return cases
+
+
+def test_relevant_passage_outranks_unrelated_ones(
+    reranker: CrossEncoderReranker, shared_datasets: Path
+) -> None:
+    wins = 0
+    cases = _scifact_cases(shared_datasets, 20)
+    for query, pos, negs in cases:
+        hits = [_hit(n["_id"], n["text"], n["title"]) for n in negs] + [
+            _hit(pos["_id"], pos["text"], pos["title"])
+        ]
+        ranked = reranker.rerank(query, hits, len(hits))
+        wins += ranked[0].chunk.id == pos["_id"]
+        assert all(0.0 <= h.score <= 1.0 for h in ranked)
+    assert wins >= 17, f"relevant passage first in only {wins}/{len(cases)} cases"
+
+
+def test_squad_answer_paragraph_scores_high(reranker: CrossEncoderReranker) -> None:
+    q = "What is the capital of France?"
+    scores = reranker.score(
+        q,
+        [
+            "Paris is the capital and most populous city of France.",
+            "Photosynthesis converts light energy into chemical energy.",
+        ],
+    )
+    assert scores[0] > 0.5 > scores[1]
+
+
+def test_rerank_keeps_k_and_records_the_stage_score(reranker: CrossEncoderReranker) -> None:
+    hits = [_hit(str(i), f"passage number {i} about cats") for i in range(6)]
+    out = reranker.rerank("cats", hits, 3)
+    assert len(out) == 3 and all("rerank" in h.scores for h in out)
+
+
+def test_bad_input(reranker: CrossEncoderReranker) -> None:
+    assert reranker.rerank("anything", [], 5) == []
+    with pytest.raises(EmptyQueryError):
+        reranker.rerank("  ", [_hit("a", "text")], 1)
+    long = _hit("long", "word " * 20000)
+    assert len(reranker.rerank("word", [long, _hit("b", "other")], 2)) == 2
+
+
+def test_missing_model_path(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError):
+        CrossEncoderReranker(str(tmp_path / "nothing")).warm_up()

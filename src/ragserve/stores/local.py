@@ -366,12 +366,15 @@ class LocalIndex:
             # 1. vectors first: a crash after this leaves only orphans, removed on open.
             ids = [c.id for item in batch for c in item.chunks]
             vectors = np.concatenate([item.vectors for item in batch]) if ids else None
-            for start in range(0, len(ids), _CHROMA_BATCH):
-                assert vectors is not None
-                part = ids[start : start + _CHROMA_BATCH]
-                self._chroma.upsert(
-                    ids=part, embeddings=vectors[start : start + _CHROMA_BATCH].tolist()
-                )
+            try:
+                for start in range(0, len(ids), _CHROMA_BATCH):
+                    assert vectors is not None
+                    part = ids[start : start + _CHROMA_BATCH]
+                    self._chroma.upsert(
+                        ids=part, embeddings=vectors[start : start + _CHROMA_BATCH].tolist()
+                    )
+            except Exception as exc:  # chromadb raises its own and OS errors alike
+                raise _write_error(self.directory, exc) from exc
             # 2. the manifest, atomically.
             doc_ids = [item.record.doc_id for item in batch]
             old_ids = self._chunk_ids_of(doc_ids)
@@ -406,12 +409,8 @@ class LocalIndex:
                 db.execute("COMMIT")
             except BaseException as exc:
                 db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(
-                        f"Writing the manifest failed: {exc}",
-                        hint="Check free disk space and permissions; nothing "
-                        "already indexed was changed.",
-                    ) from exc
+                if isinstance(exc, sqlite3.Error | OSError):
+                    raise _write_error(self.directory, exc) from exc
                 raise
             # 3. vectors no document refers to any more.
             stale = sorted(set(old_ids) - set(ids))
@@ -438,8 +437,10 @@ class LocalIndex:
                         "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'"
                     )
                 db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error | OSError):
+                    raise _write_error(self.directory, exc) from exc
                 raise
             if old_ids:
                 self._chroma_delete(old_ids)
@@ -487,8 +488,29 @@ class LocalIndex:
         return out
 
     def _chroma_delete(self, ids: Sequence[str]) -> None:
-        for start in range(0, len(ids), _CHROMA_BATCH):
-            self._chroma.delete(ids=list(ids[start : start + _CHROMA_BATCH]))
+        # Runs after the manifest committed: a failure only leaves orphan vectors, which no
+        # search returns (chunks are fetched from the manifest) and the next open removes.
+        try:
+            for start in range(0, len(ids), _CHROMA_BATCH):
+                self._chroma.delete(ids=list(ids[start : start + _CHROMA_BATCH]))
+        except Exception as exc:
+            log.warning(
+                "could not delete %d stale vectors now (%s); they go on next open", len(ids), exc
+            )
+
+
+def _write_error(directory: Path, exc: BaseException) -> StoreError:
+    text = str(exc).lower()
+    if "full" in text or "no space" in text or getattr(exc, "errno", None) == 28:
+        what, hint = "the disk is full", "Free disk space, then run the ingest again."
+    elif "read-only" in text or "readonly" in text or getattr(exc, "errno", None) in (13, 30):
+        what, hint = "the index directory is read-only", "Make it writable, then retry."
+    else:
+        what, hint = f"{type(exc).__name__}: {str(exc)[:200]}", "Check disk space and permissions."
+    return StoreError(
+        f"Cannot write to the index at {directory}: {what}. Nothing already indexed was changed.",
+        hint=hint,
+    )
 
 
 def _chunk_to_row(c: Chunk) -> tuple[Any, ...]:

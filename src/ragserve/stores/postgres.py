@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import threading
 import time
@@ -63,6 +64,7 @@ log = logging.getLogger("ragserve.stores.postgres")
 
 _COLLECTION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _MIGRATION_LOCK = 0x72616773  # pg_advisory_xact_lock key: "rags"
+_COMMON_TERM_FRACTION = 0.3
 
 # (version, description, SQL). Applied in order, each exactly once, inside one transaction
 # holding an advisory lock, so concurrent first starts of several replicas of ragserve are safe.
@@ -541,23 +543,47 @@ class PostgresIndex:
             ]
             if not lexemes:
                 return []
-            terms = [_tsquery_term(lx) for lx in lexemes]
+            terms = [_tsquery_term(lx) for lx in dict.fromkeys(lexemes)]
+            # Document frequencies through the GIN index, and the collection size, for IDF.
+            n_row = conn.execute(
+                "SELECT count(*) FROM ragserve_chunks WHERE collection = %s", (self.collection,)
+            ).fetchone()
+            n = max(int(n_row[0]) if n_row else 0, 1)
+            df = {
+                r[0]: int(r[1])
+                for r in conn.execute(
+                    "SELECT q, (SELECT count(*) FROM ragserve_chunks"
+                    "  WHERE collection = %s AND tsv @@ q::tsquery) FROM unnest(%s::text[]) AS q",
+                    (self.collection, terms),
+                )
+            }
+            present = [t for t in terms if df.get(t, 0) > 0]
+            if not present:
+                return []
+            idf = [math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in present]
+            # Candidates come from the selective terms only: a word in most chunks adds almost
+            # nothing to a BM25 score but would make every chunk a candidate (WAND-like pruning;
+            # such words still count in the score of the candidates).
+            selective = [t for t in present if df[t] <= _COMMON_TERM_FRACTION * n]
+            if not selective:
+                selective = [min(present, key=lambda t: df[t])]
             rows = conn.execute(
-                # BM25-style: IDF per lexeme (df counted through the GIN index) times a
-                # saturating, length-normalised tf (ts_rank, normalisation 1). MATERIALIZED:
-                # inlined, the df counts would be re-run for every candidate row.
-                "WITH n AS MATERIALIZED (SELECT greatest(count(*), 1) AS n FROM ragserve_chunks"
-                "           WHERE collection = %(c)s),"
-                " terms AS MATERIALIZED (SELECT t.q, ln(1 + (n.n - t.df + 0.5) / (t.df + 0.5)) AS idf"
-                "   FROM n, (SELECT q::tsquery AS q, (SELECT count(*) FROM ragserve_chunks"
-                "             WHERE collection = %(c)s AND tsv @@ q::tsquery) AS df"
-                "            FROM unnest(%(terms)s::text[]) AS q) t WHERE t.df > 0),"
-                " cand AS (SELECT id, tsv FROM ragserve_chunks"
+                # BM25-style score: sum over lexemes of IDF x ts_rank (a saturating,
+                # length-normalised term frequency, normalisation 1).
+                "WITH terms AS MATERIALIZED (SELECT q::tsquery AS q, idf"
+                "   FROM unnest(%(terms)s::text[], %(idf)s::float8[]) AS t(q, idf)),"
+                " cand AS MATERIALIZED (SELECT id, tsv FROM ragserve_chunks"
                 "   WHERE collection = %(c)s AND tsv @@ %(any)s::tsquery)"
                 " SELECT cand.id, sum(terms.idf * ts_rank(cand.tsv, terms.q, 1)) AS score"
                 " FROM cand CROSS JOIN terms WHERE cand.tsv @@ terms.q"
                 " GROUP BY cand.id ORDER BY score DESC, cand.id LIMIT %(k)s",
-                {"c": self.collection, "terms": terms, "any": " | ".join(terms), "k": int(k)},
+                {
+                    "c": self.collection,
+                    "terms": present,
+                    "idf": idf,
+                    "any": " | ".join(selective),
+                    "k": int(k),
+                },
             ).fetchall()
         return [(r[0], float(r[1])) for r in rows]
 

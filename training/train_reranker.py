@@ -138,6 +138,7 @@ def build_examples(args: argparse.Namespace, embedder) -> list[tuple[str, str, f
         queries: dict[str, str],
         qrels: dict[str, set[str]],
         max_queries: int,
+        negatives: int,
     ) -> None:
         miner = Miner(docs, embedder, name)
         index = {doc_id: i for i, doc_id in enumerate(miner.ids)}
@@ -151,13 +152,17 @@ def build_examples(args: argparse.Namespace, embedder) -> list[tuple[str, str, f
             rng.shuffle(positives)
             for pos in positives[: args.positives_per_query]:
                 examples.append((queries[qid], miner.texts[index[pos]], 1.0))
-            hard = [c for c in cand if miner.ids[c] not in qrels[qid]]
-            picked = hard[: args.negatives * 2]
-            rng.shuffle(picked)
-            for c in picked[: args.negatives]:
+            # The very top unlabelled hits are often relevant but unjudged (false negatives);
+            # skipping them keeps the labels clean, which matters more than hardness here.
+            hard = [c for c in cand[args.skip_top :] if miner.ids[c] not in qrels[qid]]
+            rng.shuffle(hard)
+            for c in hard[:negatives]:
                 examples.append((queries[qid], miner.texts[c], 0.0))
-            # one random negative keeps the model calibrated on plainly unrelated text
-            examples.append((queries[qid], miner.texts[rng.randrange(len(miner.texts))], 0.0))
+            # random negatives keep the model calibrated on plainly unrelated text
+            for _ in range(args.random_negatives):
+                r = rng.randrange(len(miner.texts))
+                if miner.ids[r] not in qrels[qid]:
+                    examples.append((queries[qid], miner.texts[r], 0.0))
         _log(f"{name}: {len(qids)} queries -> {len(examples) - before} pairs")
 
     scifact = DATASETS / "scifact"
@@ -167,6 +172,7 @@ def build_examples(args: argparse.Namespace, embedder) -> list[tuple[str, str, f
         {q["_id"]: q["text"] for q in read_jsonl(scifact / "queries.jsonl")},
         read_qrels(scifact / "qrels" / "train.tsv"),
         args.max_queries,
+        args.negatives,
     )
     nf = DATASETS / "nfcorpus"
     add(
@@ -174,7 +180,8 @@ def build_examples(args: argparse.Namespace, embedder) -> list[tuple[str, str, f
         read_jsonl(nf / "corpus.jsonl"),
         {q["_id"]: q["text"] for q in read_jsonl(nf / "queries.jsonl")},
         read_qrels(nf / "qrels" / "train.tsv"),
-        args.max_queries,
+        args.nfcorpus_queries,
+        1,
     )
 
     split = squad_split(args.seed, args.squad_train_articles)
@@ -193,6 +200,7 @@ def build_examples(args: argparse.Namespace, embedder) -> list[tuple[str, str, f
         {q["id"]: q["question"] for q in qa},
         {q["id"]: {q["context_id"]} for q in qa},
         args.max_queries,
+        args.negatives,
     )
     rng.shuffle(examples)
     return examples
@@ -206,6 +214,13 @@ def main() -> None:
     ap.add_argument("--positives-per-query", type=int, default=2)
     ap.add_argument("--negatives", type=int, default=4, help="hard negatives per query")
     ap.add_argument("--mine-depth", type=int, default=30)
+    ap.add_argument(
+        "--skip-top", type=int, default=3, help="mined ranks skipped as likely unjudged positives"
+    )
+    ap.add_argument("--random-negatives", type=int, default=2)
+    ap.add_argument(
+        "--nfcorpus-queries", type=int, default=400, help="NFCorpus labels are noisy: fewer"
+    )
     ap.add_argument("--squad-train-articles", type=int, default=12)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -267,7 +282,8 @@ def main() -> None:
         use_cpu=True,
         disable_tqdm=False,
     )
-    loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(args.negatives + 1) / 2))
+    n_pos = sum(e[2] for e in examples)
+    loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor((len(examples) - n_pos) / n_pos))
     trainer = CrossEncoderTrainer(model=model, args=targs, train_dataset=train, loss=loss)
     t0 = time.time()
     trainer.train()

@@ -239,3 +239,32 @@ def test_streaming_replica_serves_reads(
     assert reader.info().documents == 2
     writer.close()
     reader.close()
+
+
+def test_sparse_ranking_weights_rare_words(pg_primary_dsn: str) -> None:
+    """BM25-like: a rare query word outweighs common ones; long questions still match (OR)."""
+    idx = PostgresIndex(pg_primary_dsn, _name("bm25"))
+    idx.open("m", DIM)
+    common = [f"patients in the study showed results number {i}" for i in range(30)]
+    rare = "thrombocytopenia was observed in one study"
+    texts = [*common, rare]
+    chunks = [
+        Chunk(
+            id=f"c{i}",
+            doc_id="d",
+            source="d",
+            text=t,
+            chunk_index=i,
+            char_start=0,
+            char_end=len(t),
+            content_hash=content_hash(t),
+        )
+        for i, t in enumerate(texts)
+    ]
+    vecs = np.tile(np.eye(DIM, dtype=np.float32)[0], (len(texts), 1))
+    idx.write([IndexWrite(DocumentRecord("d", "d", "h", len(texts)), chunks, vecs)])
+    hits = idx.sparse_search("What results did patients in the study show for thrombocytopenia?", 5)
+    assert hits[0][0] == f"c{len(common)}"
+    assert len(hits) == 5 and all(s > 0 for _, s in hits)
+    assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+    idx.close()

@@ -33,9 +33,17 @@ def test_answer_is_grounded_cited_and_timed(pipeline: RagPipeline) -> None:
     assert not a.refused and a.text
     assert any("http2.md" in h.chunk.source for h in a.sources)
     assert a.citations and all(1 <= c.number <= len(a.sources) for c in a.citations)
+    assert {"query", "retrieve", "context", "generate", "total"} <= set(a.timings)
+
+
+def test_all_five_stages_with_the_real_cross_encoder(pipeline: RagPipeline) -> None:
+    settings = pipeline.settings.model_copy(update={"rerank": True, "refusal_threshold": 0.0})
+    p = RagPipeline(settings, index=pipeline.index, embedder=pipeline.embedder)
+    p.warm_up()
+    a = p.answer("How do I enable HTTP/2 in httpx?")
     assert {"query", "retrieve", "rerank", "context", "generate", "total"} <= set(a.timings)
     scores = [h.scores["rerank"] for h in a.sources]
-    assert scores == sorted(scores, reverse=True)
+    assert scores == sorted(scores, reverse=True) and len(a.sources) == settings.top_k
 
 
 def test_pdf_source_has_a_page(pipeline: RagPipeline) -> None:

@@ -79,7 +79,12 @@ class Settings(BaseSettings):
     bm25_stopwords: bool = True
 
     # --- re-ranking ------------------------------------------------------------------------
-    rerank: bool = True
+    rerank: bool = Field(
+        False,
+        description="Cross-encoder re-ranking of the fused candidates. Off by default until the "
+        "built-in model beats hybrid retrieval (see resources/reranker/MODEL_CARD.md); any "
+        "sentence-transformers CrossEncoder can be named in reranker_model.",
+    )
     reranker_model: str = Field("builtin", description="'builtin', a local path or a model name.")
     rerank_candidates: int = Field(
         20, ge=1, description="Fused candidates the cross-encoder scores."
@@ -106,6 +111,11 @@ class Settings(BaseSettings):
     history_turns: int = Field(6, ge=0)
     refusal_threshold: float | None = Field(
         None, description="Minimum best re-rank score to answer; None uses the calibrated default."
+    )
+    dense_refusal_threshold: float = Field(
+        0.3,
+        description="Without a re-ranker: minimum cosine similarity of the best dense hit to "
+        "answer (calibrated on held-out SQuAD, benchmarks/calibrate_refusal.py).",
     )
 
     # --- API -------------------------------------------------------------------------------

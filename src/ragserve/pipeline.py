@@ -177,6 +177,14 @@ class RagPipeline:
 
     # --- full answer --------------------------------------------------------------------------
 
+    def _low_confidence(self, hits: Sequence[Hit]) -> bool:
+        """The retrieval-confidence gate: refuse without calling the generator."""
+        if self.reranker is not None:
+            return max(h.scores.get("rerank", 0.0) for h in hits) < self.refusal_threshold
+        # No re-ranker: the best cosine similarity of the dense side is the confidence signal.
+        dense = [h.scores["dense"] for h in hits if "dense" in h.scores]
+        return bool(dense) and max(dense) < self.settings.dense_refusal_threshold
+
     def answer(self, query: str, history: Sequence[Message] = ()) -> Answer:
         final: Answer | None = None
         for event in self.stream(query, history):
@@ -210,8 +218,7 @@ class RagPipeline:
             return
         hits = self.search(processed, timer)
         base.sources = hits
-        best = max((h.scores.get("rerank", 1.0) for h in hits), default=0.0)
-        if not hits or (self.reranker is not None and best < self.refusal_threshold):
+        if not hits or self._low_confidence(hits):
             from ragserve.generation.citations import REFUSAL_TEXT
 
             base.text, base.refused = REFUSAL_TEXT, True

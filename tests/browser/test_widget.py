@@ -45,6 +45,7 @@ def test_ask_streams_answer_with_sources_then_follow_up_uses_history(page) -> No
     source.click()
     assert answer.locator(".rs-source-text").first.is_visible()
     assert bodies[0]["stream"] is True and bodies[0]["history"] == []
+    page.screenshot(path=str(DOCS / "widget-screenshot.png"))
 
     _ask(page, "And how do I disable it?")
     page.wait_for_function(
@@ -56,7 +57,6 @@ def test_ask_streams_answer_with_sources_then_follow_up_uses_history(page) -> No
     history = bodies[1]["history"]
     assert history[0] == {"role": "user", "content": "How do I set a timeout on an httpx client?"}
     assert history[1]["role"] == "assistant" and history[1]["content"]
-    page.screenshot(path=str(DOCS / "widget-screenshot.png"))
 
 
 def test_planted_html_is_shown_as_text_and_never_runs(page) -> None:  # type: ignore[no-untyped-def]

@@ -484,9 +484,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_dir.mkdir(parents=True, exist_ok=True)
         staged: list[Path] = []
         results: list[dict[str, Any]] = []
+        used: set[str] = set()
         with tempfile.TemporaryDirectory(dir=settings.index_dir) as tmp:
             for f in files:
                 name = _safe_filename(f.filename or "")
+                if name is not None and name in used:
+                    # Two parts with one name in a request: keep both, under distinct names.
+                    stem, dot, ext = name.rpartition(".")
+                    n = sum(1 for u in used if u.startswith(stem or ext)) + 1
+                    name = f"{stem}-{n}.{ext}" if dot else f"{ext}-{n}"
+                if name is not None:
+                    used.add(name)
                 if name is None:
                     results.append(
                         {"path": f.filename, "status": "failed", "error": "invalid file name"}

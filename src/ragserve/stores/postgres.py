@@ -23,7 +23,10 @@ the backend usable behind PgBouncer in transaction mode).
 Sparse half: a generated ``tsvector`` (``english``) with a GIN index. A question's lexemes are
 OR-ed (an AND of every word of a long question matches nothing) and ranked BM25-style: each
 lexeme's ``ts_rank`` (saturating term frequency, length-normalised) weighted by its IDF in the
-collection. Fusion stays RRF in ragserve.
+collection; candidates come from the selective lexemes (df <= 10%), WAND-style. On SciFact
+this scores nDCG@10 0.687 against bm25s' 0.686. The GIN index has ``fastupdate = off``: a
+pending list makes every lookup scan it and the planner then avoids the index. Fusion stays
+RRF in ragserve.
 
 One document = one transaction (old chunks out, new chunks + vectors in, manifest row,
 version bump), so a crash or a killed server never leaves half a document.

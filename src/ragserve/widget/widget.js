@@ -44,7 +44,17 @@
   const wrap = el("div", { class: "rs-wrap rs-" + cfg.position });
   wrap.style.setProperty("--rs-accent", cfg.accent);
   const bubble = el("button", { class: "rs-bubble", "aria-label": "Open chat: " + cfg.title, "aria-expanded": "false", "aria-controls": "rs-dialog" });
-  bubble.appendChild(el("span", { "aria-hidden": "true", text: "💬" }));
+  // An inline SVG icon: emoji fonts are missing on many systems (and in headless browsers).
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("width", "26");
+  svg.setAttribute("height", "26");
+  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  path.setAttribute("d", "M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z");
+  path.setAttribute("fill", "currentColor");
+  svg.appendChild(path);
+  bubble.appendChild(svg);
   const panel = el("div", { class: "rs-panel", id: "rs-dialog", role: "dialog", "aria-modal": "true", "aria-label": cfg.title, hidden: "" });
   const closeBtn = el("button", { class: "rs-close", "aria-label": "Close chat", text: "×" });
   const header = el("div", { class: "rs-header" }, el("h2", { text: cfg.title }), closeBtn);
@@ -117,8 +127,8 @@
       const detail = el("div", { class: "rs-source-text", hidden: "" });
       detail.textContent = spans.get(n) || s.text;
       const btn = el("button", { class: "rs-source", type: "button", "aria-expanded": "false" });
-      btn.append(el("span", { class: "rs-num", text: `[${n}]` }), el("span", { class: "rs-file", text: " " + s.source }),
-        where ? el("span", { class: "rs-where", text: " · " + where }) : null);
+      btn.append(el("span", { class: "rs-num", text: `[${n}]` }), el("span", { class: "rs-file", text: " " + s.source }));
+      if (where) btn.append(el("span", { class: "rs-where", text: " · " + where }));
       btn.addEventListener("click", () => {
         const open = detail.hidden;
         detail.hidden = !open;

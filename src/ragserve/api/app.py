@@ -481,56 +481,59 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _admin(request)
         _pipeline()
         upload_dir = settings.index_dir / "uploads"
-        upload_dir.mkdir(parents=True, exist_ok=True)
         staged: list[Path] = []
         results: list[dict[str, Any]] = []
         used: set[str] = set()
-        with tempfile.TemporaryDirectory(dir=settings.index_dir) as tmp:
-            for f in files:
-                name = _safe_filename(f.filename or "")
-                if name is not None and name in used:
-                    # Two parts with one name in a request: keep both, under distinct names.
-                    stem, dot, ext = name.rpartition(".")
-                    n = sum(1 for u in used if u.startswith(stem or ext)) + 1
-                    name = f"{stem}-{n}.{ext}" if dot else f"{ext}-{n}"
-                if name is not None:
-                    used.add(name)
-                if name is None:
-                    results.append(
-                        {"path": f.filename, "status": "failed", "error": "invalid file name"}
-                    )
-                    continue
-                dest = Path(tmp) / name
-                size = 0
-                with dest.open("wb") as out:
-                    while block := await f.read(1 << 20):
-                        size += len(block)
-                        if size > settings.max_upload_bytes:
-                            break
-                        out.write(block)
-                if size > settings.max_upload_bytes:
-                    dest.unlink(missing_ok=True)
-                    results.append(
-                        {
-                            "path": name,
-                            "status": "failed",
-                            "error": f"over the {settings.max_upload_bytes} byte limit",
-                        }
-                    )
-                    continue
-                final = upload_dir / name
-                staged.append((dest, final))  # type: ignore[arg-type]
+        try:
+            upload_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=settings.index_dir) as tmp:
+                for f in files:
+                    name = _safe_filename(f.filename or "")
+                    if name is not None and name in used:
+                        # Two parts with one name in a request: keep both, under distinct names.
+                        stem, dot, ext = name.rpartition(".")
+                        n = sum(1 for u in used if u.startswith(stem or ext)) + 1
+                        name = f"{stem}-{n}.{ext}" if dot else f"{ext}-{n}"
+                    if name is not None:
+                        used.add(name)
+                    if name is None:
+                        results.append(
+                            {"path": f.filename, "status": "failed", "error": "invalid file name"}
+                        )
+                        continue
+                    dest = Path(tmp) / name
+                    size = 0
+                    with dest.open("wb") as out:
+                        while block := await f.read(1 << 20):
+                            size += len(block)
+                            if size > settings.max_upload_bytes:
+                                break
+                            out.write(block)
+                    if size > settings.max_upload_bytes:
+                        dest.unlink(missing_ok=True)
+                        results.append(
+                            {
+                                "path": name,
+                                "status": "failed",
+                                "error": f"over the {settings.max_upload_bytes} byte limit",
+                            }
+                        )
+                        continue
+                    final = upload_dir / name
+                    staged.append((dest, final))  # type: ignore[arg-type]
 
-            def ingest() -> Any:
-                with state.write_lock:
-                    for src, dst in staged:  # type: ignore[misc]
-                        src.replace(dst)
-                    return state.ingestor.ingest_paths(
-                        [dst for _, dst in staged],  # type: ignore[misc]
-                        progress=False,
-                    )
+                def ingest() -> Any:
+                    with state.write_lock:
+                        for src, dst in staged:  # type: ignore[misc]
+                            src.replace(dst)
+                        return state.ingestor.ingest_paths(
+                            [dst for _, dst in staged],  # type: ignore[misc]
+                            progress=False,
+                        )
 
-            summary = await anyio.to_thread.run_sync(ingest, limiter=state.limiter)
+                summary = await anyio.to_thread.run_sync(ingest, limiter=state.limiter)
+        except OSError as exc:
+            raise _storage_error(exc, settings.index_dir) from exc
         body = summary.to_dict()
         body["files"] = results + body["files"]
         body["failed"] += len(results)
@@ -554,6 +557,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"deleted": doc_id}
 
     return app
+
+
+class StorageError(RagServeError):
+    status_code = 507
+    code = "insufficient_storage"
+
+
+def _storage_error(exc: OSError, directory: Path) -> RagServeError:
+    """Disk full or read-only while staging an upload: say which, keep the service up."""
+    if exc.errno == 28:
+        err: RagServeError = StorageError(
+            f"The disk holding the index ({directory}) is full; the upload was not stored.",
+            hint="Free disk space and upload again; nothing already indexed was changed.",
+        )
+    elif exc.errno in (13, 30):
+        err = StorageError(
+            f"The index directory {directory} is read-only; the upload was not stored.",
+            hint="Make it writable and upload again; the index still answers questions.",
+        )
+        err.status_code = 503
+    else:
+        err = StorageError(
+            f"Storing the upload failed: {exc.strerror}.",
+            hint="Check the server's disk; nothing already indexed was changed.",
+        )
+    return err
 
 
 def _secret(value: Any) -> str | None:

@@ -50,7 +50,10 @@ def retrieval(
         results = evaluate_retrieval(
             settings, data, stages=chosen, limit=limit, progress=not as_json
         )
-        full = "hybrid+rerank" if "hybrid+rerank" in results and settings.rerank else chosen[-1]
+        # The configured pipeline: re-ranking and expansion only when the settings turn them on.
+        configured = "hybrid" + ("+expansion" if settings.query_expansion else "") + (
+            "+rerank" if settings.rerank else "")
+        full = configured if configured in results else chosen[-1]
         head = results[full].summary()
         body = {k: head[k] for k in ("ndcg@10", "recall@10", "recall@100", "mrr@10")}
         body |= {

@@ -1,0 +1,123 @@
+"""Evaluation wiring: ranx metrics on a hand-checkable set, dataset validation, end to end CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ragserve.errors import DatasetError
+from ragserve.evaluation.answers import normalize_answer, squad_f1
+from ragserve.evaluation.beir import load_beir
+from ragserve.evaluation.retrieval import ranx_metrics
+
+
+def test_metrics_match_hand_computation() -> None:
+    qrels = {"q1": {"d1": 1}, "q2": {"d3": 2, "d4": 1}}
+    run = {"q1": {"d2": 3.0, "d1": 2.0}, "q2": {"d3": 5.0, "d9": 4.0, "d4": 3.0}}
+    means, per_query = ranx_metrics(qrels, run)
+    # q1: relevant at rank 2 -> nDCG = (1/log2(3)) / 1 ; MRR = 1/2
+    q1 = 1 / math.log2(3)
+    # q2 (graded, linear gains as trec_eval and so BEIR use): DCG = 2/1 + 1/log2(4);
+    # IDCG = 2 + 1/log2(3)
+    q2 = (2 + 1 / 2) / (2 + 1 / math.log2(3))
+    assert per_query["q1"] == pytest.approx(q1, abs=1e-4)
+    assert per_query["q2"] == pytest.approx(q2, abs=1e-4)
+    assert means["mrr@10"] == pytest.approx((0.5 + 1.0) / 2)
+    assert means["recall@10"] == pytest.approx(1.0)
+
+
+def test_query_without_results_scores_zero() -> None:
+    means, per_query = ranx_metrics({"q1": {"d1": 1}, "q2": {"d2": 1}}, {"q1": {"d1": 1.0}})
+    assert per_query["q2"] == 0.0 and means["ndcg@10"] == pytest.approx(0.5)
+
+
+def _beir(
+    tmp_path: Path, qrels: str = "query-id\tcorpus-id\tscore\r\nq1\td1\t1\r\nq2\td2\t1\r\n"
+) -> Path:
+    (tmp_path / "qrels").mkdir(parents=True)
+    (tmp_path / "corpus.jsonl").write_text(
+        json.dumps(
+            {"_id": "d1", "title": "Zebra stripes", "text": "Zebras have black and white stripes."}
+        )
+        + "\n"
+        + json.dumps(
+            {
+                "_id": "d2",
+                "title": "Penguin colonies",
+                "text": "Penguins breed in large colonies on ice.",
+            }
+        )
+        + "\n"
+        + json.dumps(
+            {"_id": "d3", "title": "Volcanoes", "text": "Lava flows from erupting volcanoes."}
+        )
+        + "\n"
+    )
+    (tmp_path / "queries.jsonl").write_text(
+        json.dumps({"_id": "q1", "text": "why do zebras have stripes"})
+        + "\n"
+        + json.dumps({"_id": "q2", "text": "where do penguins breed"})
+        + "\n"
+    )
+    (tmp_path / "qrels" / "test.tsv").write_text(qrels)
+    return tmp_path
+
+
+def test_dataset_errors_name_file_and_line(tmp_path: Path) -> None:
+    folder = _beir(tmp_path / "a", "query-id\tcorpus-id\tscore\r\nq1\tnope\t1\r\n")
+    with pytest.raises(DatasetError, match=r"test.tsv:2: corpus id 'nope'"):
+        load_beir(folder)
+    with pytest.raises(DatasetError, match="Missing file"):
+        load_beir(folder, split="dev")
+    empty = _beir(tmp_path / "b")
+    (empty / "queries.jsonl").write_text(
+        json.dumps({"_id": "q1", "text": " "})
+        + "\n"
+        + json.dumps({"_id": "q2", "text": "x"})
+        + "\n"
+    )
+    with pytest.raises(DatasetError, match="empty"):
+        load_beir(empty)
+
+
+def test_squad_normalisation_and_f1() -> None:
+    assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert squad_f1("the Eiffel Tower in Paris", "Eiffel Tower") == pytest.approx(
+        2 * (2 / 4) * 1 / (2 / 4 + 1)
+    )
+
+
+def test_eval_retrieval_cli_end_to_end(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from ragserve.cli import app
+
+    folder = _beir(tmp_path / "tiny")
+    monkeypatch.setenv("RAGSERVE_DATA_DIR", str(tmp_path / "idx"))
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "retrieval",
+            "--dataset",
+            str(folder),
+            "--stages",
+            "bm25,dense,hybrid",
+            "--json",
+            "--report",
+            str(tmp_path / "rep"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert {"ndcg@10", "recall@10", "recall@100", "mrr@10", "p50_ms", "p95_ms", "queries"} <= set(
+        body
+    )
+    assert body["queries"] == 2 and body["pipeline"] == "hybrid"
+    assert body["ndcg@10"] == pytest.approx(1.0)
+    assert set(body["ablation"]) == {"bm25", "dense", "hybrid"}
+    assert (tmp_path / "rep" / "report.md").exists() and (
+        tmp_path / "rep" / "ablation.png"
+    ).exists()

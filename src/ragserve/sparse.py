@@ -21,6 +21,14 @@ __all__ = ["BM25Index", "Bm25Tokenizer"]
 log = logging.getLogger("ragserve.sparse")
 
 
+def _bm25s():  # type: ignore[no-untyped-def]
+    import bm25s
+
+    # bm25s sets its own logger to DEBUG on import, which floods any configured root handler.
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
 class Bm25Tokenizer:
     """Lower-case word tokens, English stop words removed, Snowball-stemmed (both switchable)."""
 
@@ -34,8 +42,7 @@ class Bm25Tokenizer:
             self._stemmer = Stemmer.Stemmer("english")
 
     def tokenize(self, texts: Sequence[str]) -> Any:
-        import bm25s
-
+        bm25s = _bm25s()
         return bm25s.tokenize(
             list(texts),
             stopwords="en" if self.stopwords else None,
@@ -61,7 +68,7 @@ class BM25Index:
         return len(self._ids)
 
     def build(self, ids: Sequence[str], texts: Sequence[str], version: int) -> None:
-        import bm25s
+        bm25s = _bm25s()
 
         with self._lock:
             self._ids = list(ids)
@@ -116,7 +123,7 @@ class BM25Index:
 
     def load(self, directory: Path) -> bool:
         """Load a saved index; False when there is none or it was built differently."""
-        import bm25s
+        bm25s = _bm25s()
 
         meta_path = directory / "meta.json"
         if not meta_path.exists():

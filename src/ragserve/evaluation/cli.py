@@ -51,8 +51,11 @@ def retrieval(
             settings, data, stages=chosen, limit=limit, progress=not as_json
         )
         # The configured pipeline: re-ranking and expansion only when the settings turn them on.
-        configured = "hybrid" + ("+expansion" if settings.query_expansion else "") + (
-            "+rerank" if settings.rerank else "")
+        configured = (
+            "hybrid"
+            + ("+expansion" if settings.query_expansion else "")
+            + ("+rerank" if settings.rerank else "")
+        )
         full = configured if configured in results else chosen[-1]
         head = results[full].summary()
         body = {k: head[k] for k in ("ndcg@10", "recall@10", "recall@100", "mrr@10")}

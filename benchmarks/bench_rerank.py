@@ -19,6 +19,7 @@ import Stemmer
 from ranx import Qrels, Run, evaluate
 
 from ragserve.rerank import CrossEncoderReranker
+from ragserve.retrieval import reciprocal_rank_fusion
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -45,12 +46,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--datasets", default="scifact,nfcorpus")
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--model", default="builtin", help="'builtin' or a CrossEncoder path")
+    ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
-    reranker = CrossEncoderReranker(max_length=args.max_length, batch_size=32)
+    reranker = CrossEncoderReranker(args.model, max_length=args.max_length, batch_size=32)
     reranker.warm_up()
     stemmer = Stemmer.Stemmer("english")
     print(
-        f"{'dataset':10} {'BM25 nDCG@10':>13} {'BM25+CE nDCG@10':>16} {'queries':>8} {'time s':>7}"
+        f"{'dataset':10} {'BM25 nDCG@10':>13} {'BM25+CE nDCG@10':>16} {'RRF(BM25,CE)':>13} "
+        f"{'queries':>8} {'time s':>7}"
     )
     for name in args.datasets.split(","):
         corpus, queries, qrels = load(name)
@@ -66,22 +70,30 @@ def main() -> None:
             [queries[q] for q in qids], stopwords="en", stemmer=stemmer, show_progress=False
         )
         docs, scores = bm25.retrieve(tokens, k=100, show_progress=False, n_threads=2)
-        run_bm25, run_ce = {}, {}
+        run_bm25, run_ce, run_fused = {}, {}, {}
         t0 = time.time()
         for i, q in enumerate(qids):
             cand = [int(x) for x in docs[i]]
             run_bm25[q] = {ids[c]: float(s) for c, s in zip(cand, scores[i], strict=True)}
             ce = reranker.score(queries[q], [texts[c] for c in cand])
             run_ce[q] = {ids[c]: float(s) for c, s in zip(cand, ce, strict=True)}
+            # the same fusion `RAGSERVE_RERANK_FUSION=rrf` applies in the pipeline
+            fused = reciprocal_rank_fusion(
+                [[ids[c] for c in cand], [ids[cand[j]] for j in np.argsort(-ce, kind="stable")]]
+            )
+            run_fused[q] = dict(fused)
         elapsed = time.time() - t0
         a = evaluate(Qrels(qrels), Run(run_bm25), "ndcg@10")
         b = evaluate(Qrels(qrels), Run(run_ce), "ndcg@10")
-        print(f"{name:10} {a:13.4f} {b:16.4f} {len(qids):8d} {elapsed:7.0f}")
+        c = evaluate(Qrels(qrels), Run(run_fused), "ndcg@10")
+        print(f"{name:10} {a:13.4f} {b:16.4f} {c:13.4f} {len(qids):8d} {elapsed:7.0f}")
+    if args.skip_throughput:
+        return
 
     corpus, queries, _ = load("scifact")
     texts = [passage(d) for d in corpus[:256]]
     for max_length in (256, 512):
-        r = CrossEncoderReranker(max_length=max_length, batch_size=32)
+        r = CrossEncoderReranker(args.model, max_length=max_length, batch_size=32)
         r.warm_up()
         r.score("warm up", texts[:8])
         t0 = time.perf_counter()

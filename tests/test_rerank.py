@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ragserve.errors import EmptyQueryError, ModelNotFoundError
-from ragserve.rerank import CrossEncoderReranker
+from ragserve.rerank import CrossEncoderReranker, fuse_rerank
 from ragserve.types import Chunk, Hit
 
 
@@ -103,3 +103,16 @@ def test_bad_input(reranker: CrossEncoderReranker) -> None:
 def test_missing_model_path(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError):
         CrossEncoderReranker(str(tmp_path / "nothing")).warm_up()
+
+
+def test_fusion_orders_by_both_rankings_and_keeps_the_ce_probability() -> None:
+    hits = [_hit(str(i), f"passage {i}") for i in range(4)]  # retrieval order 0, 1, 2, 3
+    ce = np.array([0.1, 0.2, 0.9, 0.3], dtype=np.float32)  # CE order 2, 3, 1, 0
+    alone = fuse_rerank(hits, ce, 4, fusion="none")
+    assert [h.chunk.id for h in alone] == ["2", "3", "1", "0"]
+    fused = fuse_rerank(hits, ce, 3, fusion="rrf", rrf_k=60)
+    # 2: 1/63 + 1/61, then 0: 1/61 + 1/64 edges out 1: 1/62 + 1/63; 3 (1/64 + 1/62) is cut.
+    assert [h.chunk.id for h in fused] == ["2", "0", "1"]
+    assert [h.scores["rerank"] for h in fused] == pytest.approx([0.9, 0.1, 0.2])
+    assert fused[0].score == pytest.approx(1 / 63 + 1 / 61)
+    assert fuse_rerank(hits, ce, 0, fusion="rrf") == []

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     )
     rerank_max_length: int = Field(256, ge=16)
     rerank_batch_size: int = Field(32, ge=1)
+    rerank_fusion: Literal["none", "rrf"] = Field(
+        "rrf",
+        description="'rrf' fuses the cross-encoder ranking with the retrieval ranking; 'none' "
+        "orders by the cross-encoder alone.",
+    )
 
     # --- context and generation ------------------------------------------------------------
     generator: GeneratorName = "extractive"

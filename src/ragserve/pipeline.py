@@ -110,11 +110,7 @@ class RagPipeline:
             if self.settings.rerank:
                 from ragserve.rerank import CrossEncoderReranker
 
-                reranker = CrossEncoderReranker(
-                    self.settings.reranker_model,
-                    max_length=self.settings.rerank_max_length,
-                    batch_size=self.settings.rerank_batch_size,
-                )
+                reranker = CrossEncoderReranker.from_settings(self.settings)
                 reranker.warm_up()
                 self.reranker = reranker
             if generation:

@@ -6,6 +6,11 @@ The default model is ragserve's own MiniLM cross-encoder shipped inside the pack
 (``resources/reranker``, see its MODEL_CARD.md); any sentence-transformers CrossEncoder can be
 named instead by local path (or by hub name, for machines that reach a hub).
 Scores are probabilities (sigmoid), which is what the refusal gate's threshold is set on.
+
+With ``fusion="rrf"`` the final order is reciprocal rank fusion of the cross-encoder's ranking
+and the retrieval ranking it was given. A small in-house cross-encoder and first-stage retrieval
+make different mistakes, so fusing the two is steadier than trusting either alone; the
+cross-encoder probability is still what ``scores["rerank"]`` holds for the refusal gate.
 """
 
 from __future__ import annotations
@@ -13,17 +18,24 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from ragserve.errors import EmptyQueryError
 from ragserve.models import resolve_reranker_model
+from ragserve.retrieval import reciprocal_rank_fusion
 from ragserve.types import Hit
 
-__all__ = ["CrossEncoderReranker", "Reranker"]
+if TYPE_CHECKING:
+    from ragserve.config import Settings
+
+__all__ = ["CrossEncoderReranker", "RerankFusion", "Reranker", "fuse_rerank"]
 
 log = logging.getLogger("ragserve.rerank")
+
+RerankFusion = Literal["none", "rrf"]
 
 
 @runtime_checkable
@@ -35,13 +47,31 @@ class Reranker(Protocol):
 
 class CrossEncoderReranker:
     def __init__(
-        self, model: str = "builtin", *, max_length: int = 256, batch_size: int = 32
+        self,
+        model: str = "builtin",
+        *,
+        max_length: int = 256,
+        batch_size: int = 32,
+        fusion: RerankFusion = "none",
+        rrf_k: int = 60,
     ) -> None:
         self.model_name = model
         self.max_length = max_length
         self.batch_size = batch_size
+        self.fusion = fusion
+        self.rrf_k = rrf_k
         self._model: Any = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CrossEncoderReranker:
+        return cls(
+            settings.reranker_model,
+            max_length=settings.rerank_max_length,
+            batch_size=settings.rerank_batch_size,
+            fusion=settings.rerank_fusion,
+            rrf_k=settings.rrf_k,
+        )
 
     def warm_up(self) -> None:
         with self._lock:
@@ -86,5 +116,19 @@ class CrossEncoderReranker:
                 raise EmptyQueryError()
             return []
         scores = self.score(query, [h.chunk.searchable_text for h in hits])
-        order = np.argsort(-scores, kind="stable")[: max(k, 0)]
-        return [hits[i].with_score("rerank", float(scores[i])) for i in order]
+        return fuse_rerank(hits, scores, k, fusion=self.fusion, rrf_k=self.rrf_k)
+
+
+def fuse_rerank(
+    hits: Sequence[Hit], scores: np.ndarray, k: int, *, fusion: RerankFusion, rrf_k: int = 60
+) -> list[Hit]:
+    """Order ``hits`` (given in retrieval order) by cross-encoder ``scores``, or by RRF of both."""
+    order = [int(i) for i in np.argsort(-scores, kind="stable")]
+    scored = [hits[i].with_score("rerank", float(scores[i])) for i in range(len(hits))]
+    if fusion == "none":
+        return [scored[i] for i in order[: max(k, 0)]]
+    fused = reciprocal_rank_fusion(
+        [[str(i) for i in range(len(hits))], [str(i) for i in order]], k=rrf_k, limit=max(k, 0)
+    )
+    # Keep the CE probability under "rerank" (the refusal gate reads it); rank by the fusion.
+    return [replace(scored[int(i)], score=s) for i, s in fused]

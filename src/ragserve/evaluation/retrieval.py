@@ -114,11 +114,7 @@ def evaluate_retrieval(
     )
     reranker = pipeline.reranker
     if reranker is None and wants_rerank:
-        reranker = CrossEncoderReranker(
-            settings.reranker_model,
-            max_length=settings.rerank_max_length,
-            batch_size=settings.rerank_batch_size,
-        )
+        reranker = CrossEncoderReranker.from_settings(settings)
         reranker.warm_up()
     plain = RuleBasedQueryProcessor(condense_history=False, expansion=False, intent_detection=False)
     expand = RuleBasedQueryProcessor(condense_history=False, expansion=True, intent_detection=False)

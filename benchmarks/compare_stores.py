@@ -67,7 +67,8 @@ def main() -> None:
             limit=args.limit,
             progress=True,
         )
-    print(f"\n{data.name} {args.split}: {len(data.queries)} queries")
+    n = len(results["chroma"][stages[0]].per_query_ndcg)
+    print(f"\n{data.name} {args.split}: {n} queries")
     print(f"{'stage':10} {'store':9} {'nDCG@10':>8} {'R@100':>7} {'p50 ms':>7} {'p95 ms':>7}")
     for stage in stages:
         for store in ("chroma", "postgres"):

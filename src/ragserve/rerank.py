@@ -31,7 +31,7 @@ from ragserve.types import Hit
 if TYPE_CHECKING:
     from ragserve.config import Settings
 
-__all__ = ["CrossEncoderReranker", "RerankFusion", "Reranker", "fuse_rerank"]
+__all__ = ["CrossEncoderReranker", "RerankFusion", "Reranker", "fuse_rerank", "rerank_order"]
 
 log = logging.getLogger("ragserve.rerank")
 
@@ -119,16 +119,26 @@ class CrossEncoderReranker:
         return fuse_rerank(hits, scores, k, fusion=self.fusion, rrf_k=self.rrf_k)
 
 
+def rerank_order(
+    scores: np.ndarray, k: int, *, fusion: RerankFusion, rrf_k: int = 60
+) -> list[tuple[int, float]]:
+    """(position in the retrieval order, final score) of the ``k`` best candidates: by
+    cross-encoder ``scores`` alone, or by RRF of the retrieval order and the CE order."""
+    order = [int(i) for i in np.argsort(-scores, kind="stable")]
+    if fusion == "none":
+        return [(i, float(scores[i])) for i in order[: max(k, 0)]]
+    fused = reciprocal_rank_fusion(
+        [[str(i) for i in range(len(scores))], [str(i) for i in order]], k=rrf_k, limit=max(k, 0)
+    )
+    return [(int(i), s) for i, s in fused]
+
+
 def fuse_rerank(
     hits: Sequence[Hit], scores: np.ndarray, k: int, *, fusion: RerankFusion, rrf_k: int = 60
 ) -> list[Hit]:
     """Order ``hits`` (given in retrieval order) by cross-encoder ``scores``, or by RRF of both."""
-    order = [int(i) for i in np.argsort(-scores, kind="stable")]
-    scored = [hits[i].with_score("rerank", float(scores[i])) for i in range(len(hits))]
-    if fusion == "none":
-        return [scored[i] for i in order[: max(k, 0)]]
-    fused = reciprocal_rank_fusion(
-        [[str(i) for i in range(len(hits))], [str(i) for i in order]], k=rrf_k, limit=max(k, 0)
-    )
-    # Keep the CE probability under "rerank" (the refusal gate reads it); rank by the fusion.
-    return [replace(scored[int(i)], score=s) for i, s in fused]
+    # Keep the CE probability under "rerank" (the refusal gate reads it); rank by the final score.
+    return [
+        replace(hits[i], score=final, scores={**hits[i].scores, "rerank": float(scores[i])})
+        for i, final in rerank_order(scores, k, fusion=fusion, rrf_k=rrf_k)
+    ]

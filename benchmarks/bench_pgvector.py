@@ -29,7 +29,7 @@ from ragserve.stores.pg_server import LocalPostgres
 from ragserve.stores.postgres import PostgresIndex
 from ragserve.types import Chunk, DocumentRecord, content_hash
 
-__all__ = ["main"]
+__all__ = ["hnsw_tradeoff", "main"]
 
 DIM = 384
 CHUNKS_PER_DOC = 10
@@ -90,6 +90,30 @@ def _recall_and_latency(
         lat.append(time.perf_counter() - t)
         hits += len({cid for cid, _ in got} & exact)
     return hits / (10 * len(queries)), _pct(lat, 50), _pct(lat, 95)
+
+
+GRID = ((8, 64), (16, 64), (16, 128), (32, 200))
+EF_SEARCH = (20, 40, 100, 200, 400)
+
+
+def hnsw_tradeoff(
+    idx: PostgresIndex,
+    queries: np.ndarray,
+    truth: list[set[str]],
+    grid: tuple[tuple[int, int], ...] = GRID,
+    ef_search: tuple[int, ...] = EF_SEARCH,
+) -> None:
+    """Print recall@10 (against ``truth``) and latency per (m, ef_construction, ef_search)."""
+    print("   m | ef_constr | build s | ef_search | recall@10 | p50 ms | p95 ms")
+    for m, efc in grid:
+        build = idx.rebuild_hnsw(m, efc)
+        for ef in ef_search:
+            recall, p50, p95 = _recall_and_latency(idx, queries, truth, ef)
+            print(
+                f"{m:>4} | {efc:>9} | {build:>7.1f} | {ef:>9} | {recall:>9.3f} | "
+                f"{p50:>6.2f} | {p95:>6.2f}",
+                flush=True,
+            )
 
 
 def _bench_size(
@@ -181,16 +205,7 @@ def main() -> None:
             return
         idx, queries, truth = kept
         print(f"\nHNSW trade-off on {sweep_size:,} chunks (index rebuilt per (m, ef_construction))")
-        print("   m | ef_constr | build s | ef_search | recall@10 | p50 ms | p95 ms")
-        for m, efc in [(8, 64), (16, 64), (16, 128), (32, 200)]:
-            build = idx.rebuild_hnsw(m, efc)
-            for ef in (20, 40, 100, 200, 400):
-                recall, p50, p95 = _recall_and_latency(idx, queries, truth, ef)
-                print(
-                    f"{m:>4} | {efc:>9} | {build:>7.1f} | {ef:>9} | {recall:>9.3f} | "
-                    f"{p50:>6.2f} | {p95:>6.2f}",
-                    flush=True,
-                )
+        hnsw_tradeoff(idx, queries, truth)
         idx.drop_collection()
         idx.close()
 

@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-STAGES = "bm25,dense,hybrid,hybrid+expansion,hybrid+rerank,hybrid+expansion+rerank"
+STAGES = (
+    "bm25,dense,hybrid-rrf,hybrid-convex,hybrid+expansion,hybrid+rerank,hybrid+expansion+rerank"
+)
 
 
 def main() -> None:

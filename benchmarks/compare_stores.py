@@ -10,6 +10,11 @@ copied to PostgreSQL as ``ragserve migrate`` does. Both runs go through ``evalua
     RAGSERVE_STORE=postgres RAGSERVE_POSTGRES_DSN=... ragserve eval retrieval --dataset ... --json
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/compare_stores.py [--dataset DIR] [--limit N]
+
+``--hnsw-sweep`` then rebuilds the PostgreSQL HNSW index for a few (m, ef_construction) and
+prints recall@10 against exact search and dense query latency per ef_search, on the real
+embeddings of the corpus and its queries: the data the defaults were chosen on.
+``--data-dir`` keeps the embedded index between runs (default: a temporary directory).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import argparse
 import contextlib
 import tempfile
 from pathlib import Path
+
+import numpy as np
+from bench_pgvector import hnsw_tradeoff
 
 from ragserve.config import Settings
 from ragserve.embedding import SentenceTransformerEmbedder
@@ -37,6 +45,8 @@ def main() -> None:
     ap.add_argument("--stages", default="bm25,dense,hybrid")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--dsn", default=None, help="an existing PostgreSQL (else a throwaway one)")
+    ap.add_argument("--data-dir", type=Path, default=None, help="keep the embedded index here")
+    ap.add_argument("--hnsw-sweep", action="store_true", help="recall/latency per HNSW setting")
     args = ap.parse_args()
     data = load_beir(args.dataset, args.split)
     stages = tuple(args.stages.split(","))
@@ -46,7 +56,11 @@ def main() -> None:
         contextlib.ExitStack() as st,
     ):
         dsn = args.dsn or st.enter_context(LocalPostgres()).dsn
-        base = Settings(data_dir=Path(tmp), collection=f"compare_{data.name}", postgres_dsn=dsn)
+        base = Settings(
+            data_dir=args.data_dir or Path(tmp),
+            collection=f"compare_{data.name}",
+            postgres_dsn=dsn,
+        )
         results["chroma"] = evaluate_retrieval(
             base, data, stages=stages, limit=args.limit, progress=True
         )
@@ -54,12 +68,13 @@ def main() -> None:
         # copy, so both runs rank exactly the same embeddings (and nothing is embedded twice).
         src = open_index(base)
         dst = open_index(base.model_copy(update={"store": "postgres"}))
-        dim = SentenceTransformerEmbedder.from_settings(base).dimension
+        embedder = SentenceTransformerEmbedder.from_settings(base)
+        embedder.warm_up()
+        dim = embedder.dimension
         src.open(base.embedding_model, dim)
         dst.open(base.embedding_model, dim)
         copy_index(src, dst)
         src.close()
-        dst.close()
         results["postgres"] = evaluate_retrieval(
             base.model_copy(update={"store": "postgres"}),
             data,
@@ -67,6 +82,14 @@ def main() -> None:
             limit=args.limit,
             progress=True,
         )
+        if args.hnsw_sweep:
+            qids = sorted(data.qrels)[: args.limit or None]
+            queries = np.stack([embedder.embed_query(data.queries[q]) for q in qids])
+            truth = [{cid for cid, _ in dst.exact_search(q, 10)} for q in queries]
+            print(f"\nHNSW trade-off on {data.name}: {len(qids)} real queries, k=10")
+            hnsw_tradeoff(dst, queries, truth)
+            dst.rebuild_hnsw(Settings().hnsw_m, Settings().hnsw_ef_construction)
+        dst.close()
     n = len(results["chroma"][stages[0]].per_query_ndcg)
     print(f"\n{data.name} {args.split}: {n} queries")
     print(f"{'stage':10} {'store':9} {'nDCG@10':>8} {'R@100':>7} {'p50 ms':>7} {'p95 ms':>7}")

@@ -76,6 +76,25 @@ def test_refusal_gate_skips_generation_for_unrelated_questions(pipeline: RagPipe
     assert "generate" not in a.timings
 
 
+def test_support_gate_refuses_on_topic_sources_that_lack_the_answer(
+    pipeline: RagPipeline,
+) -> None:
+    # On topic (httpx clients), but nothing in the corpus covers the rest of the question.
+    query = "Which httpx client release added Kerberos SPNEGO ticket renewal for proxies?"
+    processed = pipeline.process(query)
+    hits = pipeline.search(processed)
+    assert any("httpx" in h.chunk.source for h in hits)
+    assert pipeline.support.best(processed.text, [h.chunk.text for h in hits]) < 0.25
+    a = pipeline.answer(query)
+    assert a.refused and "generate" not in a.timings
+    # The same sources with the check off: the question gets through to generation.
+    pipeline.settings.min_support = 0.0
+    try:
+        assert "generate" in pipeline.answer(query).timings
+    finally:
+        pipeline.settings.min_support = Settings().min_support
+
+
 def test_chitchat_and_out_of_scope(pipeline: RagPipeline) -> None:
     hello = pipeline.answer("hello")
     assert hello.intent is Intent.CHITCHAT and not hello.sources and "retrieve" not in hello.timings

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ragserve.config import Settings
-from ragserve.retrieval import HybridRetriever, reciprocal_rank_fusion
+from ragserve.retrieval import HybridRetriever, convex_fusion, reciprocal_rank_fusion
 from ragserve.types import ProcessedQuery
 
 
@@ -37,6 +37,42 @@ def test_rrf_scores_sorted_and_cover_every_id(rankings: list[list[str]]) -> None
     assert {d for d, _ in fused} == {d for r in rankings for d in r}
 
 
+def test_convex_fusion_by_hand() -> None:
+    dense = [[("a", 0.9), ("b", 0.5), ("c", 0.1)]]
+    sparse = [[("b", 10.0), ("c", 5.0), ("d", 0.0)]]
+    # normalised: dense a=1, b=.5, c=0; sparse b=1, c=.5, d=0
+    fused = convex_fusion(dense, sparse, alpha=0.5)
+    assert [d for d, _ in fused] == ["b", "a", "c", "d"]
+    assert dict(fused) == pytest.approx({"b": 0.75, "a": 0.5, "c": 0.25, "d": 0.0})
+    assert [d for d, _ in convex_fusion(dense, sparse, alpha=1.0, limit=2)] == ["a", "b"]
+    assert [d for d, _ in convex_fusion(dense, sparse, alpha=0.0, limit=2)] == ["b", "c"]
+
+
+def test_convex_fusion_takes_each_sides_best_variant_and_handles_edges() -> None:
+    # Two query variants on the dense side: "c" is best in the second one.
+    fused = dict(convex_fusion([[("a", 2.0), ("c", 1.0)], [("c", 3.0), ("a", 0.0)]], [], alpha=0.5))
+    assert fused == pytest.approx({"a": 0.5, "c": 0.5})
+    assert convex_fusion([[("only", 0.3)]], [[]]) == [("only", 0.5)]
+    assert convex_fusion([], []) == []
+    with pytest.raises(ValueError):
+        convex_fusion([], [], alpha=1.5)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("abcdefgh"), st.floats(-50, 50)), unique_by=lambda t: t[0]),
+    st.lists(st.tuples(st.sampled_from("abcdefgh"), st.floats(0, 50)), unique_by=lambda t: t[0]),
+    st.floats(0, 1),
+)
+def test_convex_scores_bounded_sorted_and_cover_every_id(
+    dense: list[tuple[str, float]], sparse: list[tuple[str, float]], alpha: float
+) -> None:
+    fused = convex_fusion([dense], [sparse], alpha=alpha)
+    scores = [s for _, s in fused]
+    assert scores == sorted(scores, reverse=True)
+    assert all(-1e-9 <= s <= 1 + 1e-9 for s in scores)
+    assert {d for d, _ in fused} == {d for d, _ in dense + sparse}
+
+
 @pytest.fixture(scope="module")
 def scifact_index(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Path, embedder):  # type: ignore[no-untyped-def]
     """The first 300 SciFact abstracts, ingested with the real embedder into real Chroma+BM25."""
@@ -57,13 +93,15 @@ def scifact_index(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Pat
     index.close()
 
 
-def test_hybrid_finds_a_document_by_its_own_title(scifact_index, embedder) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("fusion", ["convex", "rrf"])
+def test_hybrid_finds_a_document_by_its_own_title(scifact_index, embedder, fusion: str) -> None:  # type: ignore[no-untyped-def]
     index, docs = scifact_index
-    retriever = HybridRetriever(index, embedder)
+    retriever = HybridRetriever(index, embedder, fusion=fusion)  # type: ignore[arg-type]
     found = 0
     for doc in docs[:20]:
         hits = retriever.retrieve(ProcessedQuery(original=doc.title, text=doc.title or ""), 5)
-        assert hits and all({"rrf"} <= set(h.scores) for h in hits)
+        assert hits and all({fusion} <= set(h.scores) for h in hits)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         found += hits[0].chunk.doc_id == doc.doc_id
     assert found >= 18
 
@@ -89,9 +127,13 @@ def test_overfetch_depth(scifact_index, embedder) -> None:  # type: ignore[no-un
 
     index.dense_search = spy
     try:
+        HybridRetriever(index, embedder, overfetch=3, depth=1).retrieve(
+            ProcessedQuery(original="q", text="cancer"), 7
+        )
         HybridRetriever(index, embedder, overfetch=3).retrieve(
             ProcessedQuery(original="q", text="cancer"), 7
         )
     finally:
         del index.dense_search
-    assert calls == [21]
+    # k x overfetch, unless the fusion depth (default 100) asks for more
+    assert calls == [21, 100]

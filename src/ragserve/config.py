@@ -71,8 +71,22 @@ class Settings(BaseSettings):
 
     # --- retrieval -------------------------------------------------------------------------
     top_k: int = Field(5, ge=1, description="Chunks given to generation.")
+    fusion: Literal["convex", "rrf"] = Field(
+        "convex",
+        description="How dense and sparse results combine: 'convex' (min-max normalised scores, "
+        "weighted by fusion_alpha; measured best) or 'rrf' (reciprocal rank fusion).",
+    )
+    fusion_alpha: float = Field(
+        0.45,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the dense side (tuned on SciFact train + NFCorpus dev).",
+    )
+    fusion_depth: int = Field(
+        100, ge=1, description="Candidates each side fetches (and normalises scores over)."
+    )
     overfetch: int = Field(
-        2, ge=1, description="Dense and sparse each fetch overfetch x the fused candidates."
+        2, ge=1, description="Each side fetches at least overfetch x the fused candidates."
     )
     rrf_k: int = Field(60, ge=1)
     bm25_stemming: bool = True
@@ -116,6 +130,14 @@ class Settings(BaseSettings):
     history_turns: int = Field(6, ge=0)
     refusal_threshold: float | None = Field(
         None, description="Minimum best re-rank score to answer; None uses the calibrated default."
+    )
+    min_support: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Refuse (with any generator) when no source sentence covers at least this "
+        "share of the question's IDF-weighted terms; 0 turns the check off (calibrated on "
+        "held-out SQuAD, benchmarks/calibrate_refusal.py).",
     )
     dense_refusal_threshold: float = Field(
         0.3,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragserve.config import Settings
 from ragserve.embedding import SentenceTransformerEmbedder
+from ragserve.generation.support import SentenceSupport
 from ragserve.query import RuleBasedQueryProcessor
 from ragserve.retrieval import HybridRetriever
 from ragserve.stores.base import DocumentIndex, open_index
@@ -87,10 +88,9 @@ class RagPipeline:
             expansion=s.query_expansion,
             intent_detection=s.intent_detection,
         )
-        self.retriever = HybridRetriever(
-            self.index, self.embedder, overfetch=s.overfetch, rrf_k=s.rrf_k
-        )
+        self.retriever = HybridRetriever.from_settings(self.index, self.embedder, s)
         self.reranker: Reranker | None = None
+        self.support = SentenceSupport()
         self.generator: Any = None
         self.assembler: Any = None
         self._warm = False
@@ -173,13 +173,22 @@ class RagPipeline:
 
     # --- full answer --------------------------------------------------------------------------
 
-    def _low_confidence(self, hits: Sequence[Hit]) -> bool:
-        """The retrieval-confidence gate: refuse without calling the generator."""
+    def _low_confidence(self, query: str, hits: Sequence[Hit]) -> bool:
+        """The retrieval-confidence gate: refuse without calling the generator.
+
+        Two signals: the retrieval score (re-rank probability, or without a re-ranker the best
+        dense cosine) and the lexical support of the best source sentence. The second catches
+        the common miss where the sources are on topic but do not hold the answer.
+        """
         if self.reranker is not None:
-            return max(h.scores.get("rerank", 0.0) for h in hits) < self.refusal_threshold
-        # No re-ranker: the best cosine similarity of the dense side is the confidence signal.
-        dense = [h.scores["dense"] for h in hits if "dense" in h.scores]
-        return bool(dense) and max(dense) < self.settings.dense_refusal_threshold
+            if max(h.scores.get("rerank", 0.0) for h in hits) < self.refusal_threshold:
+                return True
+        else:
+            dense = [h.scores["dense"] for h in hits if "dense" in h.scores]
+            if dense and max(dense) < self.settings.dense_refusal_threshold:
+                return True
+        minimum = self.settings.min_support
+        return minimum > 0 and self.support.best(query, [h.chunk.text for h in hits]) < minimum
 
     def answer(self, query: str, history: Sequence[Message] = ()) -> Answer:
         final: Answer | None = None
@@ -214,7 +223,7 @@ class RagPipeline:
             return
         hits = self.search(processed, timer)
         base.sources = hits
-        if not hits or self._low_confidence(hits):
+        if not hits or self._low_confidence(processed.text, hits):
             from ragserve.generation.citations import REFUSAL_TEXT
 
             base.text, base.refused = REFUSAL_TEXT, True

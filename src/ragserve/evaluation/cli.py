@@ -22,10 +22,10 @@ def retrieval(
     stages: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: bm25, dense, hybrid, hybrid+expansion, hybrid+rerank, "
-            "hybrid+expansion+rerank."
+            help="Comma-separated: bm25, dense, hybrid-rrf, hybrid-convex, hybrid (the "
+            "configured fusion), hybrid+expansion, hybrid+rerank, hybrid+expansion+rerank."
         ),
-    ] = "bm25,dense,hybrid,hybrid+expansion,hybrid+rerank",
+    ] = "bm25,dense,hybrid-rrf,hybrid-convex,hybrid+expansion,hybrid+rerank",
     collection: Annotated[
         str | None, typer.Option(help="Collection to (re)use; default eval-<name>.")
     ] = None,
@@ -56,6 +56,8 @@ def retrieval(
             + ("+expansion" if settings.query_expansion else "")
             + ("+rerank" if settings.rerank else "")
         )
+        if configured == "hybrid" and configured not in results:
+            configured = f"hybrid-{settings.fusion}"  # the same retrieval, named by its fusion
         full = configured if configured in results else chosen[-1]
         head = results[full].summary()
         body = {k: head[k] for k in ("ndcg@10", "recall@10", "recall@100", "mrr@10")}

@@ -1,7 +1,8 @@
 """Retrieval evaluation: every query of a BEIR split through the real retrieval path.
 
 One run measures several configurations on the same index and queries (the ablation):
-``bm25``, ``dense``, ``hybrid`` (RRF), ``hybrid+rerank`` and the query-expansion variants.
+``bm25``, ``dense``, ``hybrid-rrf`` and ``hybrid-convex`` (each fusion), ``hybrid`` (the
+configured fusion), ``hybrid+rerank`` and the query-expansion variants.
 Chunks are mapped to their documents by first appearance (max-score aggregation), since BEIR
 judges documents. For Recall@100, 100 fused candidates are retrieved; the re-ranker scores the
 top ``rerank_candidates`` of them (as in production) and the rest keep their fused order.
@@ -27,6 +28,8 @@ __all__ = ["ALL_STAGES", "StageResult", "evaluate_retrieval", "ranx_metrics"]
 ALL_STAGES = (
     "bm25",
     "dense",
+    "hybrid-rrf",
+    "hybrid-convex",
     "hybrid",
     "hybrid+expansion",
     "hybrid+rerank",
@@ -118,11 +121,22 @@ def evaluate_retrieval(
         reranker.warm_up()
     plain = RuleBasedQueryProcessor(condense_history=False, expansion=False, intent_detection=False)
     expand = RuleBasedQueryProcessor(condense_history=False, expansion=True, intent_detection=False)
+    # overfetch 1: every side fetches DEPTH (or fusion_depth, if deeper) candidates.
+    eval_settings = settings.model_copy(update={"overfetch": 1})
     retrievers = {
-        mode: HybridRetriever(
-            pipeline.index, pipeline.embedder, mode=mode, overfetch=1, rrf_k=settings.rrf_k
-        )
-        for mode in ("sparse", "dense", "hybrid")
+        "sparse": HybridRetriever.from_settings(
+            pipeline.index, pipeline.embedder, eval_settings, mode="sparse"
+        ),
+        "dense": HybridRetriever.from_settings(
+            pipeline.index, pipeline.embedder, eval_settings, mode="dense"
+        ),
+        "hybrid": HybridRetriever.from_settings(pipeline.index, pipeline.embedder, eval_settings),
+        "hybrid-rrf": HybridRetriever.from_settings(
+            pipeline.index, pipeline.embedder, eval_settings, fusion="rrf"
+        ),
+        "hybrid-convex": HybridRetriever.from_settings(
+            pipeline.index, pipeline.embedder, eval_settings, fusion="convex"
+        ),
     }
     qids = sorted(dataset.qrels)[: limit or None]
     qrels = {q: dataset.qrels[q] for q in qids}
@@ -139,7 +153,7 @@ def evaluate_retrieval(
             t0 = time.perf_counter()
             pq: ProcessedQuery = processor.process(text)
             t_query = (time.perf_counter() - t0) * 1000
-            mode = {"bm25": "sparse", "dense": "dense"}.get(stage, "hybrid")
+            mode = {"bm25": "sparse"}.get(stage, stage.split("+")[0])
             key = f"{mode}:{'x' if 'expansion' in stage else ''}"
             if key not in cache:
                 pipeline.embedder.clear_cache()  # time the real embedding, not a cache hit

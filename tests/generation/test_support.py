@@ -1,0 +1,43 @@
+"""SentenceSupport: the lexical support score shared by the extractive answerer and the gate."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragserve.generation.support import SentenceSupport
+
+SOURCES = [
+    "The Normans were the people who gave their name to Normandy, a region in France. "
+    "They descended from Norse raiders and settlers.",
+    "Rollo, the Viking leader, agreed to a treaty with King Charles III of West Francia in 911. "
+    "The Normans adopted the Frankish language within a few generations.",
+]
+
+
+@pytest.fixture(scope="module")
+def support() -> SentenceSupport:
+    s = SentenceSupport()
+    s.warm_up()
+    return s
+
+
+def test_sentence_holding_the_answer_ranks_first_with_high_support(
+    support: SentenceSupport,
+) -> None:
+    ranked = support.rank("In what year did Rollo agree to the treaty?", SOURCES)
+    assert ranked[0].source == 2 and "911" in ranked[0].text
+    assert ranked[0].matched >= {"rollo", "treati", "agre"}
+    assert (
+        support.best("In what year did Rollo agree to the treaty?", SOURCES) > 0.5
+    )  # all but "year"
+
+
+def test_on_topic_sources_without_the_answer_score_low(support: SentenceSupport) -> None:
+    # Same article, but nothing about Sicily or its kings: only the topic word matches.
+    assert support.best("Who was the first Norman king of Sicily?", SOURCES) < 0.25
+
+
+def test_nothing_usable_scores_zero(support: SentenceSupport) -> None:
+    assert support.best("", SOURCES) == 0.0
+    assert support.best("the of and", SOURCES) == 0.0
+    assert support.best("Rollo treaty", ["## Heading", "too short"]) == 0.0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from ragserve.config import Settings
 from ragserve.errors import DatasetError
 from ragserve.evaluation.answers import normalize_answer, squad_f1
 from ragserve.evaluation.beir import load_beir
@@ -121,3 +122,39 @@ def test_eval_retrieval_cli_end_to_end(tmp_path: Path, monkeypatch) -> None:  # 
     assert (tmp_path / "rep" / "report.md").exists() and (
         tmp_path / "rep" / "ablation.png"
     ).exists()
+
+
+def test_gold_removed_index_is_corrected_not_reused(tmp_path: Path) -> None:
+    """The 'answer absent' index must lack exactly the excluded paragraphs, even when an index
+    built for another question sample (same size) is already there."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from ragserve.evaluation.answers import _copy_without
+    from ragserve.stores.base import IndexWrite
+    from ragserve.stores.local import LocalIndex
+    from ragserve.types import Chunk, DocumentRecord, content_hash
+
+    def index(name: str) -> LocalIndex:
+        idx = LocalIndex.from_settings(Settings(data_dir=tmp_path, collection=name))
+        idx.open("test-model", 4)
+        return idx
+
+    def write(idx: LocalIndex, doc_ids: list[str]) -> None:
+        writes = []
+        for i, d in enumerate(doc_ids):
+            text = f"paragraph {d} about topic {i}"
+            chunk = Chunk(d + "-0", d, d, text, 0, 0, len(text), content_hash(text))
+            rec = DocumentRecord(d, d, content_hash(text), 1)
+            writes.append(IndexWrite(rec, [chunk], np.eye(4, dtype=np.float32)[[i % 4]]))
+        idx.write(writes)
+
+    src, dst = index("full"), index("absent")
+    write(src, ["p1", "p2", "p3", "p4"])
+    write(dst, ["p1", "p2", "p4"])  # an earlier sample excluded p3, this one excludes p2
+    _copy_without(SimpleNamespace(index=src), SimpleNamespace(index=dst), {"p2"}, IndexWrite)
+    assert sorted(r.doc_id for r in dst.documents()) == ["p1", "p3", "p4"]
+    assert dst.dense_search(np.eye(4, dtype=np.float32)[2], 1)[0][0] == "p3-0"
+    src.close()
+    dst.close()

@@ -174,17 +174,26 @@ def _run(
 
 
 def _copy_without(src: Any, dst: Any, exclude: set[str], index_write: Any) -> None:
-    """Fill ``dst`` with ``src``'s chunks and vectors minus the excluded documents (no embedding)."""
-    if dst.index.info().documents == src.index.info().documents - len(exclude):
-        return
+    """Make ``dst`` hold ``src``'s documents minus the excluded ones (no embedding).
+
+    Compared by document id, not by count, so an index left by a different question sample is
+    corrected rather than reused: a gold paragraph left in would count as a wrong refusal.
+    """
     from ragserve.types import DocumentRecord
 
+    records = {r.doc_id: r for r in src.index.documents()}
+    wanted = set(records) - exclude
+    have = {r.doc_id for r in dst.index.documents()}
+    if have - wanted:
+        dst.index.delete(sorted(have - wanted))
+    missing = wanted - have
+    if not missing:
+        return
     by_doc: dict[str, list[Any]] = {}
     for batch in src.index.iter_chunks(2000):
         for c in batch:
-            if c.doc_id not in exclude:
+            if c.doc_id in missing:
                 by_doc.setdefault(c.doc_id, []).append(c)
-    records = {r.doc_id: r for r in src.index.documents()}
     writes = []
     for doc_id, chunks in by_doc.items():
         chunks.sort(key=lambda c: c.chunk_index)

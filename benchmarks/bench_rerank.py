@@ -55,7 +55,7 @@ def main() -> None:
         f"{'dataset':10} {'BM25 nDCG@10':>13} {'BM25+CE nDCG@10':>16} {'RRF(BM25,CE)':>13} "
         f"{'queries':>8} {'time s':>7}"
     )
-    for name in args.datasets.split(","):
+    for name in filter(None, args.datasets.split(",")):  # --datasets "" = throughput only
         corpus, queries, qrels = load(name)
         texts = [passage(d) for d in corpus]
         ids = [d["_id"] for d in corpus]

@@ -17,18 +17,17 @@ import argparse
 import json
 import random
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ragserve.config import Settings
+from ragserve.context import AssembledContext
 from ragserve.evaluation.answers import normalize_answer
 from ragserve.generation.extractive import ExtractiveGenerator
 from ragserve.ingest.loaders import iter_beir_corpus
 from ragserve.ingest.pipeline import Ingestor
 from ragserve.pipeline import RagPipeline
-from ragserve.types import Hit
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = REPO.parent / "shared" / "datasets" / "squad-v1.1-dev"
@@ -73,7 +72,11 @@ def main() -> None:
         for variant, shown in (("present", hits), ("absent", rest)):
             texts = [h.chunk.text for h in shown[: settings.top_k]]
             support[variant].append(pipe.support.best(processed.text, texts))
-        answer = "".join(gen.stream(q["question"], _Context(hits[: settings.top_k]), []))
+        answer = "".join(
+            gen.stream(
+                q["question"], AssembledContext(hits[: settings.top_k], text="", tokens=0), []
+            )
+        )
         contained.append(any(normalize_answer(g) in normalize_answer(answer) for g in q["answers"]))
     present_a, absent_a = np.array(present), np.array(absent)
     print(
@@ -108,14 +111,6 @@ def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
     """ROC AUC as the chance a positive outscores a negative (ties count half)."""
     diff = positive[:, None] - negative[None, :]
     return float(np.mean((diff > 0) + 0.5 * (diff == 0)))
-
-
-@dataclass
-class _Context:
-    """The part of an assembled context the extractive answerer reads."""
-
-    sources: list[Hit]
-    texts: list[str] = field(default_factory=list)
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def main() -> None:
             truth = [{cid for cid, _ in dst.exact_search(q, 10)} for q in queries]
             print(f"\nHNSW trade-off on {data.name}: {len(qids)} real queries, k=10")
             hnsw_tradeoff(dst, queries, truth)
-            dst.rebuild_hnsw(Settings().hnsw_m, Settings().hnsw_ef_construction)
+            dst.rebuild_hnsw(base.hnsw_m, base.hnsw_ef_construction)  # back to the defaults
         dst.close()
     n = len(results["chroma"][stages[0]].per_query_ndcg)
     print(f"\n{data.name} {args.split}: {n} queries")

@@ -124,19 +124,15 @@ def evaluate_retrieval(
     # overfetch 1: every side fetches DEPTH (or fusion_depth, if deeper) candidates.
     eval_settings = settings.model_copy(update={"overfetch": 1})
     retrievers = {
-        "sparse": HybridRetriever.from_settings(
-            pipeline.index, pipeline.embedder, eval_settings, mode="sparse"
-        ),
-        "dense": HybridRetriever.from_settings(
-            pipeline.index, pipeline.embedder, eval_settings, mode="dense"
-        ),
-        "hybrid": HybridRetriever.from_settings(pipeline.index, pipeline.embedder, eval_settings),
-        "hybrid-rrf": HybridRetriever.from_settings(
-            pipeline.index, pipeline.embedder, eval_settings, fusion="rrf"
-        ),
-        "hybrid-convex": HybridRetriever.from_settings(
-            pipeline.index, pipeline.embedder, eval_settings, fusion="convex"
-        ),
+        name: HybridRetriever.from_settings(
+            pipeline.index, pipeline.embedder, eval_settings, mode=mode, fusion=fusion
+        )
+        for name, mode, fusion in (
+            ("sparse", "sparse", None),
+            ("dense", "dense", None),
+            ("hybrid-rrf", "hybrid", "rrf"),
+            ("hybrid-convex", "hybrid", "convex"),
+        )
     }
     qids = sorted(dataset.qrels)[: limit or None]
     qrels = {q: dataset.qrels[q] for q in qids}
@@ -153,7 +149,10 @@ def evaluate_retrieval(
             t0 = time.perf_counter()
             pq: ProcessedQuery = processor.process(text)
             t_query = (time.perf_counter() - t0) * 1000
-            mode = {"bm25": "sparse"}.get(stage, stage.split("+")[0])
+            # "hybrid" is the configured fusion: the same retriever (and cache) as its name.
+            mode = {"bm25": "sparse", "hybrid": f"hybrid-{settings.fusion}"}.get(
+                stage.split("+")[0], stage.split("+")[0]
+            )
             key = f"{mode}:{'x' if 'expansion' in stage else ''}"
             if key not in cache:
                 pipeline.embedder.clear_cache()  # time the real embedding, not a cache hit

@@ -40,7 +40,7 @@ class ScoredSentence:
     """1-based number of the source the sentence comes from."""
     position: int
     text: str
-    matched: frozenset[str] | set[str]
+    matched: frozenset[str]
     """The question's terms the sentence contains."""
 
 
@@ -90,7 +90,7 @@ class SentenceSupport:
             prior = 0.15 / number + 0.02 / (1 + position)
             scored.append(
                 ScoredSentence(
-                    overlap + prior, overlap, number, position, sentence, terms & q_terms
+                    overlap + prior, overlap, number, position, sentence, frozenset(terms & q_terms)
                 )
             )
         scored.sort(key=lambda s: -s.score)

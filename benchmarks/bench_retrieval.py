@@ -14,7 +14,8 @@ from pathlib import Path
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 STAGES = (
-    "bm25,dense,hybrid-rrf,hybrid-convex,hybrid+expansion,hybrid+rerank,hybrid+expansion+rerank"
+    "bm25,dense,hybrid-rrf,hybrid-convex,hybrid,hybrid+expansion,hybrid+rerank,"
+    "hybrid+expansion+rerank"
 )
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -137,3 +138,59 @@ def test_overfetch_depth(scifact_index, embedder) -> None:  # type: ignore[no-un
         del index.dense_search
     # k x overfetch, unless the fusion depth (default 100) asks for more
     assert calls == [21, 100]
+
+
+def _spy_dense(index, calls):  # type: ignore[no-untyped-def]
+    original = index.dense_search
+
+    def spy(vector, k):  # type: ignore[no-untyped-def]
+        calls.append(np.array(vector, dtype=np.float32))
+        return original(vector, k)
+
+    index.dense_search = spy
+
+
+def test_dense_feedback_searches_again_from_the_query_moved_toward_the_best_chunks(
+    scifact_index,  # type: ignore[no-untyped-def]
+    embedder,
+) -> None:
+    index, _docs = scifact_index
+    query = ProcessedQuery(original="q", text="vitamin D deficiency and bone fractures")
+    plain = HybridRetriever(index, embedder).retrieve(query, 10)
+    calls: list[np.ndarray] = []
+    _spy_dense(index, calls)
+    try:
+        hits = HybridRetriever(index, embedder, feedback_docs=2, feedback_weight=1.0).retrieve(
+            query, 10
+        )
+    finally:
+        del index.dense_search
+    q = embedder.embed_query(query.text)
+    moved = q + index.get_vectors([h.chunk.id for h in plain[:2]]).mean(axis=0)
+    assert len(calls) == 2
+    np.testing.assert_allclose(calls[0], q, atol=1e-6)
+    np.testing.assert_allclose(calls[1], moved / np.linalg.norm(moved), atol=1e-5)
+    # The refusal gate reads "dense" as the cosine to the question, never to the moved vector.
+    for hit in hits:
+        if "dense" in hit.scores:
+            cosine = float(index.get_vectors([hit.chunk.id])[0] @ q)
+            assert hit.scores["dense"] == pytest.approx(cosine, abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_dense_feedback_is_skipped_when_a_feedback_chunk_vanished(scifact_index, embedder) -> None:  # type: ignore[no-untyped-def]
+    from ragserve.errors import StoreError
+
+    index, _docs = scifact_index
+    query = ProcessedQuery(original="q", text="cancer immunotherapy")
+    plain = HybridRetriever(index, embedder).retrieve(query, 10)
+
+    def gone(ids):  # type: ignore[no-untyped-def]
+        raise StoreError("deleted meanwhile")
+
+    index.get_vectors = gone
+    try:
+        hits = HybridRetriever(index, embedder, feedback_docs=2).retrieve(query, 10)
+    finally:
+        del index.get_vectors
+    assert [h.chunk.id for h in hits] == [h.chunk.id for h in plain]

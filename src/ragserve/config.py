@@ -77,10 +77,11 @@ class Settings(BaseSettings):
         "weighted by fusion_alpha; measured best) or 'rrf' (reciprocal rank fusion).",
     )
     fusion_alpha: float = Field(
-        0.45,
+        0.55,
         ge=0.0,
         le=1.0,
-        description="Weight of the dense side (tuned on SciFact train + NFCorpus dev).",
+        description="Weight of the dense side (tuned with dense feedback on SciFact train + "
+        "NFCorpus dev).",
     )
     fusion_depth: int = Field(
         100, ge=1, description="Candidates each side fetches (and normalises scores over)."
@@ -89,6 +90,15 @@ class Settings(BaseSettings):
         2, ge=1, description="Each side fetches at least overfetch x the fused candidates."
     )
     rrf_k: int = Field(60, ge=1)
+    dense_feedback_docs: int = Field(
+        2,
+        ge=0,
+        description="Pseudo-relevance feedback: the query vector moves toward the mean of this "
+        "many best fused chunks and dense search runs again (0 turns it off).",
+    )
+    dense_feedback_weight: float = Field(
+        1.0, ge=0.0, description="Weight of the feedback centroid against the query vector."
+    )
     bm25_stemming: bool = True
     bm25_stopwords: bool = True
 
@@ -117,6 +127,14 @@ class Settings(BaseSettings):
         "builtin:gemma-3-270m", description="GGUF path or 'builtin:gemma-3-270m'."
     )
     llm_context_window: int = Field(16384, ge=512)
+    llm_prompt_style: Literal["auto", "chat", "completion"] = Field(
+        "auto",
+        description="'auto' chats with GGUFs that carry a chat template and prompts the rest "
+        "(base models such as the shipped Gemma 3 270M) as a completion.",
+    )
+    llm_completion_sources: int = Field(
+        1, ge=1, description="Sources a completion-style prompt shows (the best first)."
+    )
     llm_threads: int | None = None
     llm_temperature: float = 0.0
     openai_base_url: str = "http://127.0.0.1:8080/v1"

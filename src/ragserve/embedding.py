@@ -33,11 +33,13 @@ class Embedder(Protocol):
         """Vectors of shape (len(texts), dimension), float32, unit length."""
         ...
 
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
+    def embed_query(self, text: str) -> np.ndarray:
+        """One query's vector (cached: chat traffic repeats questions)."""
+        ...
 
-    def embed_query(self, text: str) -> np.ndarray: ...
+    def clear_cache(self) -> None:
+        """Forget cached query vectors (after a re-index, or to time real embedding)."""
+        ...
 
     @property
     def dimension(self) -> int: ...

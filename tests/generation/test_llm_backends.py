@@ -54,6 +54,26 @@ def test_llama_streams_tokens_from_the_real_model(llama: LlamaCppGenerator) -> N
     assert llama.count_tokens("hello world") >= 2
 
 
+def test_shipped_base_model_answers_from_a_completion_prompt_and_is_cited(
+    llama: LlamaCppGenerator,
+) -> None:
+    # The shipped GGUF has no chat template: it is prompted as a document to continue, and
+    # its answer is credited to the source that contains it.
+    assert llama.prompt_style == "completion"
+    answer = "".join(
+        llama.stream("How tall is the Eiffel Tower?", _context(llama.count_tokens), [])
+    )
+    assert "330" in answer
+    assert answer.rstrip().endswith("[1]")
+
+
+def test_chat_prompts_stay_available_for_the_base_model() -> None:
+    gen = LlamaCppGenerator(n_ctx=2048, max_tokens=8, prompt_style="chat")
+    gen.warm_up()
+    assert gen.prompt_style == "chat" and gen._llm.chat_format == "gemma"
+    assert "".join(gen.stream("How tall is it?", _context(gen.count_tokens), [])).strip()
+
+
 def test_missing_gguf_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ModelNotFoundError, match="not found"):
         LlamaCppGenerator(str(tmp_path / "nope.gguf")).warm_up()

@@ -22,10 +22,11 @@ def retrieval(
     stages: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: bm25, dense, hybrid-rrf, hybrid-convex, hybrid (the "
-            "configured fusion), hybrid+expansion, hybrid+rerank, hybrid+expansion+rerank."
+            help="Comma-separated: bm25, dense, hybrid-rrf, hybrid-convex (each fusion alone), "
+            "hybrid (the pipeline's: configured fusion + dense feedback), hybrid+expansion, "
+            "hybrid+rerank, hybrid+expansion+rerank."
         ),
-    ] = "bm25,dense,hybrid-rrf,hybrid-convex,hybrid+expansion,hybrid+rerank",
+    ] = "bm25,dense,hybrid-rrf,hybrid-convex,hybrid,hybrid+expansion,hybrid+rerank",
     collection: Annotated[
         str | None, typer.Option(help="Collection to (re)use; default eval-<name>.")
     ] = None,

@@ -1,8 +1,9 @@
 """Retrieval evaluation: every query of a BEIR split through the real retrieval path.
 
 One run measures several configurations on the same index and queries (the ablation):
-``bm25``, ``dense``, ``hybrid-rrf`` and ``hybrid-convex`` (each fusion), ``hybrid`` (the
-configured fusion), ``hybrid+rerank`` and the query-expansion variants.
+``bm25``, ``dense``, ``hybrid-rrf`` and ``hybrid-convex`` (each fusion alone), ``hybrid`` (what
+the pipeline runs: the configured fusion with dense feedback), ``hybrid+rerank`` and the
+query-expansion variants.
 Chunks are mapped to their documents by first appearance (max-score aggregation), since BEIR
 judges documents. For Recall@100, 100 fused candidates are retrieved; the re-ranker scores the
 top ``rerank_candidates`` of them (as in production) and the rest keep their fused order.
@@ -125,13 +126,19 @@ def evaluate_retrieval(
     eval_settings = settings.model_copy(update={"overfetch": 1})
     retrievers = {
         name: HybridRetriever.from_settings(
-            pipeline.index, pipeline.embedder, eval_settings, mode=mode, fusion=fusion
+            pipeline.index,
+            pipeline.embedder,
+            eval_settings,
+            mode=mode,
+            fusion=fusion,
+            feedback=feedback,
         )
-        for name, mode, fusion in (
-            ("sparse", "sparse", None),
-            ("dense", "dense", None),
-            ("hybrid-rrf", "hybrid", "rrf"),
-            ("hybrid-convex", "hybrid", "convex"),
+        for name, mode, fusion, feedback in (
+            ("sparse", "sparse", None, False),
+            ("dense", "dense", None, False),
+            ("hybrid-rrf", "hybrid", "rrf", False),
+            ("hybrid-convex", "hybrid", "convex", False),
+            ("hybrid", "hybrid", None, True),
         )
     }
     qids = sorted(dataset.qrels)[: limit or None]
@@ -149,10 +156,7 @@ def evaluate_retrieval(
             t0 = time.perf_counter()
             pq: ProcessedQuery = processor.process(text)
             t_query = (time.perf_counter() - t0) * 1000
-            # "hybrid" is the configured fusion: the same retriever (and cache) as its name.
-            mode = {"bm25": "sparse", "hybrid": f"hybrid-{settings.fusion}"}.get(
-                stage.split("+")[0], stage.split("+")[0]
-            )
+            mode = {"bm25": "sparse"}.get(stage.split("+")[0], stage.split("+")[0])
             key = f"{mode}:{'x' if 'expansion' in stage else ''}"
             if key not in cache:
                 pipeline.embedder.clear_cache()  # time the real embedding, not a cache hit

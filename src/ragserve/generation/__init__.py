@@ -33,6 +33,8 @@ def build_generator(settings: Settings) -> Generator:
             n_threads=settings.llm_threads,
             temperature=settings.llm_temperature,
             max_tokens=settings.budget_response // 4,
+            prompt_style=settings.llm_prompt_style,
+            completion_sources=settings.llm_completion_sources,
         )
     if settings.generator == "openai":
         return OpenAICompatibleGenerator(

@@ -8,7 +8,7 @@ from ragserve.context import AssembledContext
 from ragserve.ingest.chunking import split_sentences
 from ragserve.types import Citation
 
-__all__ = ["REFUSAL_TEXT", "is_refusal", "validate_citations"]
+__all__ = ["REFUSAL_TEXT", "attribute", "is_refusal", "validate_citations"]
 
 REFUSAL_TEXT = "I couldn't find that in the documents."
 
@@ -80,3 +80,26 @@ def _best_span(source: str, citing: str) -> str:
         if score > best_score:
             best, best_score = source[a:b], score
     return best
+
+
+def attribute(
+    answer: str, texts: list[str], *, question: str = "", min_share: float = 0.6
+) -> int | None:
+    """The source (1-based) that contains most of an uncited answer's words, if one does.
+
+    For models too small to cite reliably: an answer whose words mostly come from one source
+    is credited to it; an answer no source supports gets no citation rather than a made-up one.
+    Words the answer repeats from the question prove nothing and are not counted.
+    """
+    asked = {w.lower() for w in _WORD.findall(question)}
+    words = [w.lower() for w in _WORD.findall(re.sub(r"\[\d+\]", "", answer))]
+    words = [w for w in words if w not in asked] or words
+    if not words:
+        return None
+    best, best_share = None, 0.0
+    for number, text in enumerate(texts, 1):
+        vocab = {w.lower() for w in _WORD.findall(text)}
+        share = sum(w in vocab for w in words) / len(words)
+        if share > best_share:
+            best, best_share = number, share
+    return best if best_share >= min_share else None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Literal
 
 from ragserve.context import AssembledContext
 from ragserve.errors import GenerationError, ModelNotFoundError
-from ragserve.generation.prompts import build_messages
+from ragserve.generation.citations import attribute
+from ragserve.generation.prompts import COMPLETION_STOP, build_completion_prompt, build_messages
 from ragserve.models import resolve_gguf_model
 from ragserve.types import Message
 
@@ -30,6 +32,8 @@ class LlamaCppGenerator:
         temperature: float = 0.0,
         max_tokens: int = 256,
         chat_format: str | None = None,
+        prompt_style: Literal["auto", "chat", "completion"] = "auto",
+        completion_sources: int = 1,
     ) -> None:
         self.model_path = model_path
         self.context_window = n_ctx
@@ -37,6 +41,8 @@ class LlamaCppGenerator:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.chat_format = chat_format
+        self.prompt_style = prompt_style
+        self.completion_sources = completion_sources
         self._llm: Any = None
         # llama.cpp contexts are not re-entrant: one generation at a time per loaded model.
         self._lock = threading.Lock()
@@ -47,15 +53,12 @@ class LlamaCppGenerator:
         path = resolve_gguf_model(self.model_path)
         from llama_cpp import Llama
 
-        fmt = self.chat_format
-        if fmt is None and "gemma" in path.name.lower():
-            fmt = "gemma"  # the shipped GGUF carries no chat template
         try:
-            self._llm = Llama(
+            llm = Llama(
                 model_path=str(path),
                 n_ctx=self.context_window,
                 n_threads=self.n_threads,
-                chat_format=fmt,
+                chat_format=self.chat_format,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
@@ -63,8 +66,19 @@ class LlamaCppGenerator:
                 f"Could not load the GGUF model {path}: {exc}",
                 hint="Check that the file is a valid GGUF model.",
             ) from exc
-        self.context_window = min(self.context_window, int(self._llm.n_ctx()))
-        log.info("loaded %s (n_ctx %d, chat_format %s)", path.name, self.context_window, fmt)
+        has_template = bool(llm.metadata.get("tokenizer.chat_template"))
+        if self.prompt_style == "auto":
+            # A GGUF without a chat template is a base model (the shipped Gemma 3 270M is):
+            # given a chat prompt it echoes it back, so it gets a document to continue instead.
+            self.prompt_style = "chat" if has_template or self.chat_format else "completion"
+        if self.prompt_style == "chat" and not has_template and self.chat_format is None:
+            llm.chat_format = "gemma" if "gemma" in path.name.lower() else "chatml"
+            llm.chat_handler = None
+        self._llm = llm
+        self.context_window = min(self.context_window, int(llm.n_ctx()))
+        log.info(
+            "loaded %s (n_ctx %d, %s prompts)", path.name, self.context_window, self.prompt_style
+        )
 
     def count_tokens(self, text: str) -> int:
         if self._llm is None:
@@ -76,20 +90,60 @@ class LlamaCppGenerator:
     ) -> Iterator[str]:
         if self._llm is None:
             self.warm_up()
+        if self.prompt_style == "completion":
+            yield from self._complete(query, context)
+            return
         messages = build_messages(query, context, history, system_role=False)
-        with self._lock:
-            try:
-                for part in self._llm.create_chat_completion(
-                    messages=messages,
-                    stream=True,
-                    temperature=self.temperature,
-                    max_tokens=self.max_tokens,
-                ):
-                    delta = part["choices"][0].get("delta", {}).get("content")
-                    if delta:
-                        yield delta
-            except ValueError as exc:  # e.g. prompt longer than the context window
-                raise GenerationError(
-                    f"Local generation failed: {exc}",
-                    hint="Lower RAGSERVE_BUDGET_CONTEXT or top_k.",
-                ) from exc
+        with self._lock, _as_generation_error():
+            for part in self._llm.create_chat_completion(
+                messages=messages,
+                stream=True,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+            ):
+                delta = part["choices"][0].get("delta", {}).get("content")
+                if delta:
+                    yield delta
+
+    def _complete(self, query: str, context: AssembledContext) -> Iterator[str]:
+        prompt = build_completion_prompt(query, context, self.completion_sources)
+        answer: list[str] = []
+        with self._lock, _as_generation_error():
+            stream = self._llm.create_completion(
+                prompt,
+                stream=True,
+                temperature=self.temperature,
+                # A short phrase is all this prompt asks for; a base model left to run on
+                # starts writing the next question.
+                max_tokens=min(self.max_tokens, 48),
+                stop=COMPLETION_STOP,
+            )
+            for part in stream:
+                piece = part["choices"][0].get("text") or ""
+                if not answer:
+                    piece = piece.lstrip()  # the model often opens with a line break
+                # The answer is the first line; a stop sequence of "\n" would also end it
+                # when the model opens with a line break, before it has said anything.
+                head, newline, _ = piece.partition("\n")
+                if head:
+                    answer.append(head)
+                    yield head
+                if newline and answer:
+                    stream.close()
+                    break
+        text = "".join(answer)
+        if text and "[" not in text:
+            number = attribute(text, context.texts[: self.completion_sources], question=query)
+            if number is not None:
+                yield f" [{number}]"
+
+
+@contextmanager
+def _as_generation_error() -> Iterator[None]:
+    try:
+        yield
+    except ValueError as exc:  # e.g. prompt longer than the context window
+        raise GenerationError(
+            f"Local generation failed: {exc}",
+            hint="Lower RAGSERVE_BUDGET_CONTEXT or top_k.",
+        ) from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ragserve.context import AssembledContext
 from ragserve.types import Message
 
-__all__ = ["SYSTEM_PROMPT", "build_messages"]
+__all__ = ["SYSTEM_PROMPT", "build_completion_prompt", "build_messages"]
 
 SYSTEM_PROMPT = """You answer questions using ONLY the numbered sources provided.
 Rules:
@@ -36,3 +36,33 @@ def build_messages(
     )
     messages.append({"role": "user", "content": user})
     return messages
+
+
+COMPLETION_STOP = ["Question:", "Source:", "Sources:"]
+
+
+def build_completion_prompt(query: str, context: AssembledContext, sources: int) -> str:
+    """A prompt a base (not instruction-tuned) model continues with the answer.
+
+    Base models echo a chat prompt back; a document that ends in "Answer:" they continue. The
+    form measured best on SQuAD with Gemma 3 270M: a one-line task, the best source only (one
+    source: containment 0.40 on 40 questions; two: 0.23; three: 0.25), the question. The model
+    is not asked to cite, since its source numbers were mostly wrong: the answer is attributed
+    afterwards (``citations.attribute``).
+    """
+    texts = [_one_line(t) for t in context.texts[:sources]]
+    if len(texts) == 1:
+        # Numbered blocks invite a base model to continue the pattern ("[2] ..."): a single
+        # source goes in unnumbered.
+        blocks = f"Source: {texts[0]}"
+    else:
+        blocks = "Sources:\n" + "\n\n".join(f"[{n}] {t}" for n, t in enumerate(texts, 1))
+    return (
+        "Read the text and answer the question with a short phrase from it."
+        f"\n\n{blocks}\n\nQuestion: {_one_line(query)}\nAnswer:"
+    )
+
+
+def _one_line(text: str) -> str:
+    # A newline inside a source would look like the end of the answer to the stop sequence.
+    return " ".join(text.split())

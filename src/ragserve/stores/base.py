@@ -96,7 +96,7 @@ class DocumentIndex(Protocol):
         ...
 
     def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """Stored vectors for ``ids`` in that order (migration copies without re-embedding)."""
+        """Stored vectors for ``ids`` in that order (dense feedback; migration copies them)."""
         ...
 
     def add_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:

@@ -44,6 +44,21 @@ def test_split_zip_is_joined_in_part_order_and_extracted_once(tmp_path: Path) ->
 def test_a_missing_part_is_a_clear_error_and_leaves_nothing_behind(tmp_path: Path) -> None:
     parts = _split_zip(tmp_path, {"m/modules.json": "[]", "m/w.bin": "w" * 5000}, 3)
     target = tmp_path / "cache" / "model"
+    with pytest.raises(ModelNotFoundError, match="incomplete"):
+        assemble_split_zip([parts[0], parts[2]], target)
+    # The last part missing is only visible as a broken archive.
     with pytest.raises(ModelNotFoundError, match="assemble"):
         assemble_split_zip(parts[:2], target)
-    assert not target.exists() and list(target.parent.iterdir()) == []
+    assert not target.exists()
+    assert [p.name for p in target.parent.iterdir()] == [".model.lock"]
+
+
+def test_concurrent_assembly_extracts_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = _split_zip(tmp_path, {"m/modules.json": "[]", "m/w.bin": "w" * 50_000}, 4)
+    target = tmp_path / "cache" / "model"
+    with ThreadPoolExecutor(4) as pool:
+        roots = list(pool.map(lambda _: assemble_split_zip(parts, target), range(4)))
+    assert set(roots) == {target / "files" / "m"}
+    assert (roots[0] / "w.bin").read_text() == "w" * 50_000

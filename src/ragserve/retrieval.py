@@ -179,15 +179,18 @@ class HybridRetriever:
             dense = [self.index.dense_search(v, depth) for v in vectors]
         if self.mode in ("hybrid", "sparse"):
             sparse = [self.index.sparse_search(t, depth) for t in queries]
-        fused = self._fuse(dense, sparse, k)
+        feedback = self.mode == "hybrid" and self.feedback_docs > 0 and self.feedback_weight > 0
+        # The same feedback chunks whatever k is, so retrieve(q, 1) is retrieve(q, 10)[:1].
+        fused = self._fuse(dense, sparse, max(k, self.feedback_docs) if feedback else k)
         # Hits keep the cosine to the query itself: the refusal gate is calibrated on it, and
         # a vector moved toward its own feedback chunks would look more confident than it is.
         raw = {"dense": _best(dense), "sparse": _best(sparse)}
-        if self.mode == "hybrid" and self.feedback_docs and fused:
-            feedback = self._feedback_search(vectors[0], fused, depth)
-            if feedback is not None:
-                fused = self._fuse([feedback, *dense[1:]], sparse, k)
-        return self._hits(fused, raw)
+        if feedback and fused:
+            moved = self._feedback_search(vectors[0], fused, depth)
+            if moved is not None:
+                fused = self._fuse([moved, *dense[1:]], sparse, k)
+                self._add_query_cosines(fused, vectors[0], raw["dense"])
+        return self._hits(fused[:k], raw)
 
     def _fuse(self, dense: list[Scored], sparse: list[Scored], k: int) -> list[tuple[str, float]]:
         if self.fusion == "convex":
@@ -203,11 +206,31 @@ class HybridRetriever:
             top = self.index.get_vectors([cid for cid, _ in fused[: self.feedback_docs]])
         except StoreError:  # a chunk deleted since the search: answer without feedback
             return None
+        if top.ndim != 2 or top.shape[0] == 0 or top.shape[1] != vector.shape[0]:
+            return None
         moved = vector + self.feedback_weight * top.mean(axis=0)
         norm = float(np.linalg.norm(moved))
         if norm == 0.0:
             return None
         return self.index.dense_search((moved / norm).astype(np.float32), depth)
+
+    def _add_query_cosines(
+        self, fused: list[tuple[str, float]], vector: np.ndarray, cosines: dict[str, float]
+    ) -> None:
+        """Give chunks only the feedback search found their cosine to the question.
+
+        Without it a final list made only of such chunks would carry no dense score, and the
+        refusal gate, which reads the best one, would have nothing to check.
+        """
+        missing = [cid for cid, _ in fused if cid not in cosines]
+        if not missing:
+            return
+        try:
+            stored = self.index.get_vectors(missing)
+        except StoreError:
+            return
+        if stored.ndim == 2 and stored.shape[1:] == vector.shape:
+            cosines.update(zip(missing, map(float, stored @ vector), strict=True))
 
     def _hits(self, fused: list[tuple[str, float]], raw: dict[str, dict[str, float]]) -> list[Hit]:
         chunks = self.index.get_chunks([cid for cid, _ in fused])

@@ -82,3 +82,4 @@ def test_words_repeated_from_the_question_do_not_count_as_support() -> None:
     assert attribute("He was 39 years old when he played in Super Bowl 50.", texts) is None
     assert attribute("He was 39 years old", texts, question=question) is None
     assert attribute("39", texts, question=question) == 1
+    assert attribute("Peyton Manning played in Super Bowl 50", texts, question=question) is None

@@ -93,8 +93,8 @@ def attribute(
     """
     asked = {w.lower() for w in _WORD.findall(question)}
     words = [w.lower() for w in _WORD.findall(re.sub(r"\[\d+\]", "", answer))]
-    words = [w for w in words if w not in asked] or words
-    if not words:
+    words = [w for w in words if w not in asked]
+    if not words:  # empty, or only the question's own words: nothing a source could support
         return None
     best, best_share = None, 0.0
     for number, text in enumerate(texts, 1):

@@ -125,6 +125,7 @@ class LlamaCppGenerator:
                 # The answer is the first line; a stop sequence of "\n" would also end it
                 # when the model opens with a line break, before it has said anything.
                 head, newline, _ = piece.partition("\n")
+                head = head.rstrip("\r") if newline else head
                 if head:
                     answer.append(head)
                     yield head

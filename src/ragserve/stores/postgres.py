@@ -33,9 +33,10 @@ version bump), so a crash or a killed server never leaves half a document.
 
 Reads on the query path (``dense_search``, ``sparse_search``, ``get_chunks``, ``info``) go to
 the read replica when ``postgres_read_dsn`` is set. Manifest reads that drive writes
-(``document_hash``, ``documents``, ``iter_chunks``) stay on the primary: ingestion must see
-its own writes, which a lagging replica does not promise. ``get_vectors`` serves both (dense
-feedback and migration), so it asks the replica first and the primary for what is missing.
+(``document_hash``, ``documents``, ``iter_chunks``, ``get_vectors``) stay on the primary:
+ingestion must see its own writes, which a lagging replica does not promise. Dense feedback's
+lookup of two vectors by id reads the primary too: after a reindex a lagging replica still
+holds the previous model's vectors under the same chunk ids.
 """
 
 from __future__ import annotations
@@ -493,20 +494,12 @@ class PostgresIndex:
         ids = list(ids)
         if not ids:
             return np.zeros((0, self._dim or 0), dtype=np.float32)
-        # The query path (dense feedback) reads the replica; whatever a lagging replica lacks
-        # comes from the primary, so migration and repair still see their own writes.
-        by_id: dict[str, Any] = {}
-        for read in (True, False) if self.read_dsn else (False,):
-            wanted = [i for i in ids if i not in by_id]
-            if not wanted:
-                break
-            with self._conn(read=read) as conn:
-                rows = conn.execute(
-                    "SELECT id, embedding FROM ragserve_chunks"
-                    " WHERE collection = %s AND id = ANY(%s)",
-                    (self.collection, wanted),
-                ).fetchall()
-            by_id |= {r[0]: r[1] for r in rows if r[1] is not None}
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT id, embedding FROM ragserve_chunks WHERE collection = %s AND id = ANY(%s)",
+                (self.collection, ids),
+            ).fetchall()
+        by_id = {r[0]: r[1] for r in rows if r[1] is not None}
         missing = [i for i in ids if i not in by_id]
         if missing:
             raise StoreError(

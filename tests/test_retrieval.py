@@ -206,3 +206,26 @@ def test_dense_feedback_does_not_depend_on_how_many_hits_are_asked_for(
     assert [h.chunk.id for h in retriever.retrieve(query, 1)] == [
         h.chunk.id for h in retriever.retrieve(query, 10)[:1]
     ]
+
+
+def test_hybrid_answers_from_bm25_when_the_vector_store_cannot_be_read(
+    scifact_index,  # type: ignore[no-untyped-def]
+    embedder,
+) -> None:
+    from ragserve.errors import StoreError
+
+    index, docs = scifact_index
+
+    def unreadable(vector, k):  # type: ignore[no-untyped-def]
+        raise StoreError("The vector store could not be read")
+
+    index.dense_search = unreadable
+    try:
+        query = ProcessedQuery(original="q", text=docs[5].title or "")
+        hits = HybridRetriever(index, embedder, feedback_docs=2).retrieve(query, 5)
+        assert hits and hits[0].chunk.doc_id == docs[5].doc_id
+        assert all("dense" not in h.scores for h in hits)
+        with pytest.raises(StoreError):
+            HybridRetriever(index, embedder, mode="dense").retrieve(query, 5)
+    finally:
+        del index.dense_search

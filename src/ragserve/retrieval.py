@@ -176,10 +176,21 @@ class HybridRetriever:
         vectors: list[np.ndarray] = []
         if self.mode in ("hybrid", "dense"):
             vectors = [self.embedder.embed_query(t) for t in queries]
-            dense = [self.index.dense_search(v, depth) for v in vectors]
+            try:
+                dense = [self.index.dense_search(v, depth) for v in vectors]
+            except StoreError as exc:
+                if self.mode == "dense":
+                    raise
+                # The lexical side still answers while the vector store cannot be read.
+                log.warning("dense search failed, answering from BM25 alone: %s", exc)
         if self.mode in ("hybrid", "sparse"):
             sparse = [self.index.sparse_search(t, depth) for t in queries]
-        feedback = self.mode == "hybrid" and self.feedback_docs > 0 and self.feedback_weight > 0
+        feedback = (
+            self.mode == "hybrid"
+            and bool(dense)
+            and self.feedback_docs > 0
+            and self.feedback_weight > 0
+        )
         # The same feedback chunks whatever k is, so retrieve(q, 1) is retrieve(q, 10)[:1].
         fused = self._fuse(dense, sparse, max(k, self.feedback_docs) if feedback else k)
         # Hits keep the cosine to the query itself: the refusal gate is calibrated on it, and

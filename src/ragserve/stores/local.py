@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -298,7 +299,8 @@ class LocalIndex:
         ids = list(ids)
         if not ids:
             return np.zeros((0, int(self._meta("dimension") or 0)), dtype=np.float32)
-        got = self._chroma.get(ids=ids, include=["embeddings"])
+        with _vector_read():
+            got = self._chroma.get(ids=ids, include=["embeddings"])
         by_id = dict(zip(got["ids"], got["embeddings"], strict=True))
         missing = [i for i in ids if i not in by_id]
         if missing:
@@ -309,14 +311,15 @@ class LocalIndex:
         return np.asarray([by_id[i] for i in ids], dtype=np.float32)
 
     def dense_search(self, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
-        count = self._chroma.count()
-        if count == 0 or k <= 0:
-            return []
-        res = self._chroma.query(
-            query_embeddings=[np.asarray(vector, dtype=np.float32).tolist()],
-            n_results=min(k, count),
-            include=["distances"],
-        )
+        with _vector_read():
+            count = self._chroma.count()
+            if count == 0 or k <= 0:
+                return []
+            res = self._chroma.query(
+                query_embeddings=[np.asarray(vector, dtype=np.float32).tolist()],
+                n_results=min(k, count),
+                include=["distances"],
+            )
         # Chroma's cosine "distance" is 1 - cosine similarity.
         return [
             (cid, 1.0 - float(d)) for cid, d in zip(res["ids"][0], res["distances"][0], strict=True)
@@ -497,6 +500,20 @@ class LocalIndex:
             log.warning(
                 "could not delete %d stale vectors now (%s); they go on next open", len(ids), exc
             )
+
+
+@contextmanager
+def _vector_read() -> Iterator[None]:
+    """Chroma's own read failures (a vanished or unreadable directory) as a typed StoreError."""
+    from chromadb.errors import ChromaError
+
+    try:
+        yield
+    except ChromaError as exc:
+        raise StoreError(
+            f"The vector store could not be read: {exc}",
+            hint="Check that the data directory is still mounted and readable.",
+        ) from exc
 
 
 def _write_error(directory: Path, exc: BaseException) -> StoreError:

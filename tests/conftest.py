@@ -1,11 +1,16 @@
-"""Shared fixtures: the datasets beside the repo, and real models loaded once per session."""
+"""Shared fixtures: the datasets beside the repo, real models loaded once per session, and a
+builder for the one-chunk hits that the post-retrieval stages are tested with."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from ragserve.types import Chunk, Hit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -37,3 +42,31 @@ def embedder():  # type: ignore[no-untyped-def]
     e = SentenceTransformerEmbedder()
     e.warm_up()
     return e
+
+
+@pytest.fixture
+def make_hit() -> Callable[..., Hit]:
+    """``make_hit(text, doc_id=..., source=..., score=..., **chunk_fields)``: a one-chunk Hit."""
+
+    def make(
+        text: str,
+        *,
+        doc_id: str = "d",
+        source: str | None = None,
+        score: float = 1.0,
+        **fields: Any,
+    ) -> Hit:
+        chunk = Chunk(
+            id=doc_id,
+            doc_id=doc_id,
+            source=source or doc_id,
+            text=text,
+            chunk_index=0,
+            char_start=0,
+            char_end=len(text),
+            content_hash="h",
+            **fields,
+        )
+        return Hit(chunk, score)
+
+    return make

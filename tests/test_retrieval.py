@@ -117,16 +117,21 @@ def test_single_side_modes_only_use_their_side(scifact_index, embedder, mode: st
     assert all(mode in h.scores and other not in h.scores for h in hits)
 
 
-def test_overfetch_depth(scifact_index, embedder) -> None:  # type: ignore[no-untyped-def]
-    index, _docs = scifact_index
-    calls: list[int] = []
+def _spy_dense(index, calls):  # type: ignore[no-untyped-def]
+    """Record (vector, k) of every dense search; ``del index.dense_search`` undoes it."""
     original = index.dense_search
 
     def spy(vector, k):  # type: ignore[no-untyped-def]
-        calls.append(k)
+        calls.append((np.array(vector, dtype=np.float32), k))
         return original(vector, k)
 
     index.dense_search = spy
+
+
+def test_overfetch_depth(scifact_index, embedder) -> None:  # type: ignore[no-untyped-def]
+    index, _docs = scifact_index
+    calls: list[tuple[np.ndarray, int]] = []
+    _spy_dense(index, calls)
     try:
         HybridRetriever(index, embedder, overfetch=3, depth=1).retrieve(
             ProcessedQuery(original="q", text="cancer"), 7
@@ -137,17 +142,7 @@ def test_overfetch_depth(scifact_index, embedder) -> None:  # type: ignore[no-un
     finally:
         del index.dense_search
     # k x overfetch, unless the fusion depth (default 100) asks for more
-    assert calls == [21, 100]
-
-
-def _spy_dense(index, calls):  # type: ignore[no-untyped-def]
-    original = index.dense_search
-
-    def spy(vector, k):  # type: ignore[no-untyped-def]
-        calls.append(np.array(vector, dtype=np.float32))
-        return original(vector, k)
-
-    index.dense_search = spy
+    assert [k for _, k in calls] == [21, 100]
 
 
 def test_dense_feedback_searches_again_from_the_query_moved_toward_the_best_chunks(
@@ -157,7 +152,7 @@ def test_dense_feedback_searches_again_from_the_query_moved_toward_the_best_chun
     index, _docs = scifact_index
     query = ProcessedQuery(original="q", text="vitamin D deficiency and bone fractures")
     plain = HybridRetriever(index, embedder).retrieve(query, 10)
-    calls: list[np.ndarray] = []
+    calls: list[tuple[np.ndarray, int]] = []
     _spy_dense(index, calls)
     try:
         hits = HybridRetriever(index, embedder, feedback_docs=2, feedback_weight=1.0).retrieve(
@@ -168,8 +163,8 @@ def test_dense_feedback_searches_again_from_the_query_moved_toward_the_best_chun
     q = embedder.embed_query(query.text)
     moved = q + index.get_vectors([h.chunk.id for h in plain[:2]]).mean(axis=0)
     assert len(calls) == 2
-    np.testing.assert_allclose(calls[0], q, atol=1e-6)
-    np.testing.assert_allclose(calls[1], moved / np.linalg.norm(moved), atol=1e-5)
+    np.testing.assert_allclose(calls[0][0], q, atol=1e-6)
+    np.testing.assert_allclose(calls[1][0], moved / np.linalg.norm(moved), atol=1e-5)
     # The refusal gate reads "dense" as the cosine to the question, never to the moved vector.
     # Every hit has it, including chunks that only the feedback search found.
     for hit in hits:

@@ -8,7 +8,6 @@ from pathlib import Path
 from ragserve.context import ContextAssembler
 from ragserve.generation.citations import REFUSAL_TEXT
 from ragserve.generation.extractive import ExtractiveGenerator
-from ragserve.types import Chunk, Hit
 
 
 def _squad(shared: Path, n: int) -> tuple[dict[str, str], list[dict]]:
@@ -27,23 +26,7 @@ def _squad(shared: Path, n: int) -> tuple[dict[str, str], list[dict]]:
     return corpus, qa
 
 
-def _hit(doc_id: str, text: str) -> Hit:
-    return Hit(
-        Chunk(
-            id=doc_id,
-            doc_id=doc_id,
-            source=doc_id,
-            text=text,
-            chunk_index=0,
-            char_start=0,
-            char_end=len(text),
-            content_hash="h",
-        ),
-        1.0,
-    )
-
-
-def test_answers_contain_gold_and_cite_the_gold_paragraph(shared_datasets: Path) -> None:
+def test_answers_contain_gold_and_cite_the_gold_paragraph(shared_datasets: Path, make_hit) -> None:  # type: ignore[no-untyped-def]
     corpus, qa = _squad(shared_datasets, 30)
     gen = ExtractiveGenerator()
     gen.warm_up()
@@ -52,8 +35,8 @@ def test_answers_contain_gold_and_cite_the_gold_paragraph(shared_datasets: Path)
     contained = cited = 0
     for i, q in enumerate(qa):
         distractors = [ids[(i * 31 + 7) % len(ids)], ids[(i * 17 + 3) % len(ids)]]
-        hits = [_hit(q["context_id"], corpus[q["context_id"]])] + [
-            _hit(d, corpus[d]) for d in distractors if d != q["context_id"]
+        hits = [make_hit(corpus[q["context_id"]], doc_id=q["context_id"])] + [
+            make_hit(corpus[d], doc_id=d) for d in distractors if d != q["context_id"]
         ]
         ctx = assembler.assemble(q["question"], hits)
         answer = "".join(gen.stream(q["question"], ctx, []))
@@ -63,9 +46,9 @@ def test_answers_contain_gold_and_cite_the_gold_paragraph(shared_datasets: Path)
     assert cited / len(qa) >= 0.8
 
 
-def test_refuses_when_nothing_matches() -> None:
+def test_refuses_when_nothing_matches(make_hit) -> None:  # type: ignore[no-untyped-def]
     gen = ExtractiveGenerator()
     ctx = ContextAssembler(gen.count_tokens).assemble(
-        "q", [_hit("a", "The cat sat on the mat all afternoon long.")]
+        "q", [make_hit("The cat sat on the mat all afternoon long.", doc_id="a")]
     )
     assert "".join(gen.stream("What is quantum chromodynamics?", ctx, [])) == REFUSAL_TEXT

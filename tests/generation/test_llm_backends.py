@@ -19,26 +19,17 @@ from ragserve.context import ContextAssembler
 from ragserve.errors import LLMUnavailableError, ModelNotFoundError
 from ragserve.generation import LlamaCppGenerator, OpenAICompatibleGenerator
 from ragserve.models import resolve_gguf_model
-from ragserve.types import Chunk, Hit
 
 TEXT = "The Eiffel Tower is 330 metres tall. It was completed in 1889 in Paris."
 
 
-def _context(count):  # type: ignore[no-untyped-def]
-    hit = Hit(
-        Chunk(
-            id="c",
-            doc_id="d",
-            source="eiffel.txt",
-            text=TEXT,
-            chunk_index=0,
-            char_start=0,
-            char_end=len(TEXT),
-            content_hash="h",
-        ),
-        1.0,
+@pytest.fixture
+def eiffel(make_hit):  # type: ignore[no-untyped-def]
+    """The Eiffel source, assembled with a given generator's token counter."""
+    hit = make_hit(TEXT, doc_id="c", source="eiffel.txt")
+    return lambda count: ContextAssembler(count, context_window=2048).assemble(
+        "How tall is it?", [hit]
     )
-    return ContextAssembler(count, context_window=2048).assemble("How tall is it?", [hit])
 
 
 @pytest.fixture(scope="module")
@@ -48,30 +39,29 @@ def llama() -> LlamaCppGenerator:
     return gen
 
 
-def test_llama_streams_tokens_from_the_real_model(llama: LlamaCppGenerator) -> None:
-    pieces = list(llama.stream("How tall is the Eiffel Tower?", _context(llama.count_tokens), []))
+def test_llama_streams_tokens_from_the_real_model(llama: LlamaCppGenerator, eiffel) -> None:  # type: ignore[no-untyped-def]
+    pieces = list(llama.stream("How tall is the Eiffel Tower?", eiffel(llama.count_tokens), []))
     assert len(pieces) > 1 and "".join(pieces).strip()
     assert llama.count_tokens("hello world") >= 2
 
 
 def test_shipped_base_model_answers_from_a_completion_prompt_and_is_cited(
     llama: LlamaCppGenerator,
+    eiffel,  # type: ignore[no-untyped-def]
 ) -> None:
     # The shipped GGUF has no chat template: it is prompted as a document to continue, and
     # its answer is credited to the source that contains it.
     assert llama.prompt_style == "completion"
-    answer = "".join(
-        llama.stream("How tall is the Eiffel Tower?", _context(llama.count_tokens), [])
-    )
+    answer = "".join(llama.stream("How tall is the Eiffel Tower?", eiffel(llama.count_tokens), []))
     assert "330" in answer
     assert answer.rstrip().endswith("[1]")
 
 
-def test_chat_prompts_stay_available_for_the_base_model() -> None:
+def test_chat_prompts_stay_available_for_the_base_model(eiffel) -> None:  # type: ignore[no-untyped-def]
     gen = LlamaCppGenerator(n_ctx=2048, max_tokens=8, prompt_style="chat")
     gen.warm_up()
     assert gen.prompt_style == "chat" and gen._llm.chat_format == "gemma"
-    assert "".join(gen.stream("How tall is it?", _context(gen.count_tokens), [])).strip()
+    assert "".join(gen.stream("How tall is it?", eiffel(gen.count_tokens), [])).strip()
 
 
 def test_missing_gguf_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -129,13 +119,13 @@ def llama_server() -> Iterator[str]:
             proc.kill()
 
 
-def test_openai_compatible_backend_streams_from_a_real_server(llama_server: str) -> None:
+def test_openai_compatible_backend_streams_from_a_real_server(llama_server: str, eiffel) -> None:  # type: ignore[no-untyped-def]
     gen = OpenAICompatibleGenerator(llama_server, "gemma", timeout_s=60, max_tokens=24)
-    pieces = list(gen.stream("How tall is the Eiffel Tower?", _context(gen.count_tokens), []))
+    pieces = list(gen.stream("How tall is the Eiffel Tower?", eiffel(gen.count_tokens), []))
     assert len(pieces) > 1 and "".join(pieces).strip()
 
 
-def test_unreachable_server_is_llm_unavailable() -> None:
+def test_unreachable_server_is_llm_unavailable(eiffel) -> None:  # type: ignore[no-untyped-def]
     gen = OpenAICompatibleGenerator(f"http://127.0.0.1:{_free_port()}/v1", "m", timeout_s=2)
     with pytest.raises(LLMUnavailableError, match="Cannot reach"):
-        list(gen.stream("q", _context(gen.count_tokens), []))
+        list(gen.stream("q", eiffel(gen.count_tokens), []))

@@ -57,8 +57,10 @@ def retrieval(
             + ("+expansion" if settings.query_expansion else "")
             + ("+rerank" if settings.rerank else "")
         )
-        if configured == "hybrid" and configured not in results:
-            configured = f"hybrid-{settings.fusion}"  # the same retrieval, named by its fusion
+        feedback = settings.dense_feedback_docs > 0 and settings.dense_feedback_weight > 0
+        if configured == "hybrid" and configured not in results and not feedback:
+            # Without feedback the pipeline's retrieval is its fusion alone, run under that name.
+            configured = f"hybrid-{settings.fusion}"
         full = configured if configured in results else chosen[-1]
         head = results[full].summary()
         body = {k: head[k] for k in ("ndcg@10", "recall@10", "recall@100", "mrr@10")}

@@ -17,20 +17,23 @@ import bm25s
 import numpy as np
 import Stemmer
 from ranx import Qrels, Run, evaluate
+from tqdm import tqdm
 
 from ragserve.rerank import CrossEncoderReranker, rerank_order
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-def load(name: str) -> tuple[list[dict], dict[str, str], dict[str, dict[str, int]]]:
+def load(
+    name: str, split: str = "test"
+) -> tuple[list[dict], dict[str, str], dict[str, dict[str, int]]]:
     folder = DATASETS / name
     corpus = [json.loads(x) for x in (folder / "corpus.jsonl").open()]
     queries = {
         json.loads(x)["_id"]: json.loads(x)["text"] for x in (folder / "queries.jsonl").open()
     }
     qrels: dict[str, dict[str, int]] = {}
-    for line in (folder / "qrels" / "test.tsv").open():
+    for line in (folder / "qrels" / f"{split}.tsv").open():
         q, d, s = line.rstrip("\r\n").split("\t")
         if q != "query-id" and int(s) > 0:
             qrels.setdefault(q, {})[d] = int(s)
@@ -47,6 +50,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--model", default="builtin", help="'builtin' or a CrossEncoder path")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--split", default="test", help="qrels split (dev/train to check a model)")
+    ap.add_argument("--depth", type=int, default=100, help="BM25 candidates re-ranked")
+    ap.add_argument("--max-queries", type=int, default=0, help="first N queries only (0 = all)")
     args = ap.parse_args()
     reranker = CrossEncoderReranker(args.model, max_length=args.max_length, batch_size=32)
     reranker.warm_up()
@@ -56,7 +62,7 @@ def main() -> None:
         f"{'queries':>8} {'time s':>7}"
     )
     for name in filter(None, args.datasets.split(",")):  # --datasets "" = throughput only
-        corpus, queries, qrels = load(name)
+        corpus, queries, qrels = load(name, args.split)
         texts = [passage(d) for d in corpus]
         ids = [d["_id"] for d in corpus]
         bm25 = bm25s.BM25()
@@ -64,14 +70,15 @@ def main() -> None:
             bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False),
             show_progress=False,
         )
-        qids = sorted(qrels)
+        qids = sorted(qrels)[: args.max_queries or None]
+        qrels = {q: qrels[q] for q in qids}
         tokens = bm25s.tokenize(
             [queries[q] for q in qids], stopwords="en", stemmer=stemmer, show_progress=False
         )
-        docs, scores = bm25.retrieve(tokens, k=100, show_progress=False, n_threads=2)
+        docs, scores = bm25.retrieve(tokens, k=args.depth, show_progress=False, n_threads=2)
         run_bm25, run_ce, run_fused = {}, {}, {}
         t0 = time.time()
-        for i, q in enumerate(qids):
+        for i, q in enumerate(tqdm(qids, desc=f"re-ranking {name}", unit="query")):
             cand = [int(x) for x in docs[i]]
             run_bm25[q] = {ids[c]: float(s) for c, s in zip(cand, scores[i], strict=True)}
             ce = reranker.score(queries[q], [texts[c] for c in cand])

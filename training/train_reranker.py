@@ -114,12 +114,6 @@ class Miner:
         np.save(cache, self.vectors)
         _log(f"{name}: embedded {len(docs)} docs for dense mining in {time.time() - t0:.0f}s")
 
-    def negatives(self, queries: list[str], k: int) -> list[list[int]]:
-        """BM25's top ``k`` then the dense model's, without repeats, per query."""
-        return [
-            list(dict.fromkeys([*s, *d])) for s, d in zip(*self.ranked(queries, k), strict=True)
-        ]
-
     def ranked(self, queries: list[str], k: int) -> tuple[list[list[int]], list[list[int]]]:
         """BM25's and the dense model's top ``k`` document positions per query."""
         import bm25s
@@ -197,8 +191,8 @@ def build_examples(
         sparse, dense = miner.ranked([queries[q] for q in qids], args.mine_depth)
         before = len(examples)
         for n, (qid, s_row, d_row) in enumerate(zip(qids, sparse, dense, strict=True)):
+            add_group(miner, index, qrels[qid], queries[qid], s_row, d_row)
             if n >= max_queries:  # beyond the pair budget: listwise groups only
-                add_group(miner, index, qrels[qid], queries[qid], s_row, d_row)
                 continue
             cand = list(dict.fromkeys([*s_row, *d_row]))
             positives = [p for p in sorted(qrels[qid]) if p in index]
@@ -217,7 +211,6 @@ def build_examples(
                 r = rng.randrange(len(miner.texts))
                 if miner.ids[r] not in qrels[qid]:
                     easy.append((queries[qid], miner.texts[r], 0.0))
-            add_group(miner, index, qrels[qid], queries[qid], s_row, d_row)
         _log(f"{name}: {len(qids)} queries -> {len(examples) - before} pairs, {len(groups)} groups")
         return miner
 
@@ -517,33 +510,26 @@ def export_onnx(checkpoint: Path, out: Path) -> None:
     quarters the file; the agreement with the fp32 model on real pairs is measured and
     recorded, so a bad export is visible in the provenance."""
     import onnxruntime as ort
-    import torch
     from scipy.stats import spearmanr
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ragserve.rerank import export_cross_encoder_onnx
+    from ragserve.rerank import _load_cross_encoder, export_cross_encoder_onnx
 
     card_md = out / "MODEL_CARD.md"
     kept_card = card_md.read_text() if card_md.exists() else None  # hand-written: keep it
     shutil.rmtree(out, ignore_errors=True)
-    model_file = export_cross_encoder_onnx(checkpoint, out, quantize=True)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(checkpoint), dtype=torch.float32, local_files_only=True
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
-    inputs = ["input_ids", "attention_mask", "token_type_ids"]
+    export_cross_encoder_onnx(checkpoint, out, quantize=True)
 
-    # Agreement on real text: four SciFact claims against fifty abstracts each (no labels).
+    # Agreement on real text: four SciFact claims against fifty abstracts each (no labels),
+    # through the runners ragserve itself uses (onnxruntime for the export, PyTorch for the
+    # checkpoint).
+    exported = _load_cross_encoder(str(out), 256)
+    original = _load_cross_encoder(str(checkpoint), 256)
     texts = [passage(d) for d in read_jsonl(DATASETS / "scifact" / "corpus.jsonl")[:50]]
     queries = [q["text"] for q in read_jsonl(DATASETS / "scifact" / "queries.jsonl")[:4]]
-    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     rho, max_diff = [], 0.0
     for q in queries:
-        enc = tokenizer([q] * 50, texts[:50], truncation=True, max_length=256, padding=True)
-        feed = {k: np.asarray(enc[k], dtype=np.int64) for k in inputs}
-        quant = session.run(None, feed)[0].reshape(-1)
-        with torch.no_grad():
-            ref = model(**{k: torch.tensor(v) for k, v in feed.items()}).logits.numpy().reshape(-1)
+        quant = exported.logits(q, texts, 50)
+        ref = original.logits(q, texts, 50)
         rho.append(float(spearmanr(quant, ref).statistic))
         max_diff = max(max_diff, float(np.abs(quant - ref).max()))
     provenance = json.loads((checkpoint / "training_provenance.json").read_text())

@@ -223,7 +223,8 @@ def export_cross_encoder_onnx(
 
     With ``quantize`` the weights become int8 (dynamic quantization, per channel): a quarter of
     the size, faster on CPUs with int8 dot-product instructions (VNNI), at a small cost in
-    agreement with the original that the caller should measure. Needs the ``onnx`` package (``pip install ragserve[train]``).
+    agreement with the original that the caller should measure. Needs the ``onnx`` package
+    (``pip install ragserve[train]``).
     """
     import tempfile
 

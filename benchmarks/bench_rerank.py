@@ -1,5 +1,6 @@
-"""Re-ranker figures: nDCG@10 of BM25 top-100 alone vs re-ranked by the shipped model, on
-SciFact test and NFCorpus test; throughput in pairs/s at max length 256 and 512; latency of
+"""Re-ranker figures: nDCG@10 of BM25 top-100 alone vs re-ranked by the shipped model (alone,
+RRF-fused with the BM25 order, and interpolated with the BM25 scores), on SciFact test and
+NFCorpus test; throughput in pairs/s at max length 256 and 512; latency of
 re-ranking 20 candidates.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_rerank.py [--datasets scifact,nfcorpus]
@@ -19,6 +20,7 @@ import Stemmer
 from ranx import Qrels, Run, evaluate
 from tqdm import tqdm
 
+from ragserve.config import Settings
 from ragserve.rerank import CrossEncoderReranker, rerank_order
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -53,14 +55,22 @@ def main() -> None:
     ap.add_argument("--split", default="test", help="qrels split (dev/train to check a model)")
     ap.add_argument("--depth", type=int, default=100, help="BM25 candidates re-ranked")
     ap.add_argument("--max-queries", type=int, default=0, help="first N queries only (0 = all)")
+    ap.add_argument(
+        "--alpha",
+        type=float,
+        default=Settings().rerank_alpha,
+        help="cross-encoder weight of the interpolation (default: the pipeline's)",
+    )
+    ap.add_argument("--save-scores", type=Path, default=None, help="write per-query scores (JSON)")
     args = ap.parse_args()
     reranker = CrossEncoderReranker(args.model, max_length=args.max_length, batch_size=32)
     reranker.warm_up()
     stemmer = Stemmer.Stemmer("english")
     print(
         f"{'dataset':10} {'BM25 nDCG@10':>13} {'BM25+CE nDCG@10':>16} {'RRF(BM25,CE)':>13} "
-        f"{'queries':>8} {'time s':>7}"
+        f"{f'interp a={args.alpha:g}':>14} {'queries':>8} {'time s':>7}"
     )
+    saved: dict[str, dict] = {}
     for name in filter(None, args.datasets.split(",")):  # --datasets "" = throughput only
         corpus, queries, qrels = load(name, args.split)
         texts = [passage(d) for d in corpus]
@@ -76,7 +86,8 @@ def main() -> None:
             [queries[q] for q in qids], stopwords="en", stemmer=stemmer, show_progress=False
         )
         docs, scores = bm25.retrieve(tokens, k=args.depth, show_progress=False, n_threads=2)
-        run_bm25, run_ce, run_fused = {}, {}, {}
+        run_bm25, run_ce, run_fused, run_interp = {}, {}, {}, {}
+        per_query: dict[str, dict] = {}
         t0 = time.time()
         for i, q in enumerate(tqdm(qids, desc=f"re-ranking {name}", unit="query")):
             cand = [int(x) for x in docs[i]]
@@ -86,11 +97,24 @@ def main() -> None:
             # the fusion `RAGSERVE_RERANK_FUSION=rrf` applies in the pipeline
             fused = rerank_order(ce, len(cand), fusion="rrf")
             run_fused[q] = {ids[cand[j]]: s for j, s in fused}
+            interp = rerank_order(
+                ce, len(cand), fusion="interpolate", retrieval_scores=scores[i], alpha=args.alpha
+            )
+            run_interp[q] = {ids[cand[j]]: s for j, s in interp}
+            per_query[q] = {
+                "docs": [ids[c] for c in cand],
+                "bm25": [float(x) for x in scores[i]],
+                "ce": [float(x) for x in ce],
+            }
         elapsed = time.time() - t0
         a = evaluate(Qrels(qrels), Run(run_bm25), "ndcg@10")
         b = evaluate(Qrels(qrels), Run(run_ce), "ndcg@10")
         c = evaluate(Qrels(qrels), Run(run_fused), "ndcg@10")
-        print(f"{name:10} {a:13.4f} {b:16.4f} {c:13.4f} {len(qids):8d} {elapsed:7.0f}")
+        d = evaluate(Qrels(qrels), Run(run_interp), "ndcg@10")
+        print(f"{name:10} {a:13.4f} {b:16.4f} {c:13.4f} {d:14.4f} {len(qids):8d} {elapsed:7.0f}")
+        saved[name] = {"split": args.split, "model": args.model, "queries": per_query}
+    if args.save_scores:
+        args.save_scores.write_text(json.dumps(saved))
     if args.skip_throughput:
         return
 

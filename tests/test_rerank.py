@@ -4,13 +4,14 @@ used here only as a check, never for training)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ragserve.errors import EmptyQueryError, ModelNotFoundError
-from ragserve.rerank import CrossEncoderReranker, fuse_rerank
+from ragserve.rerank import CrossEncoderReranker, fuse_rerank, rerank_order
 from ragserve.types import Chunk, Hit
 
 
@@ -73,7 +74,7 @@ def test_relevant_passage_outranks_unrelated_ones(
         ranked = reranker.rerank(query, hits, len(hits))
         wins += ranked[0].chunk.id == pos["_id"]
         assert all(0.0 <= h.score <= 1.0 for h in ranked)
-    # Chance is 1 in 5; v2 put the relevant abstract first in most cases, v3 in nearly all.
+    # Chance is 1 in 5; v2 put the relevant abstract first in most cases, v3 and v4 in nearly all.
     # This guards against a broken export or a random model; quality is benchmarks/bench_rerank.
     assert wins >= 15, f"relevant passage first in only {wins}/{len(cases)} cases"
 
@@ -83,9 +84,10 @@ def test_scores_are_probabilities_and_batched_consistently(reranker: CrossEncode
     together = reranker.score("What is the capital of France?", texts)
     alone = np.array([reranker.score("What is the capital of France?", [t])[0] for t in texts[:3]])
     assert together.shape == (40,) and np.all((together >= 0) & (together <= 1))
-    # Dynamic int8 quantization scales activations per batch, so a pair's score moves a little
-    # with its batch-mates (~0.003 here); more than that would mean pairs are mixed up.
-    assert np.allclose(together[:3], alone, atol=0.01)
+    # The shipped weights run in fp32: padding a pair next to longer batch-mates may move its
+    # score by rounding only; more would mean masks or pairs are mixed up. (An int8 ONNX export
+    # moves by ~0.003, since dynamic quantization scales activations per batch.)
+    assert np.allclose(together[:3], alone, atol=1e-4)
 
 
 def test_rerank_keeps_k_and_records_the_stage_score(reranker: CrossEncoderReranker) -> None:
@@ -118,6 +120,30 @@ def test_fusion_orders_by_both_rankings_and_keeps_the_ce_probability() -> None:
     assert [h.scores["rerank"] for h in fused] == pytest.approx([0.9, 0.1, 0.2])
     assert fused[0].score == pytest.approx(1 / 63 + 1 / 61)
     assert fuse_rerank(hits, ce, 0, fusion="rrf") == []
+
+
+def test_interpolation_weighs_ce_logits_against_retrieval_scores(
+    make_hit: Callable[..., Hit],
+) -> None:
+    # Two candidates: each side min-max normalises to 1 and 0, so the fused scores are alpha
+    # and 1 - alpha, and alpha decides which side wins.
+    hits = [make_hit("a", doc_id="a", score=5.0), make_hit("b", doc_id="b", score=1.0)]
+    ce = np.array([1 / (1 + np.exp(2.0)), 1 / (1 + np.exp(-2.0))], dtype=np.float32)  # logits -2, 2
+    ce_wins = fuse_rerank(hits, ce, 2, fusion="interpolate", alpha=0.6)
+    assert [h.chunk.id for h in ce_wins] == ["b", "a"]
+    assert [h.score for h in ce_wins] == pytest.approx([0.6, 0.4], abs=1e-5)
+    assert [h.scores["rerank"] for h in ce_wins] == pytest.approx([ce[1], ce[0]])
+    retrieval_wins = fuse_rerank(hits, ce, 2, fusion="interpolate", alpha=0.4)
+    assert [h.chunk.id for h in retrieval_wins] == ["a", "b"]
+    # Four candidates: the extremes of alpha are each side alone.
+    four = [make_hit(str(i), doc_id=str(i), score=float(4 - i)) for i in range(4)]
+    probs = np.array([0.1, 0.2, 0.9, 0.3], dtype=np.float32)
+    only_ce = fuse_rerank(four, probs, 4, fusion="interpolate", alpha=1.0)
+    assert [h.chunk.id for h in only_ce] == ["2", "3", "1", "0"]
+    only_retrieval = fuse_rerank(four, probs, 4, fusion="interpolate", alpha=0.0)
+    assert [h.chunk.id for h in only_retrieval] == ["0", "1", "2", "3"]
+    with pytest.raises(ValueError, match="one retrieval score per candidate"):
+        rerank_order(probs, 2, fusion="interpolate", retrieval_scores=[1.0])
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,8 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +43,20 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def read_qrels(path: Path) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
+def read_graded_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """query id -> {relevant doc id: grade > 0} (NFCorpus grades 1 and 2; the rest only 1)."""
+    out: dict[str, dict[str, int]] = {}
     with path.open(encoding="utf-8") as fh:
         for line in fh:
             parts = line.rstrip("\r\n").split("\t")
             if parts[0] == "query-id" or len(parts) < 3 or int(parts[2]) <= 0:
                 continue
-            out.setdefault(parts[0], set()).add(parts[1])
+            out.setdefault(parts[0], {})[parts[1]] = int(parts[2])
     return out
+
+
+def read_qrels(path: Path) -> dict[str, set[str]]:
+    return {q: set(docs) for q, docs in read_graded_qrels(path).items()}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -131,18 +138,26 @@ class Miner:
         return [[int(x) for x in row] for row in sparse], [[int(x) for x in row] for row in dense]
 
 
-def build_examples(
-    args: argparse.Namespace, embedder
-) -> tuple[list[tuple[str, str, float]], list[tuple[str, str, float]], list[list[str]], dict]:
-    """Training pairs, listwise groups, and a held-out slice of SciFact *train* to check the
-    model."""
+@dataclass
+class TrainingData:
+    pairs: list[tuple[str, str, float]]  # phase 2: positives + mined hard negatives
+    easy: list[tuple[str, str, float]]  # phase 1: positives + random negatives
+    groups: list[list[str]]  # phase 3: [query, positive, hard negative x N]
+    graded: list[tuple[str, list[str], list[float]]]  # phase 4: (query, docs, grades)
+    holdout: dict  # held-out queries that check the model
+
+
+def build_examples(args: argparse.Namespace, embedder) -> TrainingData:
+    """Training pairs and groups for each phase, and held-out queries to check the model."""
     rng = random.Random(args.seed)
     # Its own generator, so adding listwise groups leaves the phase 1-2 pairs exactly as before.
     group_rng = random.Random(args.seed + 1)
+    graded_rng = random.Random(args.seed + 2)
     examples: list[tuple[str, str, float]] = []  # positives + mined hard negatives
     easy: list[tuple[str, str, float]] = []  # positives + random negatives (phase 1)
     holdout: dict = {}
     groups: list[list[str]] = []  # phase 3: [query, positive, hard negative x N]
+    graded: list[tuple[str, list[str], list[float]]] = []  # phase 4
 
     def add_group(
         miner: Miner,
@@ -166,18 +181,59 @@ def build_examples(
             picked = group_rng.sample(near, args.listwise_negatives)
             groups.append([query, miner.texts[index[pos]], *(miner.texts[c] for c in picked)])
 
+    def add_graded_group(
+        miner: Miner,
+        index: dict[str, int],
+        grades: dict[str, int],
+        popular: list[int],
+        query: str,
+        s_row: list[int],
+        d_row: list[int],
+    ) -> None:
+        # Phase 4 groups span the whole first-stage depth: a model that only ever saw near-miss
+        # negatives from the top 30 ranked junk from ranks 30-100 above the relevant passages
+        # (NFCorpus dev, BM25 top-100). Grades are kept, so a directly relevant NFCorpus abstract
+        # must outrank an indirectly relevant one, and both an unjudged candidate.
+        cand = list(dict.fromkeys([*s_row, *d_row]))
+        in_lists = [c for c in cand if miner.ids[c] in grades]
+        positives = in_lists or [index[p] for p in sorted(grades) if p in index]
+        graded_rng.shuffle(positives)
+        positives = sorted(positives[: args.graded_positives], key=lambda c: -grades[miner.ids[c]])
+        skip = args.skip_top
+        strata = [(skip, 10), (10, 30), (30, args.mine_depth)]
+        negatives: list[int] = []
+        for lo, hi in strata:
+            pool = [
+                c
+                for c in dict.fromkeys([*s_row[lo:hi], *d_row[lo:hi]])
+                if miner.ids[c] not in grades and c not in negatives
+            ]
+            negatives += graded_rng.sample(pool, min(len(pool), args.graded_negatives_per_stratum))
+        # Abstracts relevant to many training queries (NFCorpus has them) invite a "this
+        # document is usually relevant" prior; one per group, where it is not relevant, says no.
+        others = [c for c in popular if miner.ids[c] not in grades and c not in negatives]
+        if others:
+            negatives.append(graded_rng.choice(others))
+        if positives and negatives:
+            docs = [*positives, *negatives]
+            labels = [float(grades[miner.ids[c]]) for c in positives] + [0.0] * len(negatives)
+            graded.append((query, [miner.texts[c] for c in docs], labels))
+
     def add(
         name: str,
         docs: list[dict],
         queries: dict[str, str],
-        qrels: dict[str, set[str]],
+        qrels: dict[str, dict[str, int]],
         max_queries: int,
         negatives: int,
         hold: int = 0,
         group_queries: int = 0,
+        graded_queries: int = 0,
     ) -> Miner:
         miner = Miner(docs, embedder, name)
         index = {doc_id: i for i, doc_id in enumerate(miner.ids)}
+        times_relevant = Counter(d for q in qrels for d in qrels[q] if d in index)
+        popular = [index[d] for d, n in times_relevant.most_common(200) if n >= 5]
         qids = sorted(q for q in qrels if q in queries)
         rng.shuffle(qids)
         if hold:
@@ -187,11 +243,14 @@ def build_examples(
                 "queries": {q: queries[q] for q in held},
                 "qrels": {q: dict.fromkeys(qrels[q], 1) for q in held},
             }
-        qids = qids[: max(max_queries, group_queries)]
+        qids = qids[: max(max_queries, group_queries, graded_queries)]
         sparse, dense = miner.ranked([queries[q] for q in qids], args.mine_depth)
         before = len(examples)
         for n, (qid, s_row, d_row) in enumerate(zip(qids, sparse, dense, strict=True)):
-            add_group(miner, index, qrels[qid], queries[qid], s_row, d_row)
+            if n < group_queries or n < max_queries:
+                add_group(miner, index, set(qrels[qid]), queries[qid], s_row, d_row)
+            if n < graded_queries:
+                add_graded_group(miner, index, qrels[qid], popular, queries[qid], s_row, d_row)
             if n >= max_queries:  # beyond the pair budget: listwise groups only
                 continue
             cand = list(dict.fromkeys([*s_row, *d_row]))
@@ -211,7 +270,10 @@ def build_examples(
                 r = rng.randrange(len(miner.texts))
                 if miner.ids[r] not in qrels[qid]:
                     easy.append((queries[qid], miner.texts[r], 0.0))
-        _log(f"{name}: {len(qids)} queries -> {len(examples) - before} pairs, {len(groups)} groups")
+        _log(
+            f"{name}: {len(qids)} queries -> {len(examples) - before} pairs, {len(groups)} groups, "
+            f"{len(graded)} graded groups"
+        )
         return miner
 
     scifact = DATASETS / "scifact"
@@ -219,10 +281,11 @@ def build_examples(
         "scifact",
         read_jsonl(scifact / "corpus.jsonl"),
         {q["_id"]: q["text"] for q in read_jsonl(scifact / "queries.jsonl")},
-        read_qrels(scifact / "qrels" / "train.tsv"),
+        read_graded_qrels(scifact / "qrels" / "train.tsv"),
         args.max_queries,
         args.negatives,
         hold=args.holdout,
+        graded_queries=args.graded_scifact_queries,
     )
     nf = DATASETS / "nfcorpus"
     nf_queries = {q["_id"]: q["text"] for q in read_jsonl(nf / "queries.jsonl")}
@@ -230,10 +293,11 @@ def build_examples(
         "nfcorpus",
         read_jsonl(nf / "corpus.jsonl"),
         nf_queries,
-        read_qrels(nf / "qrels" / "train.tsv"),
+        read_graded_qrels(nf / "qrels" / "train.tsv"),
         args.nfcorpus_queries,
         args.nfcorpus_negatives,
         group_queries=args.listwise_nfcorpus_queries,
+        graded_queries=args.graded_nfcorpus_queries,
     )
     if args.nfcorpus_dev_check:
         # NFCorpus dev: never trained on, never a test split; checks the second domain.
@@ -261,14 +325,16 @@ def build_examples(
         "squad-train-articles",
         squad_docs,
         {q["id"]: q["question"] for q in qa},
-        {q["id"]: {q["context_id"]} for q in qa},
+        {q["id"]: {q["context_id"]: 1} for q in qa},
         args.max_queries,
         args.negatives,
+        graded_queries=args.graded_squad_queries,
     )
     rng.shuffle(examples)
     rng.shuffle(easy)
     rng.shuffle(groups)
-    return examples, easy, groups, holdout
+    graded_rng.shuffle(graded)
+    return TrainingData(examples, easy, groups, graded, holdout)
 
 
 def check_holdouts(model, holdouts: dict[str, dict], depth: int) -> dict[str, dict]:
@@ -348,8 +414,19 @@ def main() -> None:
     ap.add_argument("--listwise-nfcorpus-queries", type=int, default=800)
     ap.add_argument("--listwise-lr", type=float, default=3e-5)
     ap.add_argument("--listwise-batch-size", type=int, default=4, help="queries per step")
+    ap.add_argument("--graded-scifact-queries", type=int, default=400, help="phase 4")
+    ap.add_argument("--graded-nfcorpus-queries", type=int, default=600, help="phase 4")
+    ap.add_argument("--graded-squad-queries", type=int, default=100, help="phase 4")
+    ap.add_argument("--graded-positives", type=int, default=3, help="phase 4: per group")
+    ap.add_argument(
+        "--graded-negatives-per-stratum",
+        type=int,
+        default=2,
+        help="phase 4: negatives from ranks skip-10, 10-30 and 30-mine_depth each",
+    )
+    ap.add_argument("--graded-lr", type=float, default=3e-5)
     ap.add_argument("--nfcorpus-dev-check", type=int, default=60, help="NFCorpus dev queries")
-    ap.add_argument("--phases", default="1,2,3", help="which phases to run, e.g. 3 with --init")
+    ap.add_argument("--phases", default="1,2,3,4", help="which phases to run, e.g. 3 with --init")
     ap.add_argument(
         "--init", type=Path, default=None, help="start from this CrossEncoder (resume a run)"
     )
@@ -365,9 +442,15 @@ def main() -> None:
         default=None,
         help="skip training: export this checkpoint (with its provenance) to --out",
     )
+    ap.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="fp16",
+        help="shipped form: fp16 safetensors (default, what ships) or int8 ONNX (half the size)",
+    )
     args = ap.parse_args()
     if args.export_only:
-        export_onnx(args.export_only, args.out)
+        export_model(args.export_only, args.out, args.format)
         return
     phases = {int(x) for x in args.phases.split(",") if x}
 
@@ -382,6 +465,7 @@ def main() -> None:
     )
     from sentence_transformers.cross_encoder.losses import (
         BinaryCrossEntropyLoss,
+        LambdaLoss,
         MultipleNegativesRankingLoss,
     )
 
@@ -392,7 +476,8 @@ def main() -> None:
     started = time.time()
     miner_model = SentenceTransformer(str(base), device="cpu", local_files_only=True)
     miner_model.max_seq_length = 128  # mining only needs a rough dense ranking; 2x faster
-    examples, easy, groups, holdout = build_examples(args, miner_model)
+    data = build_examples(args, miner_model)
+    examples, easy, groups, holdout = data.pairs, data.easy, data.groups, data.holdout
     if args.max_pairs:
         examples = examples[: args.max_pairs]
     mining_s = time.time() - started
@@ -459,6 +544,19 @@ def main() -> None:
         loss = MultipleNegativesRankingLoss(model, num_negatives=1)
         return train(dataset, loss, lr, args.listwise_batch_size, phase, len(rows))
 
+    def fit_graded(rows: list[tuple[str, list[str], list[float]]], lr: float, phase: str) -> float:
+        dataset = Dataset.from_dict(
+            {
+                "query": [r[0] for r in rows],
+                "docs": [r[1] for r in rows],
+                "labels": [r[2] for r in rows],
+            }
+        )
+        # LambdaLoss weighs each swapped pair by what it costs nDCG, the figure re-ranking is
+        # judged on; grades enter as gains.
+        loss = LambdaLoss(model, mini_batch_size=16)
+        return train(dataset, loss, lr, args.listwise_batch_size, phase, len(rows))
+
     # Two phases. From a bi-encoder checkpoint the [CLS] head starts with no notion of
     # relevance, and on mined hard negatives alone training sat at the constant-predictor loss
     # (tried: lr 5e-5 and 1.5e-4, 1k steps). Random negatives first, at a high learning rate,
@@ -472,6 +570,8 @@ def main() -> None:
         train_s += fit(examples, args.lr, "phase2_hard_negatives")
     if 3 in phases:
         train_s += fit_listwise(groups, args.listwise_lr, "phase3_listwise_hard_negatives")
+    if 4 in phases:
+        train_s += fit_graded(data.graded, args.graded_lr, "phase4_graded_full_depth")
     _log(f"trained in {train_s:.0f}s")
     held = check_holdouts(model, holdout, depth=30)
     for name, figures in held.items():
@@ -500,46 +600,69 @@ def main() -> None:
         card["resumed_from"] = json.loads(earlier.read_text())
     (checkpoint / "training_provenance.json").write_text(json.dumps(card, indent=2) + "\n")
     _log(f"checkpoint saved to {checkpoint}")
-    export_onnx(checkpoint, args.out)
+    export_model(checkpoint, args.out, args.format)
 
 
-def export_onnx(checkpoint: Path, out: Path) -> None:
-    """Int8 ONNX of a trained checkpoint, with its tokenizer and provenance, into ``out``.
+EXPORT_FORMATS = ("fp16", "int8-onnx")
 
-    Dynamic int8 quantization (weights int8 per channel, activations quantized on the fly)
-    quarters the file; the agreement with the fp32 model on real pairs is measured and
-    recorded, so a bad export is visible in the provenance."""
-    import onnxruntime as ort
+
+def export_model(checkpoint: Path, out: Path, fmt: str) -> None:
+    """The shipped form of a trained checkpoint, with its tokenizer and provenance, in ``out``.
+
+    ``fp16``: sentence-transformers safetensors at half precision (~45 MB; ragserve runs it in
+    fp32 on PyTorch). ``int8-onnx``: dynamic int8 quantization on onnxruntime (~24 MB; weights
+    int8 per channel, activations quantized on the fly). Either way the agreement with the
+    checkpoint on real pairs is measured and recorded, so a bad export shows in the provenance.
+    """
     from scipy.stats import spearmanr
+    from sentence_transformers.cross_encoder import CrossEncoder
 
     from ragserve.rerank import _load_cross_encoder, export_cross_encoder_onnx
 
     card_md = out / "MODEL_CARD.md"
     kept_card = card_md.read_text() if card_md.exists() else None  # hand-written: keep it
     shutil.rmtree(out, ignore_errors=True)
-    export_cross_encoder_onnx(checkpoint, out, quantize=True)
+    if fmt == "fp16":
+        model = CrossEncoder(str(checkpoint), device="cpu", local_files_only=True)
+        model.model.half()
+        model.save(str(out))
+        (out / "README.md").unlink(missing_ok=True)  # sentence-transformers' generated card
+        details = {"format": "safetensors, fp16 weights (run in fp32 on PyTorch)"}
+    else:
+        import onnxruntime as ort
+
+        export_cross_encoder_onnx(checkpoint, out, quantize=True)
+        details = {
+            "format": "ONNX opset 17, dynamic int8 quantization (QInt8 weights, per channel)",
+            "onnxruntime": ort.__version__,
+        }
+    # The tokenizer was saved with the training length; the model reads 512 positions.
+    tok_file = out / "tokenizer_config.json"
+    tok = json.loads(tok_file.read_text())
+    tok["model_max_length"] = json.loads((out / "config.json").read_text())[
+        "max_position_embeddings"
+    ]
+    tok_file.write_text(json.dumps(tok, indent=2) + "\n")
 
     # Agreement on real text: four SciFact claims against fifty abstracts each (no labels),
-    # through the runners ragserve itself uses (onnxruntime for the export, PyTorch for the
-    # checkpoint).
+    # through the runners ragserve itself uses.
     exported = _load_cross_encoder(str(out), 256)
     original = _load_cross_encoder(str(checkpoint), 256)
     texts = [passage(d) for d in read_jsonl(DATASETS / "scifact" / "corpus.jsonl")[:50]]
     queries = [q["text"] for q in read_jsonl(DATASETS / "scifact" / "queries.jsonl")[:4]]
     rho, max_diff = [], 0.0
     for q in queries:
-        quant = exported.logits(q, texts, 50)
+        shipped = exported.logits(q, texts, 50)
         ref = original.logits(q, texts, 50)
-        rho.append(float(spearmanr(quant, ref).statistic))
-        max_diff = max(max_diff, float(np.abs(quant - ref).max()))
+        rho.append(float(spearmanr(shipped, ref).statistic))
+        max_diff = max(max_diff, float(np.abs(shipped - ref).max()))
     provenance = json.loads((checkpoint / "training_provenance.json").read_text())
     size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
     provenance["export"] = {
-        "format": "ONNX opset 17, dynamic int8 quantization (QInt8 weights, per channel)",
-        "onnxruntime": ort.__version__,
+        **details,
         "size_mb": round(size_mb, 1),
-        "int8_vs_fp32_spearman_mean": round(float(np.mean(rho)), 4),
-        "int8_vs_fp32_max_abs_logit_diff": round(max_diff, 4),
+        "vs_checkpoint_spearman_mean": round(float(np.mean(rho)), 4),
+        "vs_checkpoint_max_abs_logit_diff": round(max_diff, 4),
     }
     (out / "training_provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     if kept_card is not None:

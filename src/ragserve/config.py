@@ -115,10 +115,14 @@ class Settings(BaseSettings):
     )
     rerank_max_length: int = Field(256, ge=16)
     rerank_batch_size: int = Field(32, ge=1)
-    rerank_fusion: Literal["none", "rrf"] = Field(
-        "rrf",
-        description="'rrf' fuses the cross-encoder ranking with the retrieval ranking; 'none' "
-        "orders by the cross-encoder alone.",
+    rerank_fusion: Literal["none", "rrf", "interpolate"] = Field(
+        "interpolate",
+        description="'interpolate' ranks by rerank_alpha * cross-encoder logit + "
+        "(1 - rerank_alpha) * retrieval score, min-max normalised over the candidates; 'rrf' "
+        "fuses the two rankings; 'none' orders by the cross-encoder alone.",
+    )
+    rerank_alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Cross-encoder weight for rerank_fusion='interpolate'."
     )
 
     # --- context and generation ------------------------------------------------------------

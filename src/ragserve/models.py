@@ -49,7 +49,8 @@ def resolve_embedding_model(name: str) -> str:
 def resolve_reranker_model(name: str) -> str:
     _forbid_hub_downloads()
     if name == "builtin":
-        if not (BUILTIN_RERANKER_DIR / "model_int8.onnx").exists():
+        weights = ("model.safetensors", "model_int8.onnx", "model.onnx")
+        if not any((BUILTIN_RERANKER_DIR / f).exists() for f in weights):
             raise ModelNotFoundError(
                 f"The built-in re-ranker is missing from {BUILTIN_RERANKER_DIR}.",
                 hint="Reinstall ragserve, or set RAGSERVE_RERANKER_MODEL to a cross-encoder path.",

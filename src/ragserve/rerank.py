@@ -3,16 +3,19 @@
 A cross-encoder reads query and passage together, so it judges relevance far better than the
 bi-encoder that retrieved them, at a cost per pair; it therefore only sees the fused top-K.
 The default model is ragserve's own MiniLM cross-encoder shipped inside the package
-(``resources/reranker``, see its MODEL_CARD.md) as int8 ONNX, run by onnxruntime; any
-sentence-transformers CrossEncoder can be named instead by local path (or by hub name, for
+(``resources/reranker``, see its MODEL_CARD.md) as fp16 safetensors, run in fp32 on PyTorch;
+any sentence-transformers CrossEncoder can be named instead by local path (or by hub name, for
 machines that reach a hub), and any directory holding ``model_int8.onnx`` or ``model.onnx`` with
-its tokenizer runs on onnxruntime like the built-in one.
+its tokenizer (``export_cross_encoder_onnx`` writes one) runs on onnxruntime.
 Scores are probabilities (sigmoid), which is what the refusal gate's threshold is set on.
 
-With ``fusion="rrf"`` the final order is reciprocal rank fusion of the cross-encoder's ranking
-and the retrieval ranking it was given. A small in-house cross-encoder and first-stage retrieval
-make different mistakes, so fusing the two is steadier than trusting either alone; the
-cross-encoder probability is still what ``scores["rerank"]`` holds for the refusal gate.
+A small in-house cross-encoder and first-stage retrieval make different mistakes, so the final
+order can fuse the two instead of trusting the cross-encoder alone:
+``fusion="interpolate"`` ranks by ``alpha * CE logit + (1 - alpha) * retrieval score``, each
+min-max normalised over the candidates (the convex combination hybrid retrieval uses; it keeps
+how far apart the candidates are, which matters when one side is confident); ``fusion="rrf"``
+is reciprocal rank fusion of the two orders, which only sees ranks. Either way the
+cross-encoder probability is what ``scores["rerank"]`` holds for the refusal gate.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 from ragserve.errors import EmptyQueryError
 from ragserve.models import resolve_reranker_model
-from ragserve.retrieval import reciprocal_rank_fusion
+from ragserve.retrieval import convex_fusion, reciprocal_rank_fusion
 from ragserve.types import Hit
 
 if TYPE_CHECKING:
@@ -46,7 +49,7 @@ __all__ = [
 
 log = logging.getLogger("ragserve.rerank")
 
-RerankFusion = Literal["none", "rrf"]
+RerankFusion = Literal["none", "rrf", "interpolate"]
 
 
 @runtime_checkable
@@ -145,12 +148,14 @@ class CrossEncoderReranker:
         batch_size: int = 32,
         fusion: RerankFusion = "none",
         rrf_k: int = 60,
+        alpha: float = 0.5,
     ) -> None:
         self.model_name = model
         self.max_length = max_length
         self.batch_size = batch_size
         self.fusion = fusion
         self.rrf_k = rrf_k
+        self.alpha = alpha
         self._model: _PairScorer | None = None
         self._lock = threading.Lock()
 
@@ -162,6 +167,7 @@ class CrossEncoderReranker:
             batch_size=settings.rerank_batch_size,
             fusion=settings.rerank_fusion,
             rrf_k=settings.rrf_k,
+            alpha=settings.rerank_alpha,
         )
 
     def warm_up(self) -> None:
@@ -187,14 +193,35 @@ class CrossEncoderReranker:
                 raise EmptyQueryError()
             return []
         scores = self.score(query, [h.chunk.searchable_text for h in hits])
-        return fuse_rerank(hits, scores, k, fusion=self.fusion, rrf_k=self.rrf_k)
+        return fuse_rerank(hits, scores, k, fusion=self.fusion, rrf_k=self.rrf_k, alpha=self.alpha)
 
 
 def rerank_order(
-    scores: np.ndarray, k: int, *, fusion: RerankFusion, rrf_k: int = 60
+    scores: np.ndarray,
+    k: int,
+    *,
+    fusion: RerankFusion,
+    rrf_k: int = 60,
+    retrieval_scores: Sequence[float] | None = None,
+    alpha: float = 0.5,
 ) -> list[tuple[int, float]]:
     """(position in the retrieval order, final score) of the ``k`` best candidates: by
-    cross-encoder ``scores`` alone, or by RRF of the retrieval order and the CE order."""
+    cross-encoder probabilities ``scores`` alone, by RRF of the retrieval order and the CE
+    order, or by a convex combination of the CE logits and ``retrieval_scores``."""
+    if fusion == "interpolate":
+        if retrieval_scores is None or len(retrieval_scores) != len(scores):
+            raise ValueError("fusion='interpolate' needs one retrieval score per candidate")
+        p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+        # Logits, not probabilities: the sigmoid flattens exactly the confident end that
+        # should weigh most against the retrieval score.
+        logits = np.log(p / (1 - p))
+        fused = convex_fusion(
+            [[(str(i), float(x)) for i, x in enumerate(logits)]],
+            [[(str(i), float(x)) for i, x in enumerate(retrieval_scores)]],
+            alpha=alpha,
+            limit=max(k, 0),
+        )
+        return [(int(i), s) for i, s in fused]
     order = [int(i) for i in np.argsort(-scores, kind="stable")]
     if fusion == "none":
         return [(i, float(scores[i])) for i in order[: max(k, 0)]]
@@ -205,13 +232,26 @@ def rerank_order(
 
 
 def fuse_rerank(
-    hits: Sequence[Hit], scores: np.ndarray, k: int, *, fusion: RerankFusion, rrf_k: int = 60
+    hits: Sequence[Hit],
+    scores: np.ndarray,
+    k: int,
+    *,
+    fusion: RerankFusion,
+    rrf_k: int = 60,
+    alpha: float = 0.5,
 ) -> list[Hit]:
-    """Order ``hits`` (given in retrieval order) by cross-encoder ``scores``, or by RRF of both."""
+    """Order ``hits`` (given in retrieval order) by cross-encoder ``scores``, or fuse both."""
     # Keep the CE probability under "rerank" (the refusal gate reads it); rank by the final score.
     return [
         replace(hits[i], score=final, scores={**hits[i].scores, "rerank": float(scores[i])})
-        for i, final in rerank_order(scores, k, fusion=fusion, rrf_k=rrf_k)
+        for i, final in rerank_order(
+            scores,
+            k,
+            fusion=fusion,
+            rrf_k=rrf_k,
+            retrieval_scores=[h.score for h in hits],
+            alpha=alpha,
+        )
     ]
 
 
@@ -219,7 +259,7 @@ def export_cross_encoder_onnx(
     checkpoint: str | Path, out: str | Path, *, quantize: bool = True
 ) -> Path:
     """Write a sentence-transformers / Hugging Face cross-encoder ``checkpoint`` as ONNX, with
-    its tokenizer and config, into ``out`` (which then loads like the built-in model).
+    its tokenizer and config, into ``out`` (which ``RAGSERVE_RERANKER_MODEL`` can then name).
 
     With ``quantize`` the weights become int8 (dynamic quantization, per channel): a quarter of
     the size, faster on CPUs with int8 dot-product instructions (VNNI), at a small cost in

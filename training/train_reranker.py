@@ -10,13 +10,16 @@ Data, TRAIN splits only (no test split is ever read; NFCorpus *dev* is only a ch
     (the other articles stay for ``ragserve eval answers``).
 Hard negatives per query: top BM25 (bm25s, stemmed) and top dense (the MiniLM bi-encoder) hits
 of the query's own corpus that are not labelled relevant.
-Training uses sentence-transformers' CrossEncoderTrainer in three phases: binary cross-entropy
+Training uses sentence-transformers' CrossEncoderTrainer in four phases: binary cross-entropy
 with random negatives at a high learning rate, then with hard negatives, then a listwise phase
-(softmax over each query's positive and its near-miss candidates). The defaults are the settings
-of the shipped weights; ``--phases``/``--init`` resume a run from a saved checkpoint. The trained
-model is kept in full precision under ``--checkpoint`` and exported to ``--out`` as int8 ONNX
-(~24 MB) with its tokenizer and a provenance file; 80 held-out SciFact *train* queries and 60
-NFCorpus *dev* queries check it at the end (BM25 top-30, alone, re-ranked and RRF-fused).
+(softmax over each query's positive and its near-miss candidates), then a graded listwise phase
+(LambdaLoss over up to three positives with their grades and negatives from the whole top-100).
+The defaults are the settings of the shipped weights; ``--phases``/``--init`` resume a run from
+a saved checkpoint. The trained model is kept in full precision under ``--checkpoint`` and
+exported to ``--out`` with its tokenizer and a provenance file, as fp16 safetensors (~46 MB,
+what ships) or, with ``--format int8-onnx``, as int8 ONNX (~24 MB); 80 held-out SciFact *train*
+queries and 60 NFCorpus *dev* queries check it at the end (BM25 top-30, alone, re-ranked and
+RRF-fused).
 """
 
 from __future__ import annotations

@@ -121,14 +121,19 @@ class _SentenceTransformersCrossEncoder:
     def logits(self, query: str, texts: Sequence[str], batch_size: int) -> np.ndarray:
         import torch
 
+        # CrossEncoder.predict batches in the order given; by length (characters stand in for
+        # tokens) each batch pads to similar lengths, as the ONNX runner does.
+        order = np.argsort([len(t) for t in texts], kind="stable")
         scores = self.model.predict(
-            [(query, t) for t in texts],
+            [(query, texts[i]) for i in order],
             batch_size=batch_size,
             show_progress_bar=False,
             convert_to_numpy=True,
             activation_fn=torch.nn.Identity(),
         )
-        return np.asarray(scores, dtype=np.float32).reshape(-1)
+        out = np.empty(len(texts), dtype=np.float32)
+        out[order] = np.asarray(scores, dtype=np.float32).reshape(-1)
+        return out
 
 
 def _load_cross_encoder(name: str, max_length: int) -> _PairScorer:

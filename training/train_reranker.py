@@ -34,6 +34,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,26 @@ class Miner:
         return qv @ self.vectors.T
 
 
+def sample_strata(
+    rows: list[list[int]],
+    strata: list[tuple[int, int]],
+    per_stratum: int,
+    eligible: Callable[[int], bool],
+    rng: random.Random,
+) -> list[int]:
+    """Up to ``per_stratum`` eligible candidates from each rank band ``[lo, hi)`` of the ranked
+    ``rows`` (one or more first-stage lists), none picked twice."""
+    picked: list[int] = []
+    for lo, hi in strata:
+        pool = [
+            c
+            for c in dict.fromkeys(c for row in rows for c in row[lo:hi])
+            if eligible(c) and c not in picked
+        ]
+        picked += rng.sample(pool, min(len(pool), per_stratum))
+    return picked
+
+
 @dataclass
 class TrainingData:
     pairs: list[tuple[str, str, float]]  # phase 2: positives + mined hard negatives
@@ -232,16 +253,14 @@ def build_examples(args: argparse.Namespace, embedder) -> TrainingData:
         positives = in_lists or [index[p] for p in sorted(grades) if p in index]
         graded_rng.shuffle(positives)
         positives = sorted(positives[: args.graded_positives], key=lambda c: -grades[miner.ids[c]])
-        skip = args.skip_top
-        strata = [(skip, 10), (10, 30), (30, args.mine_depth)]
-        negatives: list[int] = []
-        for lo, hi in strata:
-            pool = [
-                c
-                for c in dict.fromkeys([*s_row[lo:hi], *d_row[lo:hi]])
-                if miner.ids[c] not in grades and c not in negatives
-            ]
-            negatives += graded_rng.sample(pool, min(len(pool), args.graded_negatives_per_stratum))
+        strata = [(args.skip_top, 10), (10, 30), (30, args.mine_depth)]
+        negatives = sample_strata(
+            [s_row, d_row],
+            strata,
+            args.graded_negatives_per_stratum,
+            lambda c: miner.ids[c] not in grades,
+            graded_rng,
+        )
         # Abstracts relevant to many training queries (NFCorpus has them) invite a "this
         # document is usually relevant" prior; one per group, where it is not relevant, says no.
         others = [c for c in popular if miner.ids[c] not in grades and c not in negatives]
@@ -269,10 +288,13 @@ def build_examples(args: argparse.Namespace, embedder) -> TrainingData:
         positives = [index[p] for p in sorted(grades) if p in index]
         distill_rng.shuffle(positives)
         positives = positives[: args.distill_positives]
-        negatives: list[int] = []
-        for lo, hi in ((0, 10), (10, 30), (30, len(ranked))):
-            pool = [c for c in ranked[lo:hi] if miner.ids[c] not in grades]
-            negatives += distill_rng.sample(pool, min(len(pool), args.distill_per_stratum))
+        negatives = sample_strata(
+            [ranked],
+            [(0, 10), (10, 30), (30, len(ranked))],
+            args.distill_per_stratum,
+            lambda c: miner.ids[c] not in grades,
+            distill_rng,
+        )
         if positives and negatives:
             docs = [*positives, *negatives]
             targets = [grades[miner.ids[c]] + score.get(c, 0.0) for c in positives]
@@ -450,6 +472,8 @@ def check_holdout(model, holdout: dict, depth: int) -> dict[str, float]:
 
 
 def main() -> None:
+    from ragserve.config import Settings
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "src/ragserve/resources/reranker")
     ap.add_argument("--seed", type=int, default=13)
@@ -508,7 +532,10 @@ def main() -> None:
         help="phase 5: candidates from BM25 ranks 1-10, 10-30 and 30-mine_depth each",
     )
     ap.add_argument(
-        "--distill-alpha", type=float, default=0.55, help="phase 5 teacher: dense weight"
+        "--distill-alpha",
+        type=float,
+        default=Settings().fusion_alpha,
+        help="phase 5 teacher: dense weight (default: hybrid retrieval's)",
     )
     ap.add_argument("--distill-lr", type=float, default=2e-5)
     ap.add_argument(

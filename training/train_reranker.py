@@ -327,8 +327,10 @@ def build_examples(args: argparse.Namespace, embedder) -> TrainingData:
                 "qrels": {q: dict.fromkeys(qrels[q], 1) for q in held},
             }
         # Phase 5 takes its queries from the end of the shuffled list: the ones the earlier
-        # phases used least (on NFCorpus, none of them).
-        distill_ids = qids[len(qids) - distill_queries :] if distill_queries else []
+        # phases used least (on NFCorpus, none of them). A resumed phase 5 skips the window an
+        # earlier one used (--distill-skip) to see new queries rather than the same ones again.
+        end = len(qids) - args.distill_skip
+        distill_ids = qids[max(0, end - distill_queries) : end] if distill_queries else []
         if distill_ids:
             teachers = miner.teacher(
                 [queries[q] for q in distill_ids], args.mine_depth, args.distill_alpha
@@ -524,6 +526,12 @@ def main() -> None:
     ap.add_argument("--graded-lr", type=float, default=3e-5)
     ap.add_argument("--distill-scifact-queries", type=int, default=250, help="phase 5")
     ap.add_argument("--distill-nfcorpus-queries", type=int, default=550, help="phase 5")
+    ap.add_argument(
+        "--distill-skip",
+        type=int,
+        default=0,
+        help="phase 5: skip this many queries at the end of each list (a window already used)",
+    )
     ap.add_argument("--distill-positives", type=int, default=3, help="phase 5: per group")
     ap.add_argument(
         "--distill-per-stratum",

@@ -329,8 +329,8 @@ def build_examples(args: argparse.Namespace, embedder) -> TrainingData:
         # Phase 5 takes its queries from the end of the shuffled list: the ones the earlier
         # phases used least (on NFCorpus, none of them). A resumed phase 5 skips the window an
         # earlier one used (--distill-skip) to see new queries rather than the same ones again.
-        end = len(qids) - args.distill_skip
-        distill_ids = qids[max(0, end - distill_queries) : end] if distill_queries else []
+        end = max(0, len(qids) - args.distill_skip)  # a skip past the start leaves none
+        distill_ids = qids[max(0, end - distill_queries) : end]
         if distill_ids:
             teachers = miner.teacher(
                 [queries[q] for q in distill_ids], args.mine_depth, args.distill_alpha

@@ -473,6 +473,24 @@ def check_holdout(model, holdout: dict, depth: int) -> dict[str, float]:
     }
 
 
+def add_group_phase_options(
+    ap: argparse.ArgumentParser,
+    phase: int,
+    prefix: str,
+    queries: tuple[int, int],
+    per_stratum: tuple[str, int, str],
+    lr: float,
+) -> None:
+    """The options phases 4 and 5 share: queries per dataset (SciFact, NFCorpus), positives and
+    candidates per rank band in a group, and the learning rate."""
+    for dataset, n in zip(("scifact", "nfcorpus"), queries, strict=True):
+        ap.add_argument(f"--{prefix}-{dataset}-queries", type=int, default=n, help=f"phase {phase}")
+    ap.add_argument(f"--{prefix}-positives", type=int, default=3, help=f"phase {phase}: per group")
+    flag, default, what = per_stratum
+    ap.add_argument(f"--{prefix}-{flag}", type=int, default=default, help=f"phase {phase}: {what}")
+    ap.add_argument(f"--{prefix}-lr", type=float, default=lr)
+
+
 def main() -> None:
     from ragserve.config import Settings
 
@@ -513,31 +531,32 @@ def main() -> None:
     ap.add_argument("--listwise-nfcorpus-queries", type=int, default=800)
     ap.add_argument("--listwise-lr", type=float, default=3e-5)
     ap.add_argument("--listwise-batch-size", type=int, default=4, help="queries per step")
-    ap.add_argument("--graded-scifact-queries", type=int, default=400, help="phase 4")
-    ap.add_argument("--graded-nfcorpus-queries", type=int, default=600, help="phase 4")
-    ap.add_argument("--graded-squad-queries", type=int, default=100, help="phase 4")
-    ap.add_argument("--graded-positives", type=int, default=3, help="phase 4: per group")
-    ap.add_argument(
-        "--graded-negatives-per-stratum",
-        type=int,
-        default=2,
-        help="phase 4: negatives from ranks skip-10, 10-30 and 30-mine_depth each",
+    add_group_phase_options(
+        ap,
+        phase=4,
+        prefix="graded",
+        queries=(400, 600),
+        per_stratum=(
+            "negatives-per-stratum",
+            2,
+            "negatives from ranks skip-10, 10-30, 30-mine_depth",
+        ),
+        lr=3e-5,
     )
-    ap.add_argument("--graded-lr", type=float, default=3e-5)
-    ap.add_argument("--distill-scifact-queries", type=int, default=250, help="phase 5")
-    ap.add_argument("--distill-nfcorpus-queries", type=int, default=550, help="phase 5")
+    ap.add_argument("--graded-squad-queries", type=int, default=100, help="phase 4")
+    add_group_phase_options(
+        ap,
+        phase=5,
+        prefix="distill",
+        queries=(250, 550),
+        per_stratum=("per-stratum", 3, "candidates from BM25 ranks 1-10, 10-30, 30-mine_depth"),
+        lr=2e-5,
+    )
     ap.add_argument(
         "--distill-skip",
         type=int,
         default=0,
         help="phase 5: skip this many queries at the end of each list (a window already used)",
-    )
-    ap.add_argument("--distill-positives", type=int, default=3, help="phase 5: per group")
-    ap.add_argument(
-        "--distill-per-stratum",
-        type=int,
-        default=3,
-        help="phase 5: candidates from BM25 ranks 1-10, 10-30 and 30-mine_depth each",
     )
     ap.add_argument(
         "--distill-alpha",
@@ -545,7 +564,6 @@ def main() -> None:
         default=Settings().fusion_alpha,
         help="phase 5 teacher: dense weight (default: hybrid retrieval's)",
     )
-    ap.add_argument("--distill-lr", type=float, default=2e-5)
     ap.add_argument(
         "--check-depth", type=int, default=30, help="held-out checks re-rank BM25 top-N (0: skip)"
     )

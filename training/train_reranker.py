@@ -172,20 +172,24 @@ class Miner:
 def sample_strata(
     rows: list[list[int]],
     strata: list[tuple[int, int]],
-    per_stratum: int,
+    per_stratum: tuple[int, ...],
     eligible: Callable[[int], bool],
     rng: random.Random,
 ) -> list[int]:
-    """Up to ``per_stratum`` eligible candidates from each rank band ``[lo, hi)`` of the ranked
-    ``rows`` (one or more first-stage lists), none picked twice."""
+    """Up to ``per_stratum[i]`` eligible candidates from rank band ``strata[i] = [lo, hi)`` of
+    the ranked ``rows`` (one or more first-stage lists), none picked twice; one count is used
+    for every band."""
+    counts = per_stratum * len(strata) if len(per_stratum) == 1 else per_stratum
+    if len(counts) != len(strata):
+        raise ValueError(f"{len(per_stratum)} counts for {len(strata)} rank bands")
     picked: list[int] = []
-    for lo, hi in strata:
+    for (lo, hi), n in zip(strata, counts, strict=True):
         pool = [
             c
             for c in dict.fromkeys(c for row in rows for c in row[lo:hi])
             if eligible(c) and c not in picked
         ]
-        picked += rng.sample(pool, min(len(pool), per_stratum))
+        picked += rng.sample(pool, min(len(pool), n))
     return picked
 
 
@@ -337,13 +341,16 @@ def build_examples(args: argparse.Namespace, embedder) -> TrainingData:
             )
             for qid, teacher in zip(distill_ids, teachers, strict=True):
                 add_distilled_group(miner, index, qrels[qid], queries[qid], teacher)
-        qids = qids[: max(max_queries, group_queries, graded_queries)]
+        # Phase 4 takes the window [graded_offset, graded_offset + graded_queries) of the list.
+        graded_from = args.graded_offset if graded_queries else 0
+        graded_to = graded_from + graded_queries
+        qids = qids[: max(max_queries, group_queries, graded_to)]
         sparse, dense = miner.ranked([queries[q] for q in qids], args.mine_depth)
         before = len(examples)
         for n, (qid, s_row, d_row) in enumerate(zip(qids, sparse, dense, strict=True)):
             if n < group_queries or n < max_queries:
                 add_group(miner, index, set(qrels[qid]), queries[qid], s_row, d_row)
-            if n < graded_queries:
+            if graded_from <= n < graded_to:
                 add_graded_group(miner, index, qrels[qid], popular, queries[qid], s_row, d_row)
             if n >= max_queries:  # beyond the pair budget: listwise groups only
                 continue
@@ -473,6 +480,14 @@ def check_holdout(model, holdout: dict, depth: int) -> dict[str, float]:
     }
 
 
+def per_band_counts(text: str) -> tuple[int, ...]:
+    """``"2"`` or ``"1,2,6"``: candidates to draw from each rank band."""
+    counts = tuple(int(x) for x in text.split(","))
+    if any(n < 0 for n in counts):
+        raise argparse.ArgumentTypeError(f"counts must be >= 0, got {text!r}")
+    return counts
+
+
 def add_group_phase_options(
     ap: argparse.ArgumentParser,
     phase: int,
@@ -487,7 +502,12 @@ def add_group_phase_options(
         ap.add_argument(f"--{prefix}-{dataset}-queries", type=int, default=n, help=f"phase {phase}")
     ap.add_argument(f"--{prefix}-positives", type=int, default=3, help=f"phase {phase}: per group")
     flag, default, what = per_stratum
-    ap.add_argument(f"--{prefix}-{flag}", type=int, default=default, help=f"phase {phase}: {what}")
+    ap.add_argument(
+        f"--{prefix}-{flag}",
+        type=per_band_counts,
+        default=str(default),
+        help=f"phase {phase}: {what} (one count for every band, or one per band: 1,2,6)",
+    )
     ap.add_argument(f"--{prefix}-lr", type=float, default=lr)
 
 
@@ -544,6 +564,12 @@ def main() -> None:
         lr=3e-5,
     )
     ap.add_argument("--graded-squad-queries", type=int, default=100, help="phase 4")
+    ap.add_argument(
+        "--graded-offset",
+        type=int,
+        default=0,
+        help="phase 4: start this far into each shuffled query list (another window of queries)",
+    )
     add_group_phase_options(
         ap,
         phase=5,

@@ -19,10 +19,10 @@ retriever's fused BM25 + dense score to the grade, so unjudged candidates are or
 The defaults are the settings of phases 1-5; ``--phases``/``--init`` resume a run from a saved
 checkpoint, and the shipped weights (v7) add a second phase 4 with more negatives from ranks
 30-100 over another window of queries (the commands are in the model card). The trained model
-is kept in full precision under ``--checkpoint`` and exported to ``--out`` with its tokenizer and a provenance file, as fp16 safetensors (~46 MB,
-what ships) or, with ``--format int8-onnx``, as int8 ONNX (~24 MB); 80 held-out SciFact *train*
-queries and 60 NFCorpus *dev* queries check it at the end (BM25 top-30, alone, re-ranked and
-RRF-fused).
+is kept in full precision under ``--checkpoint`` and exported to ``--out`` with its tokenizer
+and a provenance file, as fp16 safetensors (~46 MB, what ships) or, with ``--format int8-onnx``,
+as int8 ONNX (~24 MB); 80 held-out SciFact *train* queries and 60 NFCorpus *dev* queries check it
+at the end (BM25 top-30, alone, re-ranked and RRF-fused).
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ import uuid
 from collections.abc import Iterator
 
 import numpy as np
+from pg_harness import LocalPostgres
 
 from ragserve.stores.base import IndexWrite
-from ragserve.stores.pg_server import LocalPostgres
 from ragserve.stores.postgres import PostgresIndex
 from ragserve.types import Chunk, DocumentRecord, content_hash
 

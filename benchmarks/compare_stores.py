@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 from bench_pgvector import hnsw_tradeoff
+from pg_harness import LocalPostgres
 
 from ragserve.config import Settings
 from ragserve.embedding import SentenceTransformerEmbedder
 from ragserve.evaluation.beir import load_beir
 from ragserve.evaluation.retrieval import evaluate_retrieval
-from ragserve.stores.base import open_index
+from ragserve.stores import open_index
 from ragserve.stores.migrate import copy_index
-from ragserve.stores.pg_server import LocalPostgres
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"
 

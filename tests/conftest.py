@@ -4,6 +4,7 @@ builder for the one-chunk hits that the post-retrieval stages are tested with.""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,10 @@ from typing import Any
 import pytest
 
 from ragserve.types import Chunk, Hit
+
+# Test harnesses that are not part of the package (the throwaway PostgreSQL server) import as
+# top-level modules: pytest's importlib mode puts no test directory on sys.path by itself.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -23,8 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
-    """``../shared/datasets`` next to the checkout (CI places it there)."""
-    path = (REPO / ".." / "shared" / "datasets").resolve()
+    """``../shared/datasets`` next to the checkout (CI places it there); a checkout elsewhere
+    (a git worktree) names it with ``RAGSERVE_TEST_DATASETS``."""
+    override = os.environ.get("RAGSERVE_TEST_DATASETS")
+    path = Path(override) if override else (REPO / ".." / "shared" / "datasets").resolve()
     assert path.is_dir(), f"datasets not found at {path}"
     return path
 

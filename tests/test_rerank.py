@@ -213,3 +213,43 @@ def test_onnx_export_scores_like_the_original(small_cross_encoder: Path, tmp_pat
     export_cross_encoder_onnx(small_cross_encoder, tmp_path / "int8", quantize=True)
     int8 = CrossEncoderReranker(str(tmp_path / "int8"), max_length=128).score(query, _PASSAGES)
     assert np.allclose(int8, original, atol=0.05)
+
+
+def test_concurrent_scoring_uses_no_shared_tokenizer(reranker: CrossEncoderReranker) -> None:
+    """Worker threads score at once while something else drives the model's own tokenizer
+    with other truncation settings. With one shared fast tokenizer that either raises
+    ``Already borrowed`` or silently scores under the other's truncation; per-thread
+    tokenizers make both impossible."""
+    import threading
+
+    query = "Where is the Eiffel Tower?"
+    expected = reranker.score(query, _PASSAGES)
+    shared = reranker._model.model.tokenizer  # type: ignore[union-attr]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    results: list[np.ndarray] = []
+
+    def other_user() -> None:
+        while not stop.is_set():
+            shared(["a b c " * 200] * 8, truncation=True, max_length=8, padding=True)
+
+    def worker() -> None:
+        try:
+            for _ in range(6):
+                results.append(reranker.score(query, _PASSAGES))
+        except BaseException as exc:
+            errors.append(exc)
+
+    noise = threading.Thread(target=other_user)
+    noise.start()
+    workers = [threading.Thread(target=worker) for _ in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    noise.join()
+    assert not errors, errors[:3]
+    assert len(results) == 24
+    for got in results:
+        np.testing.assert_allclose(got, expected, atol=1e-5)

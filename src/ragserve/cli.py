@@ -78,7 +78,7 @@ DataDirOpt = Annotated[Path | None, typer.Option(help="Index directory (RAGSERVE
 def _open_for_write(settings: Settings) -> tuple[Any, Any]:
     from ragserve.embedding import SentenceTransformerEmbedder
     from ragserve.ingest.pipeline import Ingestor
-    from ragserve.stores.base import open_index
+    from ragserve.stores import open_index
 
     embedder = SentenceTransformerEmbedder.from_settings(settings)
     embedder.warm_up()
@@ -219,7 +219,7 @@ def list_documents(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List the indexed documents."""
-    from ragserve.stores.base import open_index
+    from ragserve.stores import open_index
 
     settings = _settings(collection=collection, data_dir=data_dir)
     index = open_index(settings)
@@ -281,7 +281,7 @@ def reindex(collection: CollectionOpt = None, data_dir: DataDirOpt = None) -> No
     from ragserve.embedding import SentenceTransformerEmbedder
     from ragserve.errors import EmbedderMismatchError
     from ragserve.ingest.pipeline import Ingestor
-    from ragserve.stores.base import open_index
+    from ragserve.stores import open_index
 
     settings = _settings(collection=collection, data_dir=data_dir)
     embedder = SentenceTransformerEmbedder.from_settings(settings)

@@ -149,7 +149,7 @@ class RagPipeline:
         """Retrieve and re-rank; cached per (query, index version)."""
         timer = timer or _Timer()
         top_k = top_k or self.settings.top_k
-        key = (query.text, query.expansions, top_k, self.index.info().version)
+        key = (query.text, query.expansions, top_k, self.index.version())
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:

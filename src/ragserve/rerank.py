@@ -20,13 +20,14 @@ cross-encoder probability is what ``scores["rerank"]`` holds for the refusal gat
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -66,31 +67,60 @@ class _PairScorer(Protocol):
     def logits(self, query: str, texts: Sequence[str], batch_size: int) -> np.ndarray: ...
 
 
+class _PerThreadTokenizer:
+    """One Hugging Face tokenizer per thread, each a copy of one private prototype.
+
+    A fast tokenizer is a single Rust object behind a borrow check: while one thread encodes
+    through it, another that sets truncation or padding on it fails with ``RuntimeError:
+    Already borrowed`` (or, worse, encodes under the other's settings). Re-ranking runs in the
+    server's worker threads, so none may share one. Copies, not fresh loads from the files,
+    keep any setting made after loading (sentence-transformers keeps ``max_length`` on it).
+    """
+
+    def __init__(self, prototype: Any) -> None:
+        # Nothing ever encodes with the prototype: copying it only reads it.
+        self._prototype = copy.deepcopy(prototype)
+        self._copying = threading.Lock()
+        self._local = threading.local()
+
+    @classmethod
+    def from_directory(cls, directory: str | Path) -> _PerThreadTokenizer:
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(str(directory), local_files_only=True))
+
+    def get(self) -> Any:
+        tokenizer = getattr(self._local, "tokenizer", None)
+        if tokenizer is None:
+            with self._copying:
+                tokenizer = self._local.tokenizer = copy.deepcopy(self._prototype)
+        return tokenizer
+
+
 class _OnnxCrossEncoder:
     """An exported cross-encoder on onnxruntime: raw relevance logits for (query, text) pairs."""
 
     def __init__(self, model_file: Path, max_length: int) -> None:
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            str(model_file.parent), local_files_only=True
-        )
+        self.tokenizers = _PerThreadTokenizer.from_directory(model_file.parent)
         # The tokenizer's saved model_max_length is whatever length training used; the model's
         # real limit is its position table.
         config = json.loads((model_file.parent / "config.json").read_text())
         self.max_length = min(max_length, int(config.get("max_position_embeddings", 512)))
         options = ort.SessionOptions()
         options.log_severity_level = 3  # quantized graphs log harmless fusion notices
+        # An InferenceSession's run() is safe to call from several threads at once.
         self.session = ort.InferenceSession(
             str(model_file), options, providers=["CPUExecutionProvider"]
         )
         self.inputs = {i.name for i in self.session.get_inputs()}
 
     def logits(self, query: str, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        tokenizer = self.tokenizers.get()
         # Longest-first truncation cuts the passage before the query, and still fits a query
         # that alone is longer than max_length. Pairs run shortest first so a batch pads little.
-        enc = self.tokenizer(
+        enc = tokenizer(
             [query] * len(texts), list(texts), truncation=True, max_length=self.max_length
         )
         lengths = [len(ids) for ids in enc["input_ids"]]
@@ -98,7 +128,7 @@ class _OnnxCrossEncoder:
         out = np.empty(len(texts), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             batch = order[start : start + batch_size]
-            padded = self.tokenizer.pad(
+            padded = tokenizer.pad(
                 {k: [enc[k][i] for i in batch] for k in enc}, return_tensors="np"
             )
             feed = {k: np.asarray(v, dtype=np.int64) for k, v in padded.items() if k in self.inputs}
@@ -117,22 +147,34 @@ class _SentenceTransformersCrossEncoder:
         # Checkpoints are often stored in fp16; CPUs run fp32 kernels much faster.
         self.model.model.to(torch.float32)
         self.model.model.eval()
+        self._input = self.model[0]
+        self.tokenizers = _PerThreadTokenizer(self._input.processor)
+        self._local = threading.local()
+
+    def _input_module(self) -> Any:
+        """This thread's view of the model's input module: a shallow copy that shares every
+        weight and differs only in its tokenizer (``predict`` would use the shared one)."""
+        module = getattr(self._local, "module", None)
+        if module is None:
+            module = copy.copy(self._input)
+            module.processor = self.tokenizers.get()
+            self._local.module = module
+        return module
 
     def logits(self, query: str, texts: Sequence[str], batch_size: int) -> np.ndarray:
         import torch
 
-        # CrossEncoder.predict batches in the order given; by length (characters stand in for
-        # tokens) each batch pads to similar lengths, as the ONNX runner does.
+        # By length (characters stand in for tokens) each batch pads to similar lengths, as
+        # the ONNX runner does; CrossEncoder.predict's own loop, minus its shared tokenizer.
         order = np.argsort([len(t) for t in texts], kind="stable")
-        scores = self.model.predict(
-            [(query, texts[i]) for i in order],
-            batch_size=batch_size,
-            show_progress_bar=False,
-            convert_to_numpy=True,
-            activation_fn=torch.nn.Identity(),
-        )
+        module = self._input_module()
         out = np.empty(len(texts), dtype=np.float32)
-        out[order] = np.asarray(scores, dtype=np.float32).reshape(-1)
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = order[start : start + batch_size]
+                features = module.preprocess([(query, texts[i]) for i in batch])
+                scores = self.model(features)["scores"]
+                out[batch] = scores.float().reshape(-1).cpu().numpy()
         return out
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pg_server import LocalPostgres
 
 from ragserve.api.app import create_app
 from ragserve.config import Settings
-from ragserve.stores.pg_server import LocalPostgres
 
 pytestmark = pytest.mark.postgres
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,42 @@ def test_property_spans_and_limits(
         chunks = chunker.split(doc)
         _check_spans(doc, chunks)
         assert all(counter.count(c.text) <= size for c in chunks)
+
+
+def test_token_counter_beside_a_truncating_encoder_on_the_same_tokenizer(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """The embedder encodes with truncation on while upload threads count tokens with it off.
+
+    On one shared fast tokenizer that flips the Rust object's truncation back and forth under
+    a concurrent encode: ``RuntimeError: Already borrowed``. The counter must not share it.
+    """
+    counter = TokenCounter(tokenizer)
+    text = " ".join(f"word{i} and more words here." for i in range(600))
+    batch = [text[: 200 + 37 * i] for i in range(16)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def embed_like() -> None:  # what SentenceTransformer.encode does to its tokenizer
+        try:
+            while not stop.is_set():
+                tokenizer(batch, truncation=True, max_length=128, padding=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def count() -> None:
+        try:
+            for _ in range(40):
+                assert counter.count(text) > 1000
+        except BaseException as exc:
+            errors.append(exc)
+
+    tokenizer(batch, truncation=True, max_length=128, padding=True)  # settle its settings
+    encoders = [threading.Thread(target=embed_like)]
+    counters = [threading.Thread(target=count) for _ in range(3)]
+    for t in encoders + counters:
+        t.start()
+    for t in counters:
+        t.join()
+    stop.set()
+    for t in encoders:
+        t.join()
+    assert not errors, errors[:3]

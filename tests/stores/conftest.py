@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-
-from ragserve.stores.pg_server import LocalPostgres
+from pg_server import LocalPostgres
 
 
 @pytest.fixture(scope="session")

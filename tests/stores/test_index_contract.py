@@ -15,7 +15,7 @@ import pytest
 
 from ragserve.config import Settings
 from ragserve.errors import EmbedderMismatchError
-from ragserve.stores.base import DocumentIndex, IndexWrite, open_index
+from ragserve.stores import DocumentIndex, IndexWrite, open_index
 from ragserve.types import Chunk, DocumentRecord, content_hash
 
 DIM = 8
@@ -158,6 +158,18 @@ def test_replace_delete_and_version_bumps(index: DocumentIndex) -> None:
     assert index.delete(["a"]) == 0 and index.info().version == v3  # no change, no bump
     assert index.info().chunks == 0 and index.dense_search(_vec(3), 5) == []
     assert index.sparse_search("brand", 5) == [] and index.get_chunks([new.chunks[0].id]) == {}
+
+
+def test_version_is_the_committed_change_counter(index: DocumentIndex) -> None:
+    # version() is what the query cache keys on: it must move with every committed change,
+    # agree with info(), and stay put when nothing changed.
+    v0 = index.version()
+    assert v0 == index.info().version
+    index.write([_write("a", ["counted words"])])
+    v1 = index.version()
+    assert v1 > v0 and v1 == index.info().version
+    assert index.delete(["missing"]) == 0 and index.version() == v1
+    assert index.delete(["a"]) == 1 and index.version() > v1
 
 
 def test_iter_chunks_and_get_vectors(index: DocumentIndex) -> None:

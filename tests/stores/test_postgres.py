@@ -10,11 +10,11 @@ from collections.abc import Callable
 import numpy as np
 import psycopg
 import pytest
+from pg_server import LocalPostgres
 
 from ragserve.config import Settings
 from ragserve.errors import StoreError
 from ragserve.stores.base import IndexWrite
-from ragserve.stores.pg_server import LocalPostgres
 from ragserve.stores.postgres import MIGRATIONS, PostgresIndex, redact_dsn
 from ragserve.types import Chunk, DocumentRecord, content_hash
 

@@ -18,10 +18,12 @@ offsets, so chunking SciFact's 5,183 abstracts takes seconds.
 from __future__ import annotations
 
 import bisect
+import copy
 import logging
 import re
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -87,13 +89,28 @@ def _strip(text: str, a: int, b: int) -> Span:
 
 
 class TokenCounter:
-    """Token offsets of one text from a Hugging Face fast tokenizer, for O(log n) span counts."""
+    """Token offsets of one text from a Hugging Face fast tokenizer, for O(log n) span counts.
+
+    Every thread encodes with a tokenizer of its own, loaded from the same files as the one
+    given. A fast tokenizer is one Rust object behind a borrow check: the embedder re-enables
+    truncation and padding on it for every batch, and an upload thread encoding through it at
+    the same moment fails with ``RuntimeError: Already borrowed``. The given tokenizer itself is
+    never used to encode, so sharing it with the embedder is safe.
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        self._load = _tokenizer_loader(tokenizer)
+        self._local = threading.local()
+
+    def _own(self) -> Any:
+        tokenizer = getattr(self._local, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = self._local.tokenizer = self._load()
+        return tokenizer
 
     def offsets(self, text: str) -> list[Span]:
-        enc = self.tokenizer(
+        enc = self._own()(
             text,
             add_special_tokens=False,
             return_offsets_mapping=True,
@@ -105,6 +122,39 @@ class TokenCounter:
 
     def count(self, text: str) -> int:
         return len(self.offsets(text))
+
+
+_THREAD_TOKENIZERS = threading.local()
+
+
+def _tokenizer_loader(tokenizer: Any) -> Callable[[], Any]:
+    """How to make another tokenizer like ``tokenizer``: from its files (a directory, or the
+    one it was loaded from), else by copying a private prototype that nothing encodes with."""
+    source = (
+        tokenizer if isinstance(tokenizer, str | Path) else getattr(tokenizer, "name_or_path", "")
+    )
+    if source and Path(source).is_dir():
+        path = str(Path(source).resolve())
+
+        def from_files() -> Any:
+            # One per thread and directory, whatever the number of counters: loading costs
+            # tens of milliseconds, and counters only ever call it one way (no truncation).
+            loaded = _THREAD_TOKENIZERS.__dict__.setdefault("by_path", {})
+            if path not in loaded:
+                from transformers import AutoTokenizer
+
+                loaded[path] = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            return loaded[path]
+
+        return from_files
+    prototype = copy.deepcopy(tokenizer)
+    lock = threading.Lock()
+
+    def from_prototype() -> Any:
+        with lock:  # copying reads the prototype; keep copies from overlapping
+            return copy.deepcopy(prototype)
+
+    return from_prototype
 
 
 class _Tokens:
@@ -134,23 +184,19 @@ class _Base:
         self.size = size
         self.overlap = min(overlap, size // 2)
         self.max_tokens = max_tokens
-        self._lock = threading.Lock()
 
     def split(self, document: Document) -> list[Chunk]:
         text = document.text
         tokens = _Tokens(self.counter.offsets(text))
-        with self._lock:
-            configured = self.size
-            if self.max_tokens and document.title:
-                # The title is embedded with every chunk (Chunk.searchable_text); leave room
-                # for it so the chunk's own tail is not truncated away.
-                room = self.max_tokens - self.counter.count(document.title) - 1
-                self.size = max(16, min(configured, room))
-            try:
-                spans = self._spans(text, tokens)
-            finally:
-                self.size = configured
-        return _make_chunks(document, spans)
+        worker = self
+        if self.max_tokens and document.title:
+            # The title is embedded with every chunk (Chunk.searchable_text); leave room for it
+            # so the chunk's own tail is not truncated away. A copy with the smaller size, not
+            # a change to this chunker, which other threads may be splitting with.
+            room = self.max_tokens - self.counter.count(document.title) - 1
+            worker = copy.copy(self)
+            worker.size = max(16, min(self.size, room))
+        return _make_chunks(document, worker._spans(text, tokens))
 
     def _spans(self, text: str, tokens: _Tokens) -> list[Span]:  # pragma: no cover - abstract
         raise NotImplementedError

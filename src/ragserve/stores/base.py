@@ -67,6 +67,14 @@ class DocumentIndex(Protocol):
 
     def info(self) -> IndexInfo: ...
 
+    def version(self) -> int:
+        """A counter bumped by every committed change; what caches key on.
+
+        Cheap enough to call on every query (no counting, one keyed read at most), unlike
+        ``info()``. Reflects writes by other processes too.
+        """
+        ...
+
     def document_hash(self, doc_id: str) -> str | None:
         """The content hash recorded for ``doc_id``, or None when it is not indexed."""
         ...
@@ -109,11 +117,7 @@ class DocumentIndex(Protocol):
 
 
 def open_index(settings: Settings) -> DocumentIndex:
-    """The backend named by ``settings.store`` (not yet opened)."""
-    if settings.store == "postgres":
-        from ragserve.stores.postgres import PostgresIndex
+    """Kept for callers that import it from here; the backend registry is ``ragserve.stores``."""
+    from ragserve.stores import open_index as open_registered
 
-        return PostgresIndex.from_settings(settings)
-    from ragserve.stores.local import LocalIndex
-
-    return LocalIndex.from_settings(settings)
+    return open_registered(settings)

@@ -6,28 +6,38 @@ Consistency without a distributed transaction:
   embedder identity and a version counter. A document's rows change in one SQLite transaction.
 * Vectors are written to Chroma *before* that transaction and stale ones deleted *after* it,
   so a crash at any point leaves at worst orphan vectors, which ``open`` deletes.
-* BM25 is derived from the manifest and stamped with its version; a stale stamp rebuilds it.
+* BM25 is derived from the manifest and stamped with its version; a stale stamp rebuilds it
+  on open.
 
 So after ``kill -9`` anywhere, the next open finds every manifest chunk searchable both ways and
 nothing orphaned; documents whose transaction never committed are simply re-ingested.
+
+Readers never wait for writers. Reads go through their own SQLite connections (WAL: each sees
+the last commit), Chroma is read without any lock of ours, and BM25 is an immutable snapshot
+swapped by reference. A write builds the next BM25 snapshot *before* its manifest transaction
+(re-tokenising only the documents it changes) and publishes it right after the commit, so no
+query ever pays for a rebuild, and a search that runs between the two sees the previous
+snapshot, whose ids the manifest either still has or no longer returns.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ragserve.errors import EmbedderMismatchError, StoreError
-from ragserve.sparse import BM25Index, Bm25Tokenizer
+from ragserve.sparse import BM25Index, Bm25Snapshot, Bm25Tokenizer
 from ragserve.stores.base import IndexInfo, IndexWrite
 from ragserve.types import Chunk, DocumentRecord
 
@@ -59,6 +69,49 @@ _CHUNK_COLUMNS = (
 _CHROMA_BATCH = 4000  # below Chroma's max batch size
 
 
+class _Readers:
+    """A pool of read-only SQLite connections, one per concurrent reader.
+
+    In WAL mode a reader on its own connection sees the last committed state and neither waits
+    for nor blocks the one writer; one shared connection would serialise every read behind the
+    writer's transaction.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._closed = False
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA query_only=1")
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise StoreError("The index is not open.", hint="Call open() first.")
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            if self._closed:
+                conn.close()
+            else:
+                self._idle.put(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
 class LocalIndex:
     backend = "chroma"
 
@@ -69,9 +122,15 @@ class LocalIndex:
         self.collection = collection
         self._bm25 = BM25Index(bm25_tokenizer)
         self._db: sqlite3.Connection | None = None
+        """The writer's connection; used only under ``_write_lock``."""
+        self._readers: _Readers | None = None
         self._chroma: Any = None
         self._client: Any = None
-        self._lock = threading.RLock()
+        # Writers and lifecycle only: no read path takes it, so chat never waits for an upload.
+        self._write_lock = threading.RLock()
+        self._refresh_lock = threading.Lock()  # one full BM25 rebuild at a time
+        self._writing = False
+        self._missing: set[str] = set()
         self._opened = False
 
     @classmethod
@@ -84,7 +143,7 @@ class LocalIndex:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def open(self, embedding_model: str, dimension: int) -> None:
-        with self._lock:
+        with self._write_lock:
             if self._db is None:
                 self._connect()
             stored_model = self._meta("embedding_model")
@@ -106,26 +165,30 @@ class LocalIndex:
                     f"'{embedding_model}', or set RAGSERVE_EMBEDDING_MODEL='{stored_model}'.",
                 )
             self._reconcile()
+            # Current before the first search: no reader ever pays for a rebuild.
+            self._refresh_bm25(load=True)
             self._opened = True
 
     def close(self) -> None:
-        with self._lock:
+        with self._write_lock:
             if self._db is None:
                 return
             if self._opened:
-                self._ensure_bm25()
+                self._save_bm25()
+            assert self._readers is not None
+            self._readers.close()
             self._db.close()
             self._db = None
+            self._readers = None
             self._chroma = None
             self._client = None
             self._opened = False
 
     def _connect(self) -> None:
+        path = self.directory / "manifest.sqlite3"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self.directory / "manifest.sqlite3", check_same_thread=False, isolation_level=None
-            )
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
@@ -136,6 +199,10 @@ class LocalIndex:
                 "(RAGSERVE_DATA_DIR sets where it lives).",
             ) from exc
         self._db = db
+        self._readers = _Readers(path)
+        self._chroma = self._open_chroma()
+
+    def _open_chroma(self) -> Any:
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
@@ -146,7 +213,7 @@ class LocalIndex:
             )
             # embedding_function=None: Chroma's default function downloads a model, and we
             # always pass our own vectors anyway.
-            self._chroma = self._client.get_or_create_collection(
+            return self._client.get_or_create_collection(
                 name=f"ragserve-{self.collection}",
                 metadata={"hnsw:space": "cosine"},
                 embedding_function=None,
@@ -173,27 +240,34 @@ class LocalIndex:
         self._missing = missing
 
     def check(self) -> list[str]:
-        """Consistency problems between manifest, vectors and BM25 (empty when consistent)."""
+        """Consistency problems between manifest, vectors and BM25 (empty when consistent).
+
+        Read-only. It holds the write lock so that no write of this process is half done
+        while it looks (a write in progress legitimately has vectors ahead of the manifest).
+        """
+        with self._write_lock, self._read() as conn:
+            version = int(_meta_of(conn, "version") or 0)
+            manifest_ids = {row[0] for row in conn.execute("SELECT id FROM chunks")}
+            counts = conn.execute(
+                "SELECT d.doc_id, d.chunks, COUNT(c.id) FROM documents d "
+                "LEFT JOIN chunks c ON c.doc_id = d.doc_id GROUP BY d.doc_id"
+            ).fetchall()
+            orphan_chunks = conn.execute(
+                "SELECT COUNT(*) FROM chunks WHERE doc_id NOT IN (SELECT doc_id FROM documents)"
+            ).fetchone()[0]
+            stored = set(self._chroma.get(include=[])["ids"])
         problems: list[str] = []
-        manifest_ids = {row[0] for row in self._sql("SELECT id FROM chunks")}
-        stored = set(self._chroma.get(include=[])["ids"])
         if stored - manifest_ids:
             problems.append(f"{len(stored - manifest_ids)} orphan vectors")
         if manifest_ids - stored:
             problems.append(f"{len(manifest_ids - stored)} chunks without vectors")
-        for doc_id, expected, actual in self._sql(
-            "SELECT d.doc_id, d.chunks, COUNT(c.id) FROM documents d "
-            "LEFT JOIN chunks c ON c.doc_id = d.doc_id GROUP BY d.doc_id"
-        ):
-            if expected != actual:
-                problems.append(f"{doc_id}: manifest says {expected} chunks, found {actual}")
-        orphan_chunks = self._sql(
-            "SELECT COUNT(*) FROM chunks WHERE doc_id NOT IN (SELECT doc_id FROM documents)"
-        )[0][0]
+        problems += [f"{d}: manifest says {e} chunks, found {a}" for d, e, a in counts if e != a]
         if orphan_chunks:
             problems.append(f"{orphan_chunks} chunks of no document")
-        self._ensure_bm25()
-        if set(self._bm25._ids) != manifest_ids:
+        bm25 = self._bm25.snapshot
+        if bm25.version != version:
+            problems.append(f"BM25 is of manifest version {bm25.version}, not {version}")
+        if set(bm25.ids) != manifest_ids or len(bm25.ids) != len(manifest_ids):
             problems.append("BM25 index does not match the manifest")
         return problems
 
@@ -202,11 +276,25 @@ class LocalIndex:
 
     # --- manifest helpers ---------------------------------------------------------------------
 
-    def _sql(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if self._db is None:
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement in it sees the same committed state."""
+        readers = self._readers
+        if readers is None:
             raise StoreError("The index is not open.", hint="Call open() first.")
-        with self._lock:
-            return self._db.execute(query, params).fetchall()
+        with readers.connection() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
+    def _sql(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        readers = self._readers
+        if readers is None:
+            raise StoreError("The index is not open.", hint="Call open() first.")
+        with readers.connection() as conn:
+            return conn.execute(query, params).fetchall()
 
     def _meta(self, key: str) -> str | None:
         rows = self._sql("SELECT value FROM meta WHERE key = ?", (key,))
@@ -214,7 +302,7 @@ class LocalIndex:
 
     def _set_meta(self, values: dict[str, str]) -> None:
         assert self._db is not None
-        with self._lock:
+        with self._write_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
@@ -227,25 +315,28 @@ class LocalIndex:
                 self._db.execute("ROLLBACK")
                 raise
 
-    @property
     def version(self) -> int:
+        """The manifest's change counter: one primary-key read, no counting."""
         return int(self._meta("version") or 0)
 
     # --- reads --------------------------------------------------------------------------------
 
     def info(self) -> IndexInfo:
-        docs, chunks = self._sql(
-            "SELECT (SELECT COUNT(*) FROM documents), (SELECT COUNT(*) FROM chunks)"
-        )[0]
-        dim = self._meta("dimension")
+        with self._read() as conn:
+            docs, chunks = conn.execute(
+                "SELECT (SELECT COUNT(*) FROM documents), (SELECT COUNT(*) FROM chunks)"
+            ).fetchone()
+            dim = _meta_of(conn, "dimension")
+            model = _meta_of(conn, "embedding_model")
+            version = int(_meta_of(conn, "version") or 0)
         return IndexInfo(
             collection=self.collection,
             backend=self.backend,
-            embedding_model=self._meta("embedding_model"),
+            embedding_model=model,
             dimension=int(dim) if dim else None,
             documents=int(docs),
             chunks=int(chunks),
-            version=self.version,
+            version=version,
             extra={"path": str(self.directory)},
         )
 
@@ -274,13 +365,14 @@ class LocalIndex:
     def get_chunks(self, ids: Sequence[str]) -> dict[str, Chunk]:
         out: dict[str, Chunk] = {}
         ids = list(ids)
-        for start in range(0, len(ids), 500):
-            part = ids[start : start + 500]
-            marks = ",".join("?" * len(part))
-            for row in self._sql(
-                f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE id IN ({marks})", part
-            ):
-                out[row[0]] = _row_to_chunk(row)
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                marks = ",".join("?" * len(part))
+                for row in conn.execute(
+                    f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE id IN ({marks})", part
+                ):
+                    out[row[0]] = _row_to_chunk(row)
         return out
 
     def iter_chunks(self, batch_size: int = 1000) -> Iterator[list[Chunk]]:
@@ -326,31 +418,86 @@ class LocalIndex:
         ]
 
     def sparse_search(self, query: str, k: int) -> list[tuple[str, float]]:
-        self._ensure_bm25()
+        # Never waits: a BM25 behind the manifest (another process wrote) is rebuilt in the
+        # background while this search answers from the last published one.
+        if self._bm25.version != self.version() and not self._writing:
+            self._refresh_bm25_in_background()
         return self._bm25.search(query, k)
 
-    def _ensure_bm25(self) -> None:
-        with self._lock:
-            version = self.version
+    # --- BM25, derived from the manifest ------------------------------------------------------
+
+    def _refresh_bm25(self, *, load: bool = False) -> None:
+        """Make BM25 match the manifest: load it from disk when its stamp is current, else
+        rebuild it from the manifest's texts (outside any lock readers take) and publish."""
+        with self._refresh_lock:
+            version = self.version()
             if self._bm25.version == version:
                 return
             bm25_dir = self.directory / "bm25"
-            if self._bm25.load(bm25_dir) and self._bm25.version == version:
+            if load and self._bm25.load(bm25_dir, version):
                 return
             started = time.perf_counter()
-            ids: list[str] = []
-            texts: list[str] = []
-            for batch in self.iter_chunks(5000):
-                ids.extend(c.id for c in batch)
-                texts.extend(c.searchable_text for c in batch)
-            self._bm25.build(ids, texts, version)
-            try:
-                self._bm25.save(bm25_dir)
-            except OSError as exc:  # read-only or full disk: search still works from memory
-                log.warning("could not save the BM25 index (%s); it stays in memory", exc)
-            log.info(
-                "rebuilt BM25 over %d chunks in %.2fs", len(ids), time.perf_counter() - started
+            with self._read() as conn:
+                version = int(_meta_of(conn, "version") or 0)
+                rows = conn.execute(f"SELECT {_CHUNK_COLUMNS} FROM chunks ORDER BY id")
+                chunks = [_row_to_chunk(r) for r in rows]
+            snapshot = self._bm25.prepare(
+                [c.id for c in chunks], [c.searchable_text for c in chunks], version
             )
+            self._bm25.publish(snapshot)
+            log.info(
+                "rebuilt BM25 over %d chunks in %.2fs", len(chunks), time.perf_counter() - started
+            )
+        self._save_bm25()
+
+    def _refresh_bm25_in_background(self) -> None:
+        if self._refresh_lock.locked():
+            return  # one is under way
+
+        def run() -> None:
+            try:
+                self._refresh_bm25()
+            except Exception as exc:  # searches keep the previous index; the next one retries
+                log.warning("background BM25 rebuild failed: %s", exc)
+
+        threading.Thread(target=run, name="ragserve-bm25-refresh", daemon=True).start()
+
+    def _save_bm25(self) -> None:
+        try:
+            self._bm25.save(self.directory / "bm25")
+        except OSError as exc:  # read-only or full disk: search still works from memory
+            log.warning("could not save the BM25 index (%s); it stays in memory", exc)
+
+    def _next_bm25(
+        self, remove: Sequence[str], add: Sequence[Chunk] = ()
+    ) -> tuple[Bm25Snapshot | None, int | None]:
+        """The BM25 snapshot the manifest will need after a write, built before the write
+        commits (so it can be published the moment it does), and the version it builds on."""
+        base = self._bm25.snapshot
+        if base.version is None or base.version != self.version():
+            return None, None
+        if not remove and not add:  # same texts: only the stamp moves on
+            return replace(base, version=base.version + 1), base.version
+        nxt = self._bm25.derive(
+            base,
+            remove=remove,
+            add_ids=[c.id for c in add],
+            add_texts=[c.searchable_text for c in add],
+            version=base.version + 1,
+        )
+        return nxt, base.version
+
+    def _publish_bm25(
+        self, prepared: tuple[Bm25Snapshot | None, int | None], committed: tuple[int, int]
+    ) -> None:
+        """After a commit from version ``before`` to ``after``: publish the prepared snapshot if
+        it was built on exactly ``before``, else rebuild from the manifest."""
+        snapshot, base = prepared
+        before, after = committed
+        if snapshot is not None and base == before and snapshot.version == after:
+            self._bm25.publish(snapshot)
+        else:
+            self._refresh_bm25()
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -365,92 +512,87 @@ class LocalIndex:
                     f"expected ({len(item.chunks)}, {dim}).",
                     hint="The embedder does not match the index; run `ragserve reindex`.",
                 )
-        with self._lock:
+        with self._write_lock:
             # 1. vectors first: a crash after this leaves only orphans, removed on open.
             ids = [c.id for item in batch for c in item.chunks]
-            vectors = np.concatenate([item.vectors for item in batch]) if ids else None
+            self._upsert_vectors(ids, batch)
+            old_ids = self._chunk_ids_of([item.record.doc_id for item in batch])
+            prepared = self._next_bm25(old_ids, [c for item in batch for c in item.chunks])
+            self._writing = True
             try:
-                for start in range(0, len(ids), _CHROMA_BATCH):
-                    assert vectors is not None
-                    part = ids[start : start + _CHROMA_BATCH]
-                    self._chroma.upsert(
-                        ids=part, embeddings=vectors[start : start + _CHROMA_BATCH].tolist()
-                    )
-            except Exception as exc:  # chromadb raises its own and OS errors alike
-                raise _write_error(self.directory, exc) from exc
-            # 2. the manifest, atomically.
-            doc_ids = [item.record.doc_id for item in batch]
-            old_ids = self._chunk_ids_of(doc_ids)
-            assert self._db is not None
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                for item in batch:
-                    rec = item.record
-                    db.execute("DELETE FROM chunks WHERE doc_id = ?", (rec.doc_id,))
-                    db.executemany(
-                        f"INSERT OR REPLACE INTO chunks ({_CHUNK_COLUMNS}) "
-                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        [_chunk_to_row(c) for c in item.chunks],
-                    )
-                    db.execute(
-                        "INSERT OR REPLACE INTO documents (doc_id, source, content_hash, chunks,"
-                        " title, ingested_at, metadata) VALUES (?,?,?,?,?,?,?)",
-                        (
-                            rec.doc_id,
-                            rec.source,
-                            rec.content_hash,
-                            len(item.chunks),
-                            rec.title,
-                            rec.ingested_at or time.time(),
-                            json.dumps(rec.metadata),
-                        ),
-                    )
-                db.execute(
-                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'"
-                )
-                db.execute("COMMIT")
-            except BaseException as exc:
-                db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error | OSError):
-                    raise _write_error(self.directory, exc) from exc
-                raise
-            # 3. vectors no document refers to any more.
+                # 2. the manifest, atomically; 3. BM25 of exactly that manifest, swapped in.
+                committed = self._transaction(lambda db: _replace_documents(db, batch))
+                self._publish_bm25(prepared, committed)
+            finally:
+                self._writing = False
+            # 4. vectors no document refers to any more.
             stale = sorted(set(old_ids) - set(ids))
             if stale:
                 self._chroma_delete(stale)
+            self._save_bm25()
+
+    def _upsert_vectors(self, ids: Sequence[str], batch: Sequence[IndexWrite]) -> None:
+        if not ids:
+            return
+        vectors = np.concatenate([item.vectors for item in batch])
+        try:
+            for start in range(0, len(ids), _CHROMA_BATCH):
+                self._chroma.upsert(
+                    ids=list(ids[start : start + _CHROMA_BATCH]),
+                    embeddings=vectors[start : start + _CHROMA_BATCH].tolist(),
+                )
+        except Exception as exc:  # chromadb raises its own and OS errors alike
+            raise _write_error(self.directory, exc) from exc
+
+    def _transaction(self, change: Callable[[sqlite3.Connection], bool]) -> tuple[int, int]:
+        """Run ``change`` in one manifest transaction; bump the version when it returns True.
+        Returns the version (before, after)."""
+        assert self._db is not None
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            before = int(_meta_of(db, "version") or 0)
+            after = before
+            if change(db):
+                db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(before + 1),))
+                after = before + 1
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise _write_error(self.directory, exc) from exc
+            raise
+        return before, after
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         if not doc_ids:
             return 0
-        with self._lock:
+        with self._write_lock:
             old_ids = self._chunk_ids_of(doc_ids)
-            assert self._db is not None
-            db = self._db
-            marks = ",".join("?" * len(doc_ids))
-            db.execute("BEGIN IMMEDIATE")
+            prepared = self._next_bm25(old_ids)
+            existed = 0
+
+            def change(db: sqlite3.Connection) -> bool:
+                nonlocal existed
+                existed = _delete_documents(db, doc_ids)
+                return existed > 0
+
+            self._writing = True
             try:
-                existed = db.execute(
-                    f"SELECT COUNT(*) FROM documents WHERE doc_id IN ({marks})", list(doc_ids)
-                ).fetchone()[0]
-                db.execute(f"DELETE FROM chunks WHERE doc_id IN ({marks})", list(doc_ids))
-                db.execute(f"DELETE FROM documents WHERE doc_id IN ({marks})", list(doc_ids))
-                if existed:
-                    db.execute(
-                        "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'"
-                    )
-                db.execute("COMMIT")
-            except BaseException as exc:
-                db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error | OSError):
-                    raise _write_error(self.directory, exc) from exc
-                raise
+                committed = self._transaction(change)
+                if committed[1] != committed[0]:
+                    self._publish_bm25(prepared, committed)
+            finally:
+                self._writing = False
             if old_ids:
                 self._chroma_delete(old_ids)
-            return int(existed)
+            if existed:
+                self._save_bm25()
+            return existed
 
     def reset_embedder(self, embedding_model: str, dimension: int) -> None:
-        with self._lock:
+        with self._write_lock:
             if self._db is None:
                 self._connect()
             assert self._client is not None
@@ -460,19 +602,27 @@ class LocalIndex:
                 metadata={"hnsw:space": "cosine"},
                 embedding_function=None,
             )
+            base = self._bm25.snapshot
+            before = self.version()
             self._set_meta(
                 {
                     "embedding_model": embedding_model,
                     "dimension": str(dimension),
-                    "version": str(self.version + 1),
+                    "version": str(before + 1),
                 }
             )
+            # The texts did not change, so neither does BM25: only its stamp moves on.
+            if base.version == before:
+                self._bm25.publish(replace(base, version=before + 1))
+            else:
+                self._refresh_bm25(load=True)
+            self._save_bm25()
             self._missing = {row[0] for row in self._sql("SELECT id FROM chunks")}
             self._opened = True
 
     def add_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Store vectors for chunks already in the manifest (reindex and repair)."""
-        with self._lock:
+        with self._write_lock:
             for start in range(0, len(ids), _CHROMA_BATCH):
                 self._chroma.upsert(
                     ids=list(ids[start : start + _CHROMA_BATCH]),
@@ -500,6 +650,45 @@ class LocalIndex:
             log.warning(
                 "could not delete %d stale vectors now (%s); they go on next open", len(ids), exc
             )
+
+
+def _meta_of(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def _replace_documents(db: sqlite3.Connection, batch: Sequence[IndexWrite]) -> bool:
+    for item in batch:
+        rec = item.record
+        db.execute("DELETE FROM chunks WHERE doc_id = ?", (rec.doc_id,))
+        db.executemany(
+            f"INSERT OR REPLACE INTO chunks ({_CHUNK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [_chunk_to_row(c) for c in item.chunks],
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO documents (doc_id, source, content_hash, chunks,"
+            " title, ingested_at, metadata) VALUES (?,?,?,?,?,?,?)",
+            (
+                rec.doc_id,
+                rec.source,
+                rec.content_hash,
+                len(item.chunks),
+                rec.title,
+                rec.ingested_at or time.time(),
+                json.dumps(rec.metadata),
+            ),
+        )
+    return True
+
+
+def _delete_documents(db: sqlite3.Connection, doc_ids: Sequence[str]) -> int:
+    marks = ",".join("?" * len(doc_ids))
+    existed = db.execute(
+        f"SELECT COUNT(*) FROM documents WHERE doc_id IN ({marks})", list(doc_ids)
+    ).fetchone()[0]
+    db.execute(f"DELETE FROM chunks WHERE doc_id IN ({marks})", list(doc_ids))
+    db.execute(f"DELETE FROM documents WHERE doc_id IN ({marks})", list(doc_ids))
+    return int(existed)
 
 
 @contextmanager

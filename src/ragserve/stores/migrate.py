@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Copy a collection between stores, vectors included (no re-embedding)."""
         from ragserve.cli import _friendly_errors, _settings
-        from ragserve.stores.base import open_index
+        from ragserve.stores import open_index
 
         @_friendly_errors
         def run() -> None:

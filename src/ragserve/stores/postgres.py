@@ -436,6 +436,20 @@ class PostgresIndex:
             },
         )
 
+    def version(self) -> int:
+        # One primary-key read on the connection searches use: on a replica it is the version
+        # of the data the searches there see, which is what a cache must key on.
+        with self._conn(read=True) as conn:
+            row = conn.execute(
+                "SELECT version FROM ragserve_collections WHERE name = %s", (self.collection,)
+            ).fetchone()
+        if row is None:
+            raise StoreError(
+                f"Collection '{self.collection}' does not exist in PostgreSQL.",
+                hint="Open it on the primary first (ingest creates it); a replica may lag.",
+            )
+        return int(row[0])
+
     def document_hash(self, doc_id: str) -> str | None:
         with self._conn() as conn:
             row = conn.execute(

@@ -156,3 +156,31 @@ def test_reopen_after_writes_loads_the_saved_bm25(tmp_path: Path) -> None:
     again.write([_write("c", ["giraffe"])])  # first write after a load: full build, then on
     assert again.check() == [] and again.sparse_search("giraffe", 1)
     again.close()
+
+
+def test_deferred_sparse_builds_bm25_once_for_many_writes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    index = LocalIndex(tmp_path, "c")
+    index.open("m", DIM)
+    index.write([_write("old", ["zebra from before"]), _write("gone", ["penguin to delete"])])
+    derives: list[int] = []
+    original = index._bm25.derive
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        derives.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(index._bm25, "derive", counting)
+    with index.deferred_sparse():
+        for i in range(5):
+            index.write([_write(f"d{i}", [f"giraffe number {i}"])])
+        index.write([_write("d0", ["giraffe rewritten"])])
+        index.delete(["gone"])
+        # Searches meanwhile use the BM25 of before the run; nothing rebuilds it behind it.
+        assert index.sparse_search("giraffe", 5) == []
+        assert index.sparse_search("penguin", 5)
+    assert len(derives) == 1
+    assert index._bm25.version == index.version() and index.check() == []
+    hits = {cid for cid, _ in index.sparse_search("giraffe", 10)}
+    assert len(hits) == 5 and index.sparse_search("penguin", 5) == []
+    assert index.get_chunks(list(hits))[_write("d0", ["giraffe rewritten"]).chunks[0].id]
+    index.close()

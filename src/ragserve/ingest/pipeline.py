@@ -171,7 +171,7 @@ class Ingestor:
                 )
                 continue
             jobs.append(path)
-        with self._write_lock():
+        with self._write_lock(), self._bulk():
             self._run(jobs, summary, progress=progress)
             if prune:
                 self._prune(walked_dirs, {document_id_for(p) for p, _ in files}, summary)
@@ -189,7 +189,7 @@ class Ingestor:
         """Ingest already-loaded documents (a BEIR corpus), skipping unchanged ones."""
         started = time.perf_counter()
         summary = IngestSummary()
-        with self._write_lock():
+        with self._write_lock(), self._bulk():
             bar = _progress(total, label, progress)
             pending: list[tuple[Document, str]] = []
             for doc in documents:
@@ -407,6 +407,12 @@ class Ingestor:
         if gone:
             self.index.delete(gone)
             summary.results.extend(FileResult(g, "deleted") for g in gone)
+
+    def _bulk(self) -> contextlib.AbstractContextManager[Any]:
+        """Batches of one run bring the sparse index up to date once, at the end, where the
+        backend can (the embedded store rebuilds BM25 per change; PostgreSQL need not)."""
+        deferred = getattr(self.index, "deferred_sparse", None)
+        return deferred() if deferred is not None else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def _write_lock(self) -> Iterator[None]:

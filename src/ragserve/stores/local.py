@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +112,23 @@ class _Readers:
                 return
 
 
+@dataclass
+class _PendingSparse:
+    """What the writes of a ``deferred_sparse()`` run changed, for one BM25 derivation."""
+
+    base_version: int | None
+    remove: set[str] = field(default_factory=set)
+    add: dict[str, str] = field(default_factory=dict)
+    """Chunk id -> searchable text, in write order."""
+
+    def record(self, removed: Sequence[str], added: Sequence[Chunk]) -> None:
+        for cid in removed:
+            self.add.pop(cid, None)
+            self.remove.add(cid)
+        for chunk in added:
+            self.add[chunk.id] = chunk.searchable_text
+
+
 class LocalIndex:
     backend = "chroma"
 
@@ -130,6 +147,7 @@ class LocalIndex:
         self._write_lock = threading.RLock()
         self._refresh_lock = threading.Lock()  # one full BM25 rebuild at a time
         self._writing = False
+        self._deferred: _PendingSparse | None = None
         self._missing: set[str] = set()
         self._opened = False
 
@@ -420,7 +438,7 @@ class LocalIndex:
     def sparse_search(self, query: str, k: int) -> list[tuple[str, float]]:
         # Never waits: a BM25 behind the manifest (another process wrote) is rebuilt in the
         # background while this search answers from the last published one.
-        if self._bm25.version != self.version() and not self._writing:
+        if self._bm25.version != self.version() and not self._writing and not self._deferred:
             self._refresh_bm25_in_background()
         return self._bm25.search(query, k)
 
@@ -517,19 +535,15 @@ class LocalIndex:
             ids = [c.id for item in batch for c in item.chunks]
             self._upsert_vectors(ids, batch)
             old_ids = self._chunk_ids_of([item.record.doc_id for item in batch])
-            prepared = self._next_bm25(old_ids, [c for item in batch for c in item.chunks])
-            self._writing = True
-            try:
-                # 2. the manifest, atomically; 3. BM25 of exactly that manifest, swapped in.
-                committed = self._transaction(lambda db: _replace_documents(db, batch))
-                self._publish_bm25(prepared, committed)
-            finally:
-                self._writing = False
+            # 2. the manifest, atomically; 3. BM25 of exactly that manifest, swapped in.
+            added = [c for item in batch for c in item.chunks]
+            self._commit(lambda db: _replace_documents(db, batch), old_ids, added)
             # 4. vectors no document refers to any more.
             stale = sorted(set(old_ids) - set(ids))
             if stale:
                 self._chroma_delete(stale)
-            self._save_bm25()
+            if self._deferred is None:
+                self._save_bm25()
 
     def _upsert_vectors(self, ids: Sequence[str], batch: Sequence[IndexWrite]) -> None:
         if not ids:
@@ -543,6 +557,72 @@ class LocalIndex:
                 )
         except Exception as exc:  # chromadb raises its own and OS errors alike
             raise _write_error(self.directory, exc) from exc
+
+    def _commit(
+        self,
+        change: Callable[[sqlite3.Connection], bool],
+        removed: Sequence[str],
+        added: Sequence[Chunk] = (),
+    ) -> tuple[int, int]:
+        """Commit a manifest change and bring BM25 along: at once (derived before the commit,
+        published right after it), or inside ``deferred_sparse()`` once, at its end."""
+        pending = self._deferred
+        prepared = (None, None) if pending is not None else self._next_bm25(removed, added)
+        self._writing = True
+        try:
+            committed = self._transaction(change)
+            if committed[0] != committed[1]:
+                if pending is not None:
+                    pending.record(removed, added)
+                else:
+                    self._publish_bm25(prepared, committed)
+        finally:
+            self._writing = False
+        return committed
+
+    @contextmanager
+    def deferred_sparse(self) -> Iterator[None]:
+        """Writes inside bring BM25 up to date once, on exit, not once each: a bulk ingest
+        pays one BM25 build instead of one per batch. Searches meanwhile answer from the BM25
+        of before the first write (dense search sees the new chunks at once)."""
+        with self._write_lock:
+            if self._deferred is not None:  # nested: the outermost one catches up
+                yield
+                return
+            base = self._bm25.version
+            self._deferred = _PendingSparse(base if base == self.version() else None)
+            try:
+                yield
+            finally:
+                pending, self._deferred = self._deferred, None
+                if pending.remove or pending.add:
+                    self._catch_up(pending)
+
+    def _catch_up(self, pending: _PendingSparse) -> None:
+        """Publish BM25 for the writes of a deferred run. It comes with one more (empty)
+        version bump: queries answered during the run were cached under versions whose BM25
+        lagged behind, and must not be served from the cache once it has caught up."""
+        base = self._bm25.snapshot
+        version = self.version()
+        nxt = None
+        if pending.base_version is not None and base.version == pending.base_version:
+            nxt = self._bm25.derive(
+                base,
+                remove=pending.remove,
+                add_ids=list(pending.add),
+                add_texts=list(pending.add.values()),
+                version=version + 1,
+            )
+        self._writing = True
+        try:
+            committed = self._transaction(lambda db: True)
+            self._publish_bm25((nxt, version), committed)
+        except Exception as exc:  # searches notice the stale BM25 and rebuild it themselves
+            log.warning("could not bring BM25 up to date after a bulk write: %s", exc)
+            return
+        finally:
+            self._writing = False
+        self._save_bm25()
 
     def _transaction(self, change: Callable[[sqlite3.Connection], bool]) -> tuple[int, int]:
         """Run ``change`` in one manifest transaction; bump the version when it returns True.
@@ -570,7 +650,6 @@ class LocalIndex:
             return 0
         with self._write_lock:
             old_ids = self._chunk_ids_of(doc_ids)
-            prepared = self._next_bm25(old_ids)
             existed = 0
 
             def change(db: sqlite3.Connection) -> bool:
@@ -578,16 +657,10 @@ class LocalIndex:
                 existed = _delete_documents(db, doc_ids)
                 return existed > 0
 
-            self._writing = True
-            try:
-                committed = self._transaction(change)
-                if committed[1] != committed[0]:
-                    self._publish_bm25(prepared, committed)
-            finally:
-                self._writing = False
+            self._commit(change, old_ids)
             if old_ids:
                 self._chroma_delete(old_ids)
-            if existed:
+            if existed and self._deferred is None:
                 self._save_bm25()
             return existed
 

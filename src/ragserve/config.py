@@ -125,12 +125,45 @@ class Settings(BaseSettings):
         0.5, ge=0.0, le=1.0, description="Cross-encoder weight for rerank_fusion='interpolate'."
     )
 
-    # --- context and generation ------------------------------------------------------------
-    generator: GeneratorName = "extractive"
-    llm_model_path: str = Field(
-        "builtin:gemma-3-270m", description="GGUF path or 'builtin:gemma-3-270m'."
+    # --- answerability (the reader's refusal signal) ----------------------------------------
+    answerability: bool = Field(
+        True,
+        description="Score whether each of the best sources answers the question (a "
+        "cross-encoder trained for exactly that, resources/answerability); refuse when none "
+        "does, and put the most answerable first for the reader.",
     )
-    llm_context_window: int = Field(16384, ge=512)
+    answerability_model: str = Field("builtin", description="'builtin' or a local path.")
+    answerability_candidates: int = Field(5, ge=1, le=50, description="Sources judged.")
+    answerability_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Refuse below this; None uses the calibrated default."
+    )
+
+    # --- context and generation ------------------------------------------------------------
+    generator: GeneratorName = "llama"
+    llm_model_path: str = Field(
+        "builtin:qwen2.5-coder-1.5b-instruct",
+        description="'builtin:qwen2.5-coder-1.5b-instruct' (default reader), "
+        "'builtin:qwen2.5-coder-0.5b-instruct', 'builtin:gemma-3-270m' or a GGUF path.",
+    )
+    llm_max_waiting: int = Field(
+        4, ge=0, le=1000, description="Questions that may wait for the local model; more get 503."
+    )
+    verify_grounding: bool = Field(
+        True,
+        description="Refuse an answer whose own words no source holds, and cite the source "
+        "that does hold them when the model cited another.",
+    )
+    context_style: Literal["compact", "full"] = Field(
+        "compact",
+        description="'compact': the best few sources cut to sentence windows around what the "
+        "question asks (the local reader's latency is its prompt); 'full': whole chunks up to "
+        "budget_context.",
+    )
+    context_budget: int = Field(
+        240, ge=32, le=8000, description="Tokens of source text in a compact context."
+    )
+    context_sources: int = Field(3, ge=1, le=20, description="Sources in a compact context.")
+    llm_context_window: int = Field(4096, ge=512)
     llm_prompt_style: Literal["auto", "chat", "completion"] = Field(
         "auto",
         description="'auto' chats with GGUFs that carry a chat template and prompts the rest "
@@ -139,7 +172,12 @@ class Settings(BaseSettings):
     llm_completion_sources: int = Field(
         1, ge=1, description="Sources a completion-style prompt shows (the best first)."
     )
-    llm_threads: int | None = None
+    llm_threads: int | None = Field(
+        None, ge=1, description="None: the physical cores (llama.cpp slows on hyper-threads)."
+    )
+    llm_max_tokens: int = Field(
+        160, ge=8, le=4096, description="Longest answer the local model may write."
+    )
     llm_temperature: float = 0.0
     openai_base_url: str = "http://127.0.0.1:8080/v1"
     openai_model: str = "local"

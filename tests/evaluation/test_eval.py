@@ -153,7 +153,7 @@ def test_gold_removed_index_is_corrected_not_reused(tmp_path: Path) -> None:
     src, dst = index("full"), index("absent")
     write(src, ["p1", "p2", "p3", "p4"])
     write(dst, ["p1", "p2", "p4"])  # an earlier sample excluded p3, this one excludes p2
-    _copy_without(SimpleNamespace(index=src), SimpleNamespace(index=dst), {"p2"}, IndexWrite)
+    _copy_without(SimpleNamespace(index=src), SimpleNamespace(index=dst), {"p2"})
     assert sorted(r.doc_id for r in dst.documents()) == ["p1", "p3", "p4"]
     assert dst.dense_search(np.eye(4, dtype=np.float32)[2], 1)[0][0] == "p3-0"
     src.close()

@@ -91,20 +91,38 @@ def retrieval(
 @app.command()
 def answers(
     qa: Annotated[Path, typer.Option(help="SQuAD-style qa.jsonl (corpus.jsonl beside it).")],
-    generator: Annotated[str | None, typer.Option(help="extractive | llama | openai")] = None,
+    generator: Annotated[
+        str | None,
+        typer.Option(
+            help="Reader variant: llama (local GGUF, default) | extractive | openai; "
+            "--model picks the GGUF."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="GGUF for --generator llama (builtin:... or a path).")
+    ] = None,
     n: Annotated[int, typer.Option(help="Questions in the fixed seeded sample.")] = 300,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N of the sample.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N of the sample (slow backends).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    report: Annotated[
+        Path | None, typer.Option(help="Write answers.json and answers.png here.")
+    ] = None,
 ) -> None:
-    """Containment, token F1, citation accuracy, refusal when the answer is absent, TTFT."""
+    """Containment, token F1, citation accuracy, refusal with the answer absent and present,
+    time to first token and to the whole answer."""
     from ragserve.cli import _friendly_errors, _logging, _settings
     from ragserve.evaluation.answers import evaluate_answers
 
     @_friendly_errors
     def run() -> None:
         _logging(False)
+        overrides: dict[str, object] = {"generator": generator}
+        if model:
+            overrides["llm_model_path"] = model
         result = evaluate_answers(
-            _settings(generator=generator), qa, n=n, limit=limit, progress=not as_json
+            _settings(**overrides), qa, n=n, limit=limit, progress=not as_json, report=report
         )
         typer.echo(json.dumps(result, indent=2 if as_json else None))
 

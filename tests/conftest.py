@@ -17,6 +17,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAGSERVE_NO_PROGRESS", "1")
+# Tests of the API, ingestion and the index exercise their own mechanics, not the reader: they
+# run the instant extractive answerer so that a suite of hundreds of questions stays minutes
+# long on two cores. The default reader (the local LLM behind the answerability judge) has its
+# own tests with the real models: tests/test_reader.py, tests/generation/test_llm_backends.py.
+os.environ.setdefault("RAGSERVE_GENERATOR", "extractive")
+os.environ.setdefault("RAGSERVE_ANSWERABILITY", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -153,11 +153,11 @@ class Settings(BaseSettings):
         description="Refuse an answer whose own words no source holds, and cite the source "
         "that does hold them when the model cited another.",
     )
-    context_style: Literal["compact", "full"] = Field(
-        "compact",
+    context_style: Literal["auto", "compact", "full"] = Field(
+        "auto",
         description="'compact': the best few sources cut to sentence windows around what the "
         "question asks (the local reader's latency is its prompt); 'full': whole chunks up to "
-        "budget_context.",
+        "budget_context; 'auto': compact for the local model, full for the others.",
     )
     context_budget: int = Field(
         240, ge=32, le=8000, description="Tokens of source text in a compact context."

@@ -146,7 +146,10 @@ class RagPipeline:
         generator = self.generator or build_generator(s)
         generator.warm_up()
         self.generator = generator
-        if s.context_style == "compact":
+        style = s.context_style
+        if style == "auto":
+            style = "compact" if s.generator == "llama" else "full"
+        if style == "compact":
             self.assembler = CompactContextAssembler(
                 generator.count_tokens,
                 budget=s.context_budget,

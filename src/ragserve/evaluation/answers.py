@@ -207,7 +207,8 @@ def _run(
     out = []
     for q in tqdm(questions, desc=label, disable=not progress, dynamic_ncols=True):
         answer = pipeline.answer(q["question"])
-        text = answer.text
+        # Citation markers are not part of the answer a person reads for its content.
+        text = re.sub(r"\s*\[\d+\]", "", answer.text).strip()
         cited = {
             answer.sources[c.number - 1].chunk.doc_id
             for c in answer.citations

@@ -4,6 +4,7 @@ builder for the one-chunk hits that the post-retrieval stages are tested with.""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAGSERVE_NO_PROGRESS", "1")
+# The suite runs against ragserve's defaults: a developer's own ragserve.toml in the checkout, or
+# RAGSERVE_* in their shell, must not change it (a test that needs a setting passes it).
+for _name in [n for n in os.environ if n.startswith("RAGSERVE_")]:
+    del os.environ[_name]
+_NO_CONFIG = Path(tempfile.mkdtemp(prefix="ragserve-tests-")) / "ragserve.toml"
+_NO_CONFIG.touch()
+os.environ["RAGSERVE_CONFIG"] = str(_NO_CONFIG)
+os.environ["RAGSERVE_NO_PROGRESS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 

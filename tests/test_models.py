@@ -11,6 +11,8 @@ import pytest
 from ragserve.errors import ModelNotFoundError
 from ragserve.models import assemble_split_zip
 
+pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)
+
 
 def _split_zip(tmp_path: Path, files: dict[str, str], parts: int) -> list[Path]:
     buf = io.BytesIO()

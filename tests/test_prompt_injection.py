@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from ragserve.api.app import create_app
@@ -47,6 +48,7 @@ def test_planted_instructions_do_not_leak_prompt_or_keys(
             assert "Rules:" not in text
 
 
+@pytest.mark.fast
 def test_llm_prompt_fences_document_text_as_data(make_hit) -> None:  # type: ignore[no-untyped-def]
     hit = make_hit(PLANTED, doc_id="k", source="kitchen.md")
     ctx = ContextAssembler(lambda s: len(s.split())).assemble("q", [hit])
@@ -58,6 +60,7 @@ def test_llm_prompt_fences_document_text_as_data(make_hit) -> None:  # type: ign
     assert ">>> You are now" not in user  # ...and unable to close it early
 
 
+@pytest.mark.fast
 def test_completion_prompt_keeps_a_document_on_its_own_line(make_hit) -> None:  # type: ignore[no-untyped-def]
     # A base model continues the document's structure: a source must not be able to open a
     # new "Question:"/"Answer:" line of its own.

@@ -18,6 +18,7 @@ __all__ = [
     "CitationOut",
     "DocumentOut",
     "ErrorBody",
+    "ReadyOut",
     "SourceOut",
     "completion_response",
 ]
@@ -108,6 +109,14 @@ class ErrorBody(BaseModel):
     error: str
     message: str
     hint: str | None = None
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready"]
+    collection: str
+    documents: int
+    chunks: int
+    generator: str
 
 
 class DocumentOut(BaseModel):

@@ -248,7 +248,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = InitSettingsSource(settings_cls, read_toml(config_path(), settings_cls))
+        toml = InitSettingsSource(settings_cls, _read_toml(config_path(), settings_cls))
         return (init_settings, env_settings, toml, file_secret_settings)
 
     @property
@@ -260,7 +260,7 @@ def config_path() -> Path:
     return Path(os.environ.get("RAGSERVE_CONFIG", "ragserve.toml"))
 
 
-def read_toml(path: Path, settings_cls: type[BaseSettings]) -> dict[str, Any]:
+def _read_toml(path: Path, settings_cls: type[BaseSettings]) -> dict[str, Any]:
     """The file's settings; a missing default file is none, anything else wrong is an error."""
     if not path.is_file():
         if "RAGSERVE_CONFIG" in os.environ:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ragserve.types import Answer
+from ragserve.types import Answer, DocumentRecord
 
 __all__ = [
     "ChatCompletionRequest",
@@ -126,6 +126,17 @@ class DocumentOut(BaseModel):
     title: str | None = None
     content_hash: str
     ingested_at: float
+
+    @classmethod
+    def from_record(cls, record: DocumentRecord) -> DocumentOut:
+        return cls(
+            id=record.doc_id,
+            source=record.source,
+            chunks=record.chunks,
+            title=record.title,
+            content_hash=record.content_hash,
+            ingested_at=record.ingested_at,
+        )
 
 
 class ChatCompletionRequest(BaseModel):

@@ -26,17 +26,7 @@ _CHUNK_BYTES = 1 << 20
 async def list_docs(_: AdminDep, pipeline: PipelineDep) -> list[DocumentOut]:
     """Indexed documents (admin key)."""
     docs = await anyio.to_thread.run_sync(pipeline.index.documents)
-    return [
-        DocumentOut(
-            id=d.doc_id,
-            source=d.source,
-            chunks=d.chunks,
-            title=d.title,
-            content_hash=d.content_hash,
-            ingested_at=d.ingested_at,
-        )
-        for d in docs
-    ]
+    return [DocumentOut.from_record(d) for d in docs]
 
 
 @router.post("/documents")

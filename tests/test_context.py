@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ragserve.context import ContextAssembler, source_label
 from ragserve.types import Chunk, Hit, Message
+
+pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)
 
 
 def words(text: str) -> int:

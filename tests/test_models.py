@@ -17,6 +17,8 @@ from ragserve.models import (
     resolve_gguf_model,
 )
 
+pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)
+
 
 def _split_zip(tmp_path: Path, files: dict[str, str], parts: int) -> list[Path]:
     buf = io.BytesIO()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from ragserve.context import ContextAssembler
 from ragserve.generation.citations import (
     REFUSAL_TEXT,
@@ -8,6 +10,8 @@ from ragserve.generation.citations import (
     validate_citations,
 )
 from ragserve.types import Chunk, Hit
+
+pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)
 
 
 def _ctx():  # type: ignore[no-untyped-def]

@@ -93,6 +93,7 @@ def test_chat_prompts_stay_available_for_the_base_model(eiffel) -> None:  # type
     assert "".join(gen.stream("How tall is it?", eiffel(gen.count_tokens), [])).strip()
 
 
+@pytest.mark.fast
 def test_missing_gguf_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ModelNotFoundError, match="not found"):
         LlamaCppGenerator(str(tmp_path / "nope.gguf")).warm_up()
@@ -154,6 +155,7 @@ def test_openai_compatible_backend_streams_from_a_real_server(llama_server: str,
     assert len(pieces) > 1 and "".join(pieces).strip()
 
 
+@pytest.mark.fast
 def test_unreachable_server_is_llm_unavailable(eiffel) -> None:  # type: ignore[no-untyped-def]
     gen = OpenAICompatibleGenerator(f"http://127.0.0.1:{_free_port()}/v1", "m", timeout_s=2)
     with pytest.raises(LLMUnavailableError, match="Cannot reach"):

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragserve.config import Settings
@@ -27,6 +28,7 @@ from ragserve.types import Answer, Citation, Hit, Intent, Message, ProcessedQuer
 
 if TYPE_CHECKING:
     from ragserve.answerability import AnswerabilityJudge
+    from ragserve.ingest.pipeline import Ingestor, IngestSummary
     from ragserve.context import AssembledContext
     from ragserve.generation.base import Generator
     from ragserve.rerank import Reranker
@@ -106,6 +108,7 @@ class RagPipeline:
         self.support = SentenceSupport()
         self.generator: Generator | None = generator
         self.assembler: Any = None
+        self._ingestor: Ingestor | None = None
         self._warm = False
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[Any, ...], list[Hit]] = OrderedDict()
@@ -165,6 +168,21 @@ class RagPipeline:
                 query=s.budget_query,
                 response=s.budget_response,
             )
+
+    def ingest(
+        self, paths: Sequence[str | Path], *, prune: bool = False, progress: bool = False
+    ) -> IngestSummary:
+        """Add or update files and directories in this pipeline's index.
+
+        Unchanged files are skipped (content hashes); ``prune`` also drops documents whose
+        files under the given directories are gone. Answers reflect the new index at once.
+        """
+        from ragserve.ingest.pipeline import Ingestor
+
+        self.warm_up(generation=False)
+        if self._ingestor is None:
+            self._ingestor = Ingestor(self.settings, self.index, self.embedder)
+        return self._ingestor.ingest_paths([Path(p) for p in paths], prune=prune, progress=progress)
 
     def check_capacity(self) -> None:
         """Raise GenerationBusyError now if the generator's queue is full (503 before a

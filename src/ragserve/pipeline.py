@@ -28,9 +28,9 @@ from ragserve.types import Answer, Citation, Hit, Intent, Message, ProcessedQuer
 
 if TYPE_CHECKING:
     from ragserve.answerability import AnswerabilityJudge
-    from ragserve.ingest.pipeline import Ingestor, IngestSummary
     from ragserve.context import AssembledContext
     from ragserve.generation.base import Generator
+    from ragserve.ingest.pipeline import Ingestor, IngestSummary
     from ragserve.rerank import Reranker
 
 __all__ = ["CHITCHAT_REPLY", "OUT_OF_SCOPE_REPLY", "RagPipeline", "StreamEvent"]

@@ -166,7 +166,9 @@ class Settings(BaseSettings):
         "does, and put the most answerable first for the reader.",
     )
     answerability_model: str = Field("builtin", description="'builtin' or a local path.")
-    answerability_candidates: int = Field(5, ge=1, le=50, description="Sources judged.")
+    answerability_candidates: int = Field(
+        3, ge=1, le=50, description="Best sources judged (the calibration judged 3)."
+    )
     answerability_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Refuse below this; None uses the calibrated default."
     )

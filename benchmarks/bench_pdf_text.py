@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PDF_DIR = ROOT.parent.parent / "shared" / "datasets" / "ingest-sample" / "pdf"
+PDF_DIR = ROOT.parent / "shared" / "datasets" / "ingest-sample" / "pdf"
 HAND_REFERENCES = {"zlib.3.pdf": ROOT / "benchmarks" / "data" / "zlib.3.txt"}
 _ASCII = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"', "−": "-", "–": "-", "—": "-"})
 _EDGE_PUNCT = "\"'.,;:!?()[]{}<>*"

@@ -16,6 +16,7 @@ compare words).
 from __future__ import annotations
 
 import ctypes
+import itertools
 import re
 import threading
 import unicodedata
@@ -98,13 +99,14 @@ def join_hyphenated(pages: list[str]) -> list[str]:
     ("osapi-os-filesys.h", "SP0-vxWorks"). A capitalised second part ("Jean-\\nLoup") is left
     as it is: joins there are more often wrong than right.
     """
-    corpus = "\n".join(pages).lower()
+    vocabulary = _vocabulary(pages)
 
     def repl(m: re.Match[str]) -> str:
         head, tail = m.group(1), m.group(2)
         if not tail[0].islower():
             return m.group(0)
-        if _identifier_like(head, tail) or _attested(f"{head}-{tail}", f"{head}{tail}", corpus):
+        hyphenated, joined = f"{head}-{tail}".lower(), f"{head}{tail}".lower()
+        if _identifier_like(head, tail) or (hyphenated in vocabulary and joined not in vocabulary):
             return f"{head}-{tail}"
         return head + tail
 
@@ -115,12 +117,14 @@ def _identifier_like(head: str, tail: str) -> bool:
     return bool(re.search(r"[\d_/.-]", head) or re.search(r"[\d_A-Z]", tail))
 
 
-def _attested(hyphenated: str, joined: str, corpus: str) -> bool:
-    """True when the document writes ``hyphenated`` somewhere and ``joined`` nowhere."""
-    return bool(
-        re.search(rf"\b{re.escape(hyphenated.lower())}\b", corpus)
-        and not re.search(rf"\b{re.escape(joined.lower())}\b", corpus)
-    )
+def _vocabulary(pages: list[str]) -> set[str]:
+    """Every word the document writes, and every pair joined by a hyphen within a line."""
+    vocabulary: set[str] = set()
+    for token in re.findall(r"\w+(?:-\w+)*", "\n".join(pages).lower()):
+        parts = token.split("-")
+        vocabulary.update(parts)
+        vocabulary.update(f"{a}-{b}" for a, b in itertools.pairwise(parts))
+    return vocabulary
 
 
 def _open_error(path: Path, exc: Exception) -> IngestError:

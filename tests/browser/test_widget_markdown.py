@@ -159,6 +159,17 @@ def test_unclosed_fence_streams_as_code(page) -> None:  # type: ignore[no-untype
     assert _shadow(page, "body.querySelector('pre code').textContent") == "pip install ragserve"
 
 
+def test_hostile_nesting_renders_without_exhausting_the_stack(page) -> None:  # type: ignore[no-untyped-def]
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    deep = "> " * 20_000 + "deep quote\n\n" + "*_" * 20_000 + "x" + "_*" * 20_000 + "\n\n"
+    deep += "".join("  " * n + "- level\n" for n in range(300)) + "\nthe end"
+    body = _answer(page, [deep])
+    assert errors == []
+    text = body.inner_text()
+    assert "deep quote" in text and text.rstrip().endswith("the end")
+
+
 def test_citations_open_their_source(page) -> None:  # type: ignore[no-untyped-def]
     body = _answer(page, ["Timeouts default to five seconds [1]; zlib compresses [2]."])
     cites = body.locator(".rs-cite")

@@ -85,9 +85,12 @@
       return SAFE_PROTOCOLS.has(url.protocol) ? url.href : null;
     } catch { return null; }
   }
-  function link(href, label) {
+  // Nesting deeper than this is flattened to text, so a hostile answer ("> > > …", "*_*_*_…")
+  // cannot exhaust the stack.
+  const MAX_DEPTH = 8;
+  function link(href, label, ctx) {
     const a = el("a", { href, target: "_blank", rel: "noopener noreferrer" });
-    renderInline(a, label, true);
+    renderInline(a, label, { inLink: true, depth: ctx.depth + 1 });
     return a;
   }
 
@@ -97,31 +100,36 @@
     { re: /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/y, make: (m) => el("code", { text: m[2].trim() || m[2] }) },
     {
       re: /\[([^\]\n]+)\]\(\s*(<[^>\n]*>|(?:[^()\s]|\([^()\s]*\))+)(?:\s+"[^"\n]*")?\s*\)/y,
-      make: (m, inLink) => {
+      make: (m, ctx) => {
         const href = safeUrl(m[2]);
-        if (!href || inLink) { const span = el("span"); renderInline(span, m[1], inLink); return span; }
-        return link(href, m[1]);
+        return href && !ctx.inLink ? link(href, m[1], ctx) : inner("span", m[1], ctx);
       },
     },
     { re: /\[(\d{1,3})\]/y, make: (m) => el("sup", { class: "rs-cite", "data-n": m[1], text: m[0] }) },
-    { re: /\*\*(?=\S)([\s\S]*?\S)\*\*/y, make: (m, inLink) => inner("strong", m[1], inLink) },
+    { re: /\*\*(?=\S)([\s\S]*?\S)\*\*/y, make: (m, ctx) => inner("strong", m[1], ctx) },
     // Underscores only pair at word edges, so snake_case and "window.__name" stay as written.
-    { re: /(?<!\w)__(?=\S)([\s\S]*?\S)__(?!\w)/y, make: (m, inLink) => inner("strong", m[1], inLink) },
-    { re: /\*(?=[^\s*])([\s\S]*?[^\s*])\*/y, make: (m, inLink) => inner("em", m[1], inLink) },
-    { re: /(?<![\w])_(?=[^\s_])([\s\S]*?[^\s_])_(?![\w])/y, make: (m, inLink) => inner("em", m[1], inLink) },
-    { re: /~~(?=\S)([\s\S]*?\S)~~/y, make: (m, inLink) => inner("del", m[1], inLink) },
+    { re: /(?<!\w)__(?=\S)([\s\S]*?\S)__(?!\w)/y, make: (m, ctx) => inner("strong", m[1], ctx) },
+    { re: /\*(?=[^\s*])([\s\S]*?[^\s*])\*/y, make: (m, ctx) => inner("em", m[1], ctx) },
+    { re: /(?<!\w)_(?=[^\s_])([\s\S]*?[^\s_])_(?!\w)/y, make: (m, ctx) => inner("em", m[1], ctx) },
+    { re: /~~(?=\S)([\s\S]*?\S)~~/y, make: (m, ctx) => inner("del", m[1], ctx) },
     {
       re: /https?:\/\/[^\s<>"]*[^\s<>".,;:!?)\]'*_]/y,
-      make: (m, inLink) => {
-        const href = !inLink && safeUrl(m[0]);
-        return href ? link(href, m[0]) : document.createTextNode(m[0]);
+      make: (m, ctx) => {
+        const href = !ctx.inLink && safeUrl(m[0]);
+        return href ? link(href, m[0], ctx) : document.createTextNode(m[0]);
       },
     },
   ];
   const INLINE_START = /[\\`[*_~h]/g;
-  function inner(tag, text, inLink) { const node = el(tag); renderInline(node, text, inLink); return node; }
+  function inner(tag, text, ctx = TOP) {
+    const node = el(tag);
+    renderInline(node, text, { inLink: ctx.inLink, depth: ctx.depth + 1 });
+    return node;
+  }
+  const TOP = { inLink: false, depth: 0 };
 
-  function renderInline(parent, text, inLink = false) {
+  function renderInline(parent, text, ctx = TOP) {
+    if (ctx.depth > MAX_DEPTH) { parent.appendChild(document.createTextNode(text)); return; }
     let plain = 0;
     INLINE_START.lastIndex = 0;
     let m;
@@ -131,7 +139,7 @@
       for (const rule of INLINE) {
         rule.re.lastIndex = at;
         const hit = rule.re.exec(text);
-        if (hit) { node = rule.make(hit, inLink); end = at + hit[0].length; break; }
+        if (hit) { node = rule.make(hit, ctx); end = at + hit[0].length; break; }
       }
       if (!node) continue;
       if (at > plain) parent.appendChild(document.createTextNode(text.slice(plain, at)));
@@ -148,7 +156,7 @@
 
   // Blocks: fenced code, headings, quotes, lists and paragraphs. An unclosed fence runs to the
   // end, so a code block streams in as code rather than as a paragraph that later jumps.
-  function renderMarkdown(target, md) {
+  function renderMarkdown(target, md, depth = 0) {
     target.replaceChildren();
     const lines = md.replace(/\r\n?/g, "\n").split("\n");
     let i = 0;
@@ -168,17 +176,17 @@
       } else if ((m = HEADING.exec(line))) {
         target.appendChild(inner("h" + Math.min(6, m[1].length + 2), m[2]));
         i++;
-      } else if (/^\s*>/.test(line)) {
+      } else if (/^\s*>/.test(line) && depth < MAX_DEPTH) {
         const quoted = [];
         for (; i < lines.length && /^\s*>/.test(lines[i]); i++) quoted.push(lines[i].replace(/^\s*>\s?/, ""));
         const quote = el("blockquote");
-        renderMarkdown(quote, quoted.join("\n"));
+        renderMarkdown(quote, quoted.join("\n"), depth + 1);
         target.appendChild(quote);
       } else if (BULLET.test(line)) {
-        i = renderList(target, lines, i);
+        i = renderList(target, lines, i, depth);
       } else {
-        const para = [];
-        for (; i < lines.length && lines[i].trim() && !startsBlock(lines[i]); i++) para.push(lines[i].trim());
+        const para = [line.trim()];
+        for (i++; i < lines.length && lines[i].trim() && !startsBlock(lines[i]); i++) para.push(lines[i].trim());
         target.appendChild(inner("p", para.join(" ")));
       }
     }
@@ -188,7 +196,7 @@
   }
 
   // A list runs while lines are its items, deeper items (a nested list) or continuation text.
-  function renderList(target, lines, i) {
+  function renderList(target, lines, i, depth) {
     const first = BULLET.exec(lines[i]);
     const indent = first[1].length;
     const ordered = /\d/.test(first[2]);
@@ -201,7 +209,7 @@
       const line = lines[i];
       const m = BULLET.exec(line);
       if (m && m[1].length < indent) break;
-      if (m && m[1].length <= indent + 1) {
+      if (m && (m[1].length <= indent + 1 || depth >= MAX_DEPTH)) {
         if (/\d/.test(m[2]) !== ordered) break;
         flush();
         li = list.appendChild(el("li"));
@@ -209,7 +217,7 @@
         i++;
       } else if (m) {
         flush();
-        i = renderList(li, lines, i);
+        i = renderList(li, lines, i, depth + 1);
       } else if (line.trim() && !startsBlock(line)) {
         text.push(line.trim());
         i++;

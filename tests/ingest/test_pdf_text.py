@@ -53,6 +53,19 @@ def test_zlib_pages_match_the_man_page_word_for_word(zlib_pdf: Path) -> None:
         assert not missing and not extra, (page, dict(missing), dict(extra))
 
 
+def test_paragraphs_end_sentences(zlib_pdf: Path) -> None:
+    # The man page sets paragraphs apart by extra leading; without the blank line, the address
+    # line above it would open the first sentence of the next paragraph.
+    from ragserve.ingest.chunking import split_sentences
+
+    doc = load_file(zlib_pdf)[0]
+    assert "madler@alumni.caltech.edu\n\nThe deflate format" in doc.text
+    assert "later with the same stream interface.\n\nCompression can be done" in doc.text
+    assert "thread safe, assuming that the\nstandard library" in doc.text  # not within one
+    sentences = [doc.text[a:b] for a, b in split_sentences(doc.text)]
+    assert "The deflate format used by zlib was defined by Phil Katz." in sentences
+
+
 def test_page_numbers_follow_the_text(zlib_pdf: Path) -> None:
     doc = load_file(zlib_pdf)[0]
     assert doc.segment_at(doc.text.index("compression/decompression library")).page == 1

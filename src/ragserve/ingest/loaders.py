@@ -5,8 +5,8 @@ the extension second, so a PDF named ``.txt`` is read as a PDF and a binary name
 refused instead of indexing noise. Each format keeps what a citation needs:
 
 * PDF: one segment per page (1-based ``page``), via PDFium (:mod:`ragserve.ingest.pdf_text`:
-  word breaks from glyph positions, hyphenated line breaks re-joined, ligatures unfolded); it
-  reads LaTeX two-column pages column by column. A PDF with no text layer is refused
+  word and paragraph breaks from glyph positions, hyphenated line breaks re-joined, ligatures
+  unfolded); it reads LaTeX two-column pages column by column. A PDF with no text layer is refused
   ("no extractable text; OCR is not enabled").
 * Markdown: the raw text is kept (offsets stay exact); headings, found by markdown-it-py,
   give each segment its heading path ("Clients > Timeouts").

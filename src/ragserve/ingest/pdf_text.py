@@ -1,16 +1,17 @@
 """PDF text per page that keeps its words, via PDFium (pypdfium2, Apache-2.0 / BSD-3).
 
-Why PDFium: on the sample PDFs it had the best word precision and recall against poppler's
-``pdftotext`` and a hand-rendered zlib man page, and it is 15-50x faster than pypdf and
-pdfminer.six (``benchmarks/bench_pdf_text.py`` prints the comparison). PyMuPDF would do as well
-but is AGPL, which an Apache-2.0 project cannot ship.
+Why PDFium: on the sample PDFs it had the best word precision and recall of pypdf (plain and
+layout), pdfminer.six and PDFium against poppler's ``pdftotext`` and a hand-rendered zlib man
+page, and its raw extraction is ~15x faster than pypdf and ~50x faster than pdfminer.six
+(``benchmarks/bench_pdf_text.py`` prints the comparison). PyMuPDF was left out: it is AGPL,
+which an Apache-2.0 project cannot ship.
 
 PDFium's own word spacing still fails on groff's justified output (zlib.3.pdf): an inter-word
 gap made by positioning rather than a space glyph reads as "anysignal", and a space glyph that
 groff kerns back under the next letter reads as "Librar y". Both are fixed from the glyph
-boxes. Text-level repairs follow: hyphenated line breaks are re-joined and typographic
-ligatures unfolded, so the words match what a user types (BM25 and the answer-support gate
-compare words).
+boxes, which also show where extra leading sets a paragraph apart (marked as a blank line).
+Text-level repairs follow: hyphenated line breaks are re-joined and typographic ligatures
+unfolded, so the words match what a user types (BM25 and the answer-support gate compare words).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -130,3 +131,22 @@ def test_truncated_pdf_gives_text_or_a_typed_error(
         assert "truncated.pdf" in str(exc)
     else:
         assert doc.segments and all(s.page >= 1 for s in doc.segments)
+
+
+def test_mutated_pdfs_give_text_or_a_typed_error(zlib_pdf: Path, tmp_path: Path) -> None:
+    # Random byte flips reach PDFium's document and page loaders (seeded: m14 and m25 fail to
+    # load a page, which must surface as IngestError too, not as pypdfium2's own error).
+    data = zlib_pdf.read_bytes()
+    rng = random.Random(7)
+    errors = []
+    for k in range(40):
+        mutant = bytearray(data)
+        for _ in range(rng.choice([1, 10, 100])):
+            mutant[rng.randrange(8, len(mutant))] = rng.randrange(256)
+        path = tmp_path / f"m{k}.pdf"
+        path.write_bytes(bytes(mutant))
+        try:
+            load_file(path)
+        except IngestError as exc:
+            errors.append(str(exc))
+    assert any("Failed to load page" in e for e in errors), errors

@@ -38,7 +38,7 @@ _PDFIUM_LOCK = threading.Lock()
 # narrowest justified word gap in the samples is ~0.25 of the height.
 _WORD_GAP = 0.15
 # A step down to the next line this much taller than the page's usual line pitch starts a new
-# paragraph; in the samples, paragraph leading is 1.4x the line pitch and line pitch varies <10%.
+# paragraph (zlib.3.pdf: 16.8 pt between paragraphs, 12 pt between lines, 1.4x).
 _PARAGRAPH_STEP = 1.25
 # PDFium's marks for a hyphen it found at a line end (it drops the line break after it).
 _LINE_END_HYPHENS = "\ufffe\x02"
@@ -79,6 +79,8 @@ def read_pdf(path: Path) -> PdfText:
         try:
             raw_pages = [_page_text(doc, i) for i in range(len(doc))]
             title = (doc.get_metadata_value("Title") or "").strip() or None
+        except pdfium.PdfiumError as exc:  # a page that cannot be loaded
+            raise _open_error(path, exc) from exc
         finally:
             doc.close()
     pages = join_hyphenated([clean_text(p) for p in raw_pages])

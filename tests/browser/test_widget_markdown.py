@@ -45,12 +45,13 @@ def _sse(tokens: list[str], answer: str | None = None, refused: bool = False) ->
     return "".join(events)
 
 
-def _answer(page, tokens: list[str]):  # type: ignore[no-untyped-def]
-    """Ask anything; the stubbed server streams ``tokens``; returns the answer's body."""
+def _answer(page, tokens: list[str], final: str | None = None):  # type: ignore[no-untyped-def]
+    """Ask anything; the stubbed server streams ``tokens`` (then ``final`` as the done event's
+    answer, by default the tokens joined); returns the answer's body."""
     page.route(
         "**/chat",
         lambda route: route.fulfill(
-            status=200, body=_sse(tokens), headers={"content-type": "text/event-stream"}
+            status=200, body=_sse(tokens, final), headers={"content-type": "text/event-stream"}
         ),
     )
     page.locator("#ragserve-widget .rs-bubble").click()
@@ -152,11 +153,22 @@ def test_code_lists_and_emphasis(page) -> None:  # type: ignore[no-untyped-def]
     assert "```" not in _shadow(page, "body.textContent")
 
 
-def test_unclosed_fence_streams_as_code(page) -> None:  # type: ignore[no-untyped-def]
-    # Mid-stream the fence is not closed yet; the done event carries the same text, so the final
-    # render is what a reader sees while the code streams in.
-    _answer(page, ["Run:\n\n```\npip install", " ragserve\n"])
-    assert _shadow(page, "body.querySelector('pre code').textContent") == "pip install ragserve"
+def test_tokens_render_as_they_stream(page) -> None:  # type: ignore[no-untyped-def]
+    # Every change to the log is recorded, so what the reader saw before the done event (whose
+    # answer here differs) can be checked: an unclosed fence already shows as code.
+    page.locator("#ragserve-widget .rs-bubble").click()
+    page.evaluate(
+        "() => { window.__seen = []; const log = document.querySelector('#ragserve-widget')"
+        ".shadowRoot.querySelector('.rs-log'); new MutationObserver(() => {"
+        " const code = [...log.querySelectorAll('.rs-assistant pre code')].pop();"
+        " if (code) window.__seen.push(code.textContent); })"
+        ".observe(log, { childList: true, subtree: true, characterData: true }); }"
+    )
+    page.locator("#ragserve-widget .rs-bubble").click()  # _answer opens the panel again
+    body = _answer(page, ["Run:\n\n```\npip install", " ragserve\n"], final="Done **now**.")
+    assert "pip install ragserve" in page.evaluate("() => window.__seen")
+    assert body.inner_text().strip() == "Done now."
+    assert _shadow(page, "body.querySelector('strong').textContent") == "now"
 
 
 def test_hostile_nesting_renders_without_exhausting_the_stack(page) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,5 @@
-# ragserve: `make run` serves the chat over the bundled sample corpus; `make test` runs the tests.
+# ragserve: `make run` serves the chat over the bundled sample corpus; `make test` runs the tests
+# (installing what they need first); `make test-fast` runs the pure-logic tier in about a minute.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -14,14 +15,22 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: run test install ingest-sample serve lint format clean
+.PHONY: run test test-fast browser-deps install lint format clean
 
 run: $(STAMP)
 	$(VENV)/bin/ragserve ingest samples/corpus/
 	$(VENV)/bin/ragserve serve
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
+
+# No model loads, no servers, no datasets: tests/unit and every test marked `fast`.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m fast
+
+# Debian's Chromium for the widget's browser tests; does nothing once it is installed.
+browser-deps:
+	bash scripts/install_browser_deps.sh
 
 install: $(STAMP)
 

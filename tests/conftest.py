@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAGSERVE_NO_PROGRESS", "1")
+# The suite runs against ragserve's defaults: a developer's own ragserve.toml in the checkout, or
+# RAGSERVE_* in their shell, must not change it (a test that needs a setting passes it).
+for _name in [n for n in os.environ if n.startswith("RAGSERVE_")]:
+    del os.environ[_name]
+_NO_CONFIG = Path(tempfile.mkdtemp(prefix="ragserve-tests-")) / "ragserve.toml"
+_NO_CONFIG.touch()
+os.environ["RAGSERVE_CONFIG"] = str(_NO_CONFIG)
+os.environ["RAGSERVE_NO_PROGRESS"] = "1"
+# Tests of the API, ingestion and the index exercise their own mechanics, not the reader: they
+# run the instant extractive answerer so that a suite of hundreds of questions stays minutes
+# long on two cores. The default reader (the local LLM behind the answerability judge) has its
+# own tests with the real models: tests/test_reader.py, tests/generation/test_llm_backends.py.
+os.environ["RAGSERVE_GENERATOR"] = "extractive"
+os.environ["RAGSERVE_ANSWERABILITY"] = "false"
 
 REPO = Path(__file__).resolve().parents[1]
 

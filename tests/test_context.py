@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ragserve.context import ContextAssembler, source_label
 from ragserve.types import Chunk, Hit, Message
+
+pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)
 
 
 def words(text: str) -> int:
@@ -93,3 +96,42 @@ def test_budget_never_exceeded(texts: list[str], window: int, context: int) -> N
         for i, (h, t) in enumerate(zip(ctx.sources, ctx.texts, strict=True))
     )
     assert body_tokens <= a.budget_context
+
+
+# --- compact context: sentence windows around what the question asks -----------------------
+
+LONG = (
+    "The museum opened in 1793. It sits on the right bank. Its glass pyramid was designed by "
+    "I. M. Pei and completed in 1989. The pyramid serves as the main entrance. Visitors queue "
+    "there every morning. The collection holds 380,000 objects. Only 35,000 are on display."
+)
+
+
+def test_compact_context_keeps_the_window_around_the_best_matching_sentence() -> None:
+    from ragserve.context import CompactContextAssembler
+
+    asm = CompactContextAssembler(words, budget=20, max_sources=1)
+    ctx = asm.assemble("Who designed the glass pyramid?", [hit(0, LONG)])
+    assert "designed by I. M. Pei" in ctx.texts[0]
+    assert "380,000" not in ctx.texts[0], "sentences far from the match are left out"
+    assert words(ctx.texts[0]) <= 20
+    assert ctx.sources[0].chunk.id == "c0" and "[Source 1: doc0.pdf]" in ctx.text
+
+
+def test_compact_context_gives_the_best_source_the_larger_share_and_caps_sources() -> None:
+    from ragserve.context import CompactContextAssembler
+
+    asm = CompactContextAssembler(words, budget=40, max_sources=2)
+    hits = [hit(i, LONG) for i in range(4)]
+    ctx = asm.assemble("How many objects does the collection hold?", hits)
+    assert [h.chunk.id for h in ctx.sources] == ["c0", "c1"] and ctx.dropped == 2
+    assert all("380,000" in t for t in ctx.texts)
+    assert words(ctx.texts[0]) <= 20 and words(ctx.texts[1]) <= 20
+
+
+def test_compact_context_cuts_a_sentence_longer_than_its_share_at_a_word() -> None:
+    from ragserve.context import CompactContextAssembler
+
+    one = "word " * 500 + "end."
+    ctx = CompactContextAssembler(words, budget=30, max_sources=1).assemble("word", [hit(0, one)])
+    assert 0 < words(ctx.texts[0]) <= 30

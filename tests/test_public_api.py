@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 import ragserve
+
+pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)
 
 EXPECTED = {
     "Answer",

@@ -6,6 +6,8 @@ from ragserve.errors import EmptyQueryError
 from ragserve.query import RuleBasedQueryProcessor, classify_intent, condense, keywords
 from ragserve.types import Intent, Message
 
+pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)
+
 
 @pytest.mark.parametrize("text", ["hi", "Hello!", "thanks a lot", "good morning", "who are you?"])
 def test_greetings_are_chitchat(text: str) -> None:

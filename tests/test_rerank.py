@@ -108,11 +108,13 @@ def test_bad_input(reranker: CrossEncoderReranker) -> None:
     assert len(reranker.rerank("word", [long, _hit("b", "other")], 2)) == 2
 
 
+@pytest.mark.fast
 def test_missing_model_path(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError):
         CrossEncoderReranker(str(tmp_path / "nothing")).warm_up()
 
 
+@pytest.mark.fast
 def test_fusion_orders_by_both_rankings_and_keeps_the_ce_probability() -> None:
     hits = [_hit(str(i), f"passage {i}") for i in range(4)]  # retrieval order 0, 1, 2, 3
     ce = np.array([0.1, 0.2, 0.9, 0.3], dtype=np.float32)  # CE order 2, 3, 1, 0
@@ -126,6 +128,7 @@ def test_fusion_orders_by_both_rankings_and_keeps_the_ce_probability() -> None:
     assert fuse_rerank(hits, ce, 0, fusion="rrf") == []
 
 
+@pytest.mark.fast
 def test_interpolation_weighs_ce_logits_against_retrieval_scores(
     make_hit: Callable[..., Hit],
 ) -> None:

@@ -12,17 +12,20 @@ from ragserve.retrieval import HybridRetriever, convex_fusion, reciprocal_rank_f
 from ragserve.types import ProcessedQuery
 
 
+@pytest.mark.fast
 def test_rrf_rewards_agreement_between_rankings() -> None:
     fused = reciprocal_rank_fusion([["a", "b", "c"], ["b", "c", "a"]], k=60)
     assert [d for d, _ in fused][:1] == ["b"]
     assert fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
 
 
+@pytest.mark.fast
 def test_rrf_single_ranking_keeps_order_and_limit() -> None:
     fused = reciprocal_rank_fusion([["x", "y", "z"]], limit=2)
     assert [d for d, _ in fused] == ["x", "y"]
 
 
+@pytest.mark.fast
 def test_rrf_weights() -> None:
     fused = reciprocal_rank_fusion([["a"], ["b"]], weights=[1.0, 2.0])
     assert fused[0][0] == "b"
@@ -30,6 +33,7 @@ def test_rrf_weights() -> None:
         reciprocal_rank_fusion([["a"]], weights=[1.0, 2.0])
 
 
+@pytest.mark.fast
 @given(st.lists(st.lists(st.sampled_from("abcdefgh"), unique=True), max_size=4))
 def test_rrf_scores_sorted_and_cover_every_id(rankings: list[list[str]]) -> None:
     fused = reciprocal_rank_fusion(rankings)
@@ -38,6 +42,7 @@ def test_rrf_scores_sorted_and_cover_every_id(rankings: list[list[str]]) -> None
     assert {d for d, _ in fused} == {d for r in rankings for d in r}
 
 
+@pytest.mark.fast
 def test_convex_fusion_by_hand() -> None:
     dense = [[("a", 0.9), ("b", 0.5), ("c", 0.1)]]
     sparse = [[("b", 10.0), ("c", 5.0), ("d", 0.0)]]
@@ -49,6 +54,7 @@ def test_convex_fusion_by_hand() -> None:
     assert [d for d, _ in convex_fusion(dense, sparse, alpha=0.0, limit=2)] == ["b", "c"]
 
 
+@pytest.mark.fast
 def test_convex_fusion_takes_each_sides_best_variant_and_handles_edges() -> None:
     # Two query variants on the dense side: "c" is best in the second one.
     fused = dict(convex_fusion([[("a", 2.0), ("c", 1.0)], [("c", 3.0), ("a", 0.0)]], [], alpha=0.5))
@@ -59,6 +65,7 @@ def test_convex_fusion_takes_each_sides_best_variant_and_handles_edges() -> None
         convex_fusion([], [], alpha=1.5)
 
 
+@pytest.mark.fast
 @given(
     st.lists(st.tuples(st.sampled_from("abcdefgh"), st.floats(-50, 50)), unique_by=lambda t: t[0]),
     st.lists(st.tuples(st.sampled_from("abcdefgh"), st.floats(0, 50)), unique_by=lambda t: t[0]),

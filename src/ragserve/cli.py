@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from ragserve.config import Settings
-from ragserve.errors import RagServeError
+from ragserve.cli_support import configure_cli_logging, friendly_errors
+from ragserve.config import Settings, load_settings
+from ragserve.evaluation.cli import app as eval_app
+from ragserve.stores import migrate
 
 __all__ = ["app"]
 
@@ -28,48 +27,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _friendly_errors(func: F) -> F:
-    """Typed errors become a message and a non-zero exit, never a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except RagServeError as exc:
-            typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
-            if exc.hint:
-                typer.echo(f"hint: {exc.hint}", err=True)
-            raise typer.Exit(2 if exc.status_code < 500 else 1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _settings(**overrides: Any) -> Settings:
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except Exception as exc:  # pydantic ValidationError: show the field and reason
-        typer.secho(f"error: invalid settings: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-
-
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("httpx", "chromadb", "sentence_transformers", "transformers", "bm25s"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-
 
 CollectionOpt = Annotated[str | None, typer.Option(help="Collection (tenant) name.")]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Index directory (RAGSERVE_DATA_DIR).")]
@@ -88,7 +45,7 @@ def _open_for_write(settings: Settings) -> tuple[Any, Any]:
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or directories to ingest.")],
     prune: Annotated[bool, typer.Option(help="Remove documents whose files disappeared.")] = False,
@@ -103,8 +60,8 @@ def ingest(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Ingest files (txt, md, html, pdf, docx, BEIR jsonl); unchanged files are skipped."""
-    _logging(verbose)
-    settings = _settings(
+    configure_cli_logging(verbose)
+    settings = load_settings(
         chunker=chunker,
         chunk_size=chunk_size,
         chunk_overlap=chunk_overlap,
@@ -146,7 +103,7 @@ def _print_summary(summary: Any) -> None:
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def ask(
     question: Annotated[str, typer.Argument(help="Your question.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full answer as JSON.")] = False,
@@ -156,11 +113,11 @@ def ask(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Answer a question from the indexed documents, with sources."""
-    _logging(verbose)
+    configure_cli_logging(verbose)
+    settings = load_settings(generator=generator, collection=collection, data_dir=data_dir)
     from ragserve.api.schemas import ChatResponse
     from ragserve.pipeline import RagPipeline
 
-    settings = _settings(generator=generator, collection=collection, data_dir=data_dir)
     pipeline = RagPipeline(settings)
     try:
         answer = pipeline.answer(question)
@@ -182,7 +139,7 @@ def ask(
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
@@ -190,12 +147,12 @@ def serve(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Serve the HTTP API, the chat widget and its demo page."""
+    settings = load_settings(host=host, port=port, collection=collection, data_dir=data_dir)
     import uvicorn
 
     from ragserve.api.app import create_app
     from ragserve.api.logs import configure_logging
 
-    settings = _settings(host=host, port=port, collection=collection, data_dir=data_dir)
     configure_logging()
     typer.echo(
         f"ragserve: serving collection '{settings.collection}' on "
@@ -212,18 +169,18 @@ def serve(
 
 
 @app.command("list")
-@_friendly_errors
+@friendly_errors
 def list_documents(
     collection: CollectionOpt = None,
     data_dir: DataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List the indexed documents."""
+    settings = load_settings(collection=collection, data_dir=data_dir)
+    from ragserve.embedding import SentenceTransformerEmbedder
     from ragserve.stores import open_index
 
-    settings = _settings(collection=collection, data_dir=data_dir)
     index = open_index(settings)
-    from ragserve.embedding import SentenceTransformerEmbedder
 
     embedder = SentenceTransformerEmbedder.from_settings(settings)
     index.open(settings.embedding_model, embedder.dimension)
@@ -253,7 +210,7 @@ def list_documents(
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def delete(
     sources: Annotated[
         list[str],
@@ -263,7 +220,7 @@ def delete(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Delete documents and their chunks from the index."""
-    settings = _settings(collection=collection, data_dir=data_dir)
+    settings = load_settings(collection=collection, data_dir=data_dir)
     index, ingestor = _open_for_write(settings)
     try:
         n = ingestor.delete(sources)
@@ -275,15 +232,15 @@ def delete(
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def reindex(collection: CollectionOpt = None, data_dir: DataDirOpt = None) -> None:
     """Re-embed every stored chunk with the configured embedding model."""
+    settings = load_settings(collection=collection, data_dir=data_dir)
     from ragserve.embedding import SentenceTransformerEmbedder
     from ragserve.errors import EmbedderMismatchError
     from ragserve.ingest.pipeline import Ingestor
     from ragserve.stores import open_index
 
-    settings = _settings(collection=collection, data_dir=data_dir)
     embedder = SentenceTransformerEmbedder.from_settings(settings)
     embedder.warm_up()
     index = open_index(settings)
@@ -298,20 +255,10 @@ def reindex(collection: CollectionOpt = None, data_dir: DataDirOpt = None) -> No
     typer.echo(f"re-embedded {n} chunks with {settings.embedding_model}", err=True)
 
 
-def _register_subcommands() -> None:
-    # Sub-apps live next to the code they drive; a missing optional one must not break the CLI.
-    for module, name in (("ragserve.evaluation.cli", "eval"), ("ragserve.stores.migrate", None)):
-        try:
-            mod = __import__(module, fromlist=["app"])
-        except ImportError:
-            continue
-        if name:
-            app.add_typer(mod.app, name=name)
-        else:
-            mod.register(app)
-
-
-_register_subcommands()
+# Sub-apps live next to the code they drive. Imported, not discovered: a broken one must fail
+# loudly here rather than vanish from ``ragserve --help``.
+app.add_typer(eval_app, name="eval")
+migrate.register(app)
 
 
 def main() -> None:  # pragma: no cover

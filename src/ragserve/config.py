@@ -2,27 +2,49 @@
 
 Precedence, lowest first: defaults < ``ragserve.toml`` (in the working directory, or the file
 named by ``RAGSERVE_CONFIG``) < ``RAGSERVE_*`` environment variables < keyword arguments.
+
+The TOML file is strict: a key that is not a setting is an error naming the closest one, since
+a misspelled key silently dropped is a setting the operator believes in and does not have.
+The environment is not: other ``RAGSERVE_*`` variables (``RAGSERVE_CONFIG``,
+``RAGSERVE_NO_PROGRESS``) live there too. Values are bounded, so a bad one fails at start
+(:func:`load_settings` says which and why in one paragraph) rather than at first use.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings"]
+from ragserve.errors import ConfigError
+
+__all__ = ["Settings", "SettingsError", "config_path", "load_settings"]
 
 ChunkerName = Literal["recursive", "fixed", "sentence", "semantic"]
 GeneratorName = Literal["extractive", "llama", "openai"]
 StoreName = Literal["chroma", "postgres"]
+
+_MiB = 1024 * 1024
+# Token budgets and windows: generous ceilings that still catch a units mistake (bytes, chars).
+_MAX_TOKENS = 1_048_576
+
+
+class SettingsError(ConfigError):
+    """The settings cannot be used: which value, from where, and why."""
+
+    status_code = 400
+    code = "invalid_settings"
 
 
 class Settings(BaseSettings):
@@ -40,26 +62,30 @@ class Settings(BaseSettings):
     postgres_read_dsn: SecretStr | None = Field(
         None, description="Optional DSN of a read replica; queries go there, writes to the primary."
     )
-    hnsw_m: int = 16
-    hnsw_ef_construction: int = 128
-    hnsw_ef_search: int = 100
+    # pgvector's own limits; ef_construction must also be at least 2 x m (checked below).
+    hnsw_m: int = Field(16, ge=2, le=100)
+    hnsw_ef_construction: int = Field(128, ge=4, le=1000)
+    hnsw_ef_search: int = Field(100, ge=1, le=1000)
 
     # --- ingestion -------------------------------------------------------------------------
     chunker: ChunkerName = "recursive"
-    chunk_size: int = Field(512, ge=16, description="Tokens; clamped to the embedder's limit.")
-    chunk_overlap: int = Field(51, ge=0)
+    chunk_size: int = Field(
+        512, ge=16, le=_MAX_TOKENS, description="Tokens; clamped to the embedder's limit."
+    )
+    chunk_overlap: int = Field(51, ge=0, le=_MAX_TOKENS)
     semantic_percentile: float = Field(90.0, gt=0, lt=100)
     embedding_model: str = Field(
         "builtin:all-MiniLM-L6-v2",
         description="'builtin:all-MiniLM-L6-v2', 'builtin:all-mpnet-base-v2', a local path or a model name.",
     )
-    embedding_batch_size: int = Field(64, ge=1)
+    embedding_batch_size: int = Field(64, ge=1, le=4096)
     ingest_batch_chunks: int = Field(
-        512, ge=1, description="Chunks embedded and written per step; bounds ingestion memory."
+        512,
+        ge=1,
+        le=100_000,
+        description="Chunks embedded and written per step; bounds ingestion memory.",
     )
-    max_file_bytes: int = Field(
-        100 * 1024 * 1024, description="Files larger than this are refused."
-    )
+    max_file_bytes: int = Field(100 * _MiB, ge=1, description="Files larger than this are refused.")
     ingest_root: Path | None = Field(
         None, description="If set, only paths under this directory may be ingested."
     )
@@ -70,7 +96,7 @@ class Settings(BaseSettings):
     intent_detection: bool = True
 
     # --- retrieval -------------------------------------------------------------------------
-    top_k: int = Field(5, ge=1, description="Chunks given to generation.")
+    top_k: int = Field(5, ge=1, le=1000, description="Chunks given to generation.")
     fusion: Literal["convex", "rrf"] = Field(
         "convex",
         description="How dense and sparse results combine: 'convex' (min-max normalised scores, "
@@ -84,20 +110,27 @@ class Settings(BaseSettings):
         "NFCorpus dev).",
     )
     fusion_depth: int = Field(
-        100, ge=1, description="Candidates each side fetches (and normalises scores over)."
+        100,
+        ge=1,
+        le=10_000,
+        description="Candidates each side fetches (and normalises scores over).",
     )
     overfetch: int = Field(
-        2, ge=1, description="Each side fetches at least overfetch x the fused candidates."
+        2, ge=1, le=100, description="Each side fetches at least overfetch x the fused candidates."
     )
-    rrf_k: int = Field(60, ge=1)
+    rrf_k: int = Field(60, ge=1, le=10_000)
     dense_feedback_docs: int = Field(
         2,
         ge=0,
+        le=100,
         description="Pseudo-relevance feedback: the query vector moves toward the mean of this "
         "many best fused chunks and dense search runs again (0 turns it off).",
     )
     dense_feedback_weight: float = Field(
-        1.0, ge=0.0, description="Weight of the feedback centroid against the query vector."
+        1.0,
+        ge=0.0,
+        le=100.0,
+        description="Weight of the feedback centroid against the query vector.",
     )
     bm25_stemming: bool = True
     bm25_stopwords: bool = True
@@ -111,10 +144,10 @@ class Settings(BaseSettings):
     )
     reranker_model: str = Field("builtin", description="'builtin', a local path or a model name.")
     rerank_candidates: int = Field(
-        20, ge=1, description="Fused candidates the cross-encoder scores."
+        20, ge=1, le=1000, description="Fused candidates the cross-encoder scores."
     )
-    rerank_max_length: int = Field(256, ge=16)
-    rerank_batch_size: int = Field(32, ge=1)
+    rerank_max_length: int = Field(256, ge=16, le=8192)
+    rerank_batch_size: int = Field(32, ge=1, le=4096)
     rerank_fusion: Literal["none", "rrf", "interpolate"] = Field(
         "interpolate",
         description="'interpolate' ranks by rerank_alpha * cross-encoder logit + "
@@ -125,31 +158,75 @@ class Settings(BaseSettings):
         0.5, ge=0.0, le=1.0, description="Cross-encoder weight for rerank_fusion='interpolate'."
     )
 
-    # --- context and generation ------------------------------------------------------------
-    generator: GeneratorName = "extractive"
-    llm_model_path: str = Field(
-        "builtin:gemma-3-270m", description="GGUF path or 'builtin:gemma-3-270m'."
+    # --- answerability (the reader's refusal signal) ----------------------------------------
+    answerability: bool = Field(
+        True,
+        description="Score whether each of the best sources answers the question (a "
+        "cross-encoder trained for exactly that, resources/answerability); refuse when none "
+        "does, and put the most answerable first for the reader.",
     )
-    llm_context_window: int = Field(16384, ge=512)
+    answerability_model: str = Field("builtin", description="'builtin' or a local path.")
+    answerability_candidates: int = Field(
+        3, ge=1, le=50, description="Best sources judged (the calibration judged 3)."
+    )
+    answerability_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Refuse below this; None uses the calibrated default."
+    )
+
+    # --- context and generation ------------------------------------------------------------
+    generator: GeneratorName = "llama"
+    llm_model_path: str = Field(
+        "builtin:qwen2.5-coder-1.5b-instruct",
+        description="'builtin:qwen2.5-coder-1.5b-instruct' (default reader), "
+        "'builtin:qwen2.5-coder-0.5b-instruct', 'builtin:gemma-3-270m' or a GGUF path.",
+    )
+    llm_max_waiting: int = Field(
+        4, ge=0, le=1000, description="Questions that may wait for the local model; more get 503."
+    )
+    verify_grounding: bool = Field(
+        True,
+        description="Refuse an answer whose own words no source holds, and cite the source "
+        "that does hold them when the model cited another.",
+    )
+    context_style: Literal["auto", "compact", "full"] = Field(
+        "auto",
+        description="'compact': the best few sources cut to sentence windows around what the "
+        "question asks (the local reader's latency is its prompt); 'full': whole chunks up to "
+        "budget_context; 'auto': compact for the local model, full for the others.",
+    )
+    context_budget: int = Field(
+        240, ge=32, le=8000, description="Tokens of source text in a compact context."
+    )
+    context_sources: int = Field(3, ge=1, le=20, description="Sources in a compact context.")
+    llm_context_window: int = Field(4096, ge=512, le=_MAX_TOKENS)
     llm_prompt_style: Literal["auto", "chat", "completion"] = Field(
         "auto",
         description="'auto' chats with GGUFs that carry a chat template and prompts the rest "
         "(base models such as the shipped Gemma 3 270M) as a completion.",
     )
     llm_completion_sources: int = Field(
-        1, ge=1, description="Sources a completion-style prompt shows (the best first)."
+        1, ge=1, le=100, description="Sources a completion-style prompt shows (the best first)."
     )
-    llm_threads: int | None = None
-    llm_temperature: float = 0.0
+    llm_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="None: the physical cores (llama.cpp slows on hyper-threads).",
+    )
+    llm_max_tokens: int = Field(
+        160, ge=8, le=4096, description="Longest answer the local model may write."
+    )
+    llm_temperature: float = Field(0.0, ge=0.0, le=2.0)
     openai_base_url: str = "http://127.0.0.1:8080/v1"
     openai_model: str = "local"
     openai_api_key: SecretStr | None = None
-    llm_timeout_s: float = 60.0
-    budget_system: int = 500
-    budget_context: int = 8000
-    budget_query: int = 200
-    budget_response: int = 2000
-    history_turns: int = Field(6, ge=0)
+    llm_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
+    # Token budgets of the prompt's parts, scaled down together to fit llm_context_window.
+    budget_system: int = Field(500, ge=0, le=_MAX_TOKENS)
+    budget_context: int = Field(8000, ge=1, le=_MAX_TOKENS)
+    budget_query: int = Field(200, ge=1, le=_MAX_TOKENS)
+    budget_response: int = Field(2000, ge=1, le=_MAX_TOKENS)
+    history_turns: int = Field(6, ge=0, le=1000)
     refusal_threshold: float | None = Field(
         None, description="Minimum best re-rank score to answer; None uses the calibrated default."
     )
@@ -163,36 +240,47 @@ class Settings(BaseSettings):
     )
     dense_refusal_threshold: float = Field(
         0.3,
+        ge=-1.0,
+        le=1.0,
         description="Without a re-ranker: minimum cosine similarity of the best dense hit to "
         "answer (calibrated on held-out SQuAD, benchmarks/calibrate_refusal.py).",
     )
 
     # --- API -------------------------------------------------------------------------------
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)
     admin_api_key: SecretStr | None = None
     chat_api_key: SecretStr | None = None
     cors_origins: list[str] = Field(
         default_factory=lambda: ["http://127.0.0.1:8000", "http://localhost:8000"]
     )
-    max_query_chars: int = 2000
-    max_history_turns: int = 20
-    max_body_bytes: int = 1_000_000
-    max_upload_bytes: int = 100 * 1024 * 1024
-    rate_limit_per_minute: int = 60
-    workers: int = Field(2, ge=1, description="Threads for CPU-bound stages.")
-    sample_corpus: Path | None = None
+    max_query_chars: int = Field(2000, ge=1, le=1_000_000)
+    max_history_turns: int = Field(20, ge=0, le=1000)
+    max_body_bytes: int = Field(1_000_000, ge=1024, le=1024 * _MiB)
+    max_upload_bytes: int = Field(100 * _MiB, ge=1024, le=64 * 1024 * _MiB)
+    rate_limit_per_minute: int = Field(
+        60, ge=0, le=1_000_000, description="Chat requests per client per minute; 0 = no limit."
+    )
+    workers: int = Field(2, ge=1, le=256, description="Threads for CPU-bound stages.")
 
     @field_validator("collection")
     @classmethod
     def _collection_is_safe(cls, value: str) -> str:
-        import re
-
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", value):
             raise ValueError(
-                "collection names use letters, digits, '_' and '-' (1-63 chars, starting with a letter or digit)"
+                "collection names use letters, digits, '_' and '-' (1-63 chars, starting with "
+                "a letter or digit)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _hnsw_build_covers_links(self) -> Settings:
+        if self.hnsw_ef_construction < 2 * self.hnsw_m:
+            raise ValueError(
+                f"hnsw_ef_construction ({self.hnsw_ef_construction}) must be at least twice "
+                f"hnsw_m ({self.hnsw_m})"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -203,10 +291,84 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = Path(os.environ.get("RAGSERVE_CONFIG", "ragserve.toml"))
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path)
+        toml = InitSettingsSource(settings_cls, _read_toml(config_path(), settings_cls))
         return (init_settings, env_settings, toml, file_secret_settings)
 
     @property
     def index_dir(self) -> Path:
         return self.data_dir / self.collection
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("RAGSERVE_CONFIG", "ragserve.toml"))
+
+
+def _read_toml(path: Path, settings_cls: type[BaseSettings]) -> dict[str, Any]:
+    """The file's settings; a missing default file is none, anything else wrong is an error."""
+    if not path.is_file():
+        if "RAGSERVE_CONFIG" in os.environ:
+            raise SettingsError(
+                f"RAGSERVE_CONFIG names {path}, which is not a file.",
+                hint="Point RAGSERVE_CONFIG at your ragserve.toml, or unset it.",
+            )
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(
+            f"{path} is not valid TOML{_where(exc)}: {_reason(exc)}.",
+            hint='Each setting is one line, key = value, e.g. port = 8000 or data_dir = "x".',
+        ) from None
+    except OSError as exc:
+        raise SettingsError(f"Cannot read {path}: {exc.strerror}.") from None
+    _reject_unknown_keys(data, path, list(settings_cls.model_fields))
+    return data
+
+
+def _reject_unknown_keys(data: dict[str, Any], path: Path, known: list[str]) -> None:
+    for key in data:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
+        suggestion = f" Did you mean '{close[0]}'?" if close else ""
+        raise SettingsError(
+            f"{path}: '{key}' is not a ragserve setting.{suggestion}",
+            hint="The settings and their defaults are the fields of ragserve/config.py.",
+        )
+
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def _where(exc: ValueError) -> str:
+    match = _TOML_POSITION.search(str(exc))
+    return f" at line {match.group(1)}, column {match.group(2)}" if match else ""
+
+
+def _reason(exc: ValueError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "it is not UTF-8 text"
+    return _TOML_POSITION.sub("", str(exc)).rstrip(".")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """``Settings(**overrides)`` (``None`` values left out), with every problem as one
+    :class:`SettingsError` that names the setting, the bad value and the sources to fix."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        names = sorted({str(e["loc"][0]).upper() for e in exc.errors() if e["loc"]})
+        sources = [f"RAGSERVE_{n}" for n in names] + [str(config_path())]
+        raise SettingsError(
+            f"Invalid settings: {problems}.",
+            hint=f"Fix it where it is set: {', '.join(sources)} or the command's options.",
+        ) from None
+
+
+def _describe(error: Any) -> str:
+    name = ".".join(str(p) for p in error["loc"]) or "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if any(word in name for word in ("key", "dsn")) or not error["loc"]:
+        return f"{name}: {message}"  # never echo a secret, nor a whole-model input
+    return f"{name} = {error['input']}: {message}"

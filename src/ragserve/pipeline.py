@@ -9,11 +9,13 @@ Models load once in ``warm_up``; every method after that is safe to call from wo
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragserve.config import Settings
@@ -22,10 +24,13 @@ from ragserve.generation.support import SentenceSupport
 from ragserve.query import RuleBasedQueryProcessor
 from ragserve.retrieval import HybridRetriever
 from ragserve.stores.base import DocumentIndex, open_index
-from ragserve.types import Answer, Hit, Intent, Message, ProcessedQuery
+from ragserve.types import Answer, Citation, Hit, Intent, Message, ProcessedQuery
 
 if TYPE_CHECKING:
+    from ragserve.answerability import AnswerabilityJudge
     from ragserve.context import AssembledContext
+    from ragserve.generation.base import Generator
+    from ragserve.ingest.pipeline import Ingestor, IngestSummary
     from ragserve.rerank import Reranker
 
 __all__ = ["CHITCHAT_REPLY", "OUT_OF_SCOPE_REPLY", "RagPipeline", "StreamEvent"]
@@ -72,12 +77,21 @@ class _Stage:
 
 
 class RagPipeline:
+    """The five stages over one index. Components are built from settings unless given.
+
+    Construction is cheap; ``warm_up`` loads models. ``warm_up(generation=False)`` loads only
+    what retrieval needs, and the generation side loads on the first ``answer``/``stream``.
+    """
+
     def __init__(
         self,
         settings: Settings | None = None,
         *,
         index: DocumentIndex | None = None,
         embedder: SentenceTransformerEmbedder | None = None,
+        reranker: Reranker | None = None,
+        judge: AnswerabilityJudge | None = None,
+        generator: Generator | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.embedder = embedder or SentenceTransformerEmbedder.from_settings(self.settings)
@@ -89,10 +103,12 @@ class RagPipeline:
             intent_detection=s.intent_detection,
         )
         self.retriever = HybridRetriever.from_settings(self.index, self.embedder, s)
-        self.reranker: Reranker | None = None
+        self.reranker: Reranker | None = reranker
+        self.judge: AnswerabilityJudge | None = judge
         self.support = SentenceSupport()
-        self.generator: Any = None
+        self.generator: Generator | None = generator
         self.assembler: Any = None
+        self._ingestor: Ingestor | None = None
         self._warm = False
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[Any, ...], list[Hit]] = OrderedDict()
@@ -103,35 +119,86 @@ class RagPipeline:
 
     def warm_up(self, *, generation: bool = True) -> None:
         with self._lock:
-            if self._warm:
-                return
-            self.embedder.warm_up()
-            self.index.open(self.settings.embedding_model, self.embedder.dimension)
-            if self.settings.rerank:
-                from ragserve.rerank import CrossEncoderReranker
+            if not self._warm:
+                self._warm_retrieval()
+                self._warm = True
+            if generation and self.assembler is None:
+                self._warm_generation()
 
-                reranker = CrossEncoderReranker.from_settings(self.settings)
-                reranker.warm_up()
-                self.reranker = reranker
-            if generation:
-                from ragserve.context import ContextAssembler
-                from ragserve.generation import build_generator
+    def _warm_retrieval(self) -> None:
+        self.embedder.warm_up()
+        self.index.open(self.settings.embedding_model, self.embedder.dimension)
+        if self.reranker is None and self.settings.rerank:
+            from ragserve.rerank import CrossEncoderReranker
 
-                self.generator = build_generator(self.settings)
-                self.generator.warm_up()
-                s = self.settings
-                self.assembler = ContextAssembler(
-                    self.generator.count_tokens,
-                    context_window=self.generator.context_window,
-                    system=s.budget_system,
-                    context=s.budget_context,
-                    query=s.budget_query,
-                    response=s.budget_response,
-                )
-            self._warm = True
+            self.reranker = CrossEncoderReranker.from_settings(self.settings)
+        if self.reranker is not None:
+            self.reranker.warm_up()
+
+    def _warm_generation(self) -> None:
+        from ragserve.context import CompactContextAssembler, ContextAssembler
+        from ragserve.generation import build_generator
+
+        s = self.settings
+        if self.judge is None and s.answerability:
+            from ragserve.answerability import AnswerabilityJudge
+
+            self.judge = AnswerabilityJudge.from_settings(s)
+        if self.judge is not None:
+            self.judge.warm_up()
+        generator = self.generator or build_generator(s)
+        generator.warm_up()
+        self.generator = generator
+        style = s.context_style
+        if style == "auto":
+            style = "compact" if s.generator == "llama" else "full"
+        if style == "compact":
+            self.assembler = CompactContextAssembler(
+                generator.count_tokens,
+                budget=s.context_budget,
+                max_sources=s.context_sources,
+                context_window=generator.context_window,
+            )
+        else:
+            self.assembler = ContextAssembler(
+                generator.count_tokens,
+                context_window=generator.context_window,
+                system=s.budget_system,
+                context=s.budget_context,
+                query=s.budget_query,
+                response=s.budget_response,
+            )
+
+    def ingest(
+        self, paths: Sequence[str | Path], *, prune: bool = False, progress: bool = False
+    ) -> IngestSummary:
+        """Add or update files and directories in this pipeline's index.
+
+        Unchanged files are skipped (content hashes); ``prune`` also drops documents whose
+        files under the given directories are gone. Answers reflect the new index at once.
+        """
+        from ragserve.ingest.pipeline import Ingestor
+
+        self.warm_up(generation=False)
+        if self._ingestor is None:
+            self._ingestor = Ingestor(self.settings, self.index, self.embedder)
+        return self._ingestor.ingest_paths([Path(p) for p in paths], prune=prune, progress=progress)
+
+    def check_capacity(self) -> None:
+        """Raise GenerationBusyError now if the generator's queue is full (503 before a
+        stream opens, rather than an error event after it has)."""
+        slots = getattr(self.generator, "slots", None)
+        if slots is not None:
+            slots.check()
 
     def close(self) -> None:
         self.index.close()
+
+    def __enter__(self) -> RagPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def refusal_threshold(self) -> float:
@@ -180,7 +247,11 @@ class RagPipeline:
         dense cosine) and the lexical support of the best source sentence. The second catches
         the common miss where the sources are on topic but do not hold the answer.
         """
-        if self.reranker is not None:
+        if self.judge is not None and "answerable" in hits[0].scores:
+            best = max(h.scores.get("answerable", 0.0) for h in hits)
+            if best < self.judge.threshold:
+                return True
+        elif self.reranker is not None:
             if max(h.scores.get("rerank", 0.0) for h in hits) < self.refusal_threshold:
                 return True
         else:
@@ -189,6 +260,18 @@ class RagPipeline:
                 return True
         minimum = self.settings.min_support
         return minimum > 0 and self.support.best(query, [h.chunk.text for h in hits]) < minimum
+
+    def _judge_answerability(self, query: str, hits: list[Hit]) -> list[Hit]:
+        """Score whether each of the best few sources answers the question; the most
+        answerable goes first, so the reader reads it first and it is the one cited."""
+        assert self.judge is not None
+        n = self.settings.answerability_candidates
+        head, tail = hits[:n], hits[n:]
+        probs = self.judge.score(query, [h.chunk.searchable_text for h in head])
+        judged = [h.with_score("answerable", p) for h, p in zip(head, probs, strict=True)]
+        # with_score replaced each hit's score; the order among equals stays retrieval's.
+        judged.sort(key=lambda h: -h.scores["answerable"])
+        return judged + tail
 
     def answer(self, query: str, history: Sequence[Message] = ()) -> Answer:
         final: Answer | None = None
@@ -200,7 +283,7 @@ class RagPipeline:
 
     def stream(self, query: str, history: Sequence[Message] = ()) -> Iterator[StreamEvent]:
         """Token events as generation produces them, then one 'done' event with the Answer."""
-        if not self._warm:
+        if self.assembler is None:
             self.warm_up()
         started = time.perf_counter()
         timer = _Timer()
@@ -222,6 +305,9 @@ class RagPipeline:
             yield self._done(base, timer, started)
             return
         hits = self.search(processed, timer)
+        if hits and self.judge is not None:
+            with timer.stage("answerability"):
+                hits = self._judge_answerability(processed.text, hits)
         base.sources = hits
         if not hits or self._low_confidence(processed.text, hits):
             from ragserve.generation.citations import REFUSAL_TEXT
@@ -234,6 +320,7 @@ class RagPipeline:
             context = self.assembler.assemble(
                 processed.text, hits, list(history)[-2 * self.settings.history_turns :]
             )
+        timer.timings["context_tokens"] = float(context.tokens)
         yield from self._generate(processed, context, history, base, timer, started)
 
     def _generate(
@@ -259,11 +346,32 @@ class RagPipeline:
         raw = "".join(pieces).strip()
         with timer.stage("citations"):
             text, citations, invalid = validate_citations(raw, context)
+            if self.settings.verify_grounding and text and not is_refusal(text):
+                text, citations = self._grounded(processed.text, text, citations, context)
         base.sources = context.sources
         base.text, base.citations, base.invalid_citations = text, citations, invalid
         if not text or is_refusal(text):
             base.text, base.refused, base.citations = REFUSAL_TEXT, True, []
         yield self._done(base, timer, started)
+
+    @staticmethod
+    def _grounded(
+        question: str, text: str, citations: list[Citation], context: AssembledContext
+    ) -> tuple[str, list[Citation]]:
+        """The answer with citations to the sources that hold its words, or no answer."""
+        from ragserve.generation.citations import ground, validate_citations
+
+        cited = [c.number for c in citations]
+        numbers = ground(text, context.texts, cited, question=question)
+        if numbers is None:
+            return "", []
+        if numbers == cited:
+            return text, citations
+        bare = re.sub(r"\s*\[\d+\]", "", text).strip()
+        recited, fixed, _ = validate_citations(
+            bare + " " + "".join(f"[{n}]" for n in numbers), context
+        )
+        return recited, fixed
 
     @staticmethod
     def _done(answer: Answer, timer: _Timer, started: float) -> StreamEvent:

@@ -16,6 +16,7 @@ from ragserve.evaluation.beir import load_beir
 from ragserve.evaluation.retrieval import ranx_metrics
 
 
+@pytest.mark.fast
 def test_metrics_match_hand_computation() -> None:
     qrels = {"q1": {"d1": 1}, "q2": {"d3": 2, "d4": 1}}
     run = {"q1": {"d2": 3.0, "d1": 2.0}, "q2": {"d3": 5.0, "d9": 4.0, "d4": 3.0}}
@@ -31,6 +32,7 @@ def test_metrics_match_hand_computation() -> None:
     assert means["recall@10"] == pytest.approx(1.0)
 
 
+@pytest.mark.fast
 def test_query_without_results_scores_zero() -> None:
     means, per_query = ranx_metrics({"q1": {"d1": 1}, "q2": {"d2": 1}}, {"q1": {"d1": 1.0}})
     assert per_query["q2"] == 0.0 and means["ndcg@10"] == pytest.approx(0.5)
@@ -68,6 +70,7 @@ def _beir(
     return tmp_path
 
 
+@pytest.mark.fast
 def test_dataset_errors_name_file_and_line(tmp_path: Path) -> None:
     folder = _beir(tmp_path / "a", "query-id\tcorpus-id\tscore\r\nq1\tnope\t1\r\n")
     with pytest.raises(DatasetError, match=r"test.tsv:2: corpus id 'nope'"):
@@ -85,6 +88,7 @@ def test_dataset_errors_name_file_and_line(tmp_path: Path) -> None:
         load_beir(empty)
 
 
+@pytest.mark.fast
 def test_squad_normalisation_and_f1() -> None:
     assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
     assert squad_f1("the Eiffel Tower in Paris", "Eiffel Tower") == pytest.approx(
@@ -153,7 +157,7 @@ def test_gold_removed_index_is_corrected_not_reused(tmp_path: Path) -> None:
     src, dst = index("full"), index("absent")
     write(src, ["p1", "p2", "p3", "p4"])
     write(dst, ["p1", "p2", "p4"])  # an earlier sample excluded p3, this one excludes p2
-    _copy_without(SimpleNamespace(index=src), SimpleNamespace(index=dst), {"p2"}, IndexWrite)
+    _copy_without(SimpleNamespace(index=src), SimpleNamespace(index=dst), {"p2"})
     assert sorted(r.doc_id for r in dst.documents()) == ["p1", "p3", "p4"]
     assert dst.dense_search(np.eye(4, dtype=np.float32)[2], 1)[0][0] == "p3-0"
     src.close()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from ragserve.context import ContextAssembler
 from ragserve.generation.citations import (
     REFUSAL_TEXT,
@@ -8,6 +10,8 @@ from ragserve.generation.citations import (
     validate_citations,
 )
 from ragserve.types import Chunk, Hit
+
+pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)
 
 
 def _ctx():  # type: ignore[no-untyped-def]
@@ -83,3 +87,27 @@ def test_words_repeated_from_the_question_do_not_count_as_support() -> None:
     assert attribute("He was 39 years old", texts, question=question) is None
     assert attribute("39", texts, question=question) == 1
     assert attribute("Peyton Manning played in Super Bowl 50", texts, question=question) is None
+
+
+def test_ground_keeps_a_citation_whose_source_holds_the_answer() -> None:
+    from ragserve.generation.citations import ground
+
+    texts = ["Timeouts default to five seconds.", "HTTP/2 needs the h2 package."]
+    assert ground("five seconds [1]", texts, [1], question="What is the default timeout?") == [1]
+
+
+def test_ground_moves_a_wrong_citation_to_the_source_that_holds_the_words() -> None:
+    from ragserve.generation.citations import ground
+
+    texts = ["Timeouts default to five seconds.", "HTTP/2 needs the h2 package."]
+    assert ground("the h2 package [1]", texts, [1], question="What does HTTP/2 need?") == [2]
+
+
+def test_ground_rejects_a_fact_no_source_states() -> None:
+    from ragserve.generation.citations import ground
+
+    texts = ["The Louvre is a museum in Paris.", "It holds the Mona Lisa."]
+    assert (
+        ground("It was founded in 1762. [2]", texts, [2], question="When was the Louvre founded?")
+        is None
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from ragserve.context import ContextAssembler
 from ragserve.generation.citations import REFUSAL_TEXT
 from ragserve.generation.extractive import ExtractiveGenerator
@@ -46,6 +48,7 @@ def test_answers_contain_gold_and_cite_the_gold_paragraph(shared_datasets: Path,
     assert cited / len(qa) >= 0.8
 
 
+@pytest.mark.fast
 def test_refuses_when_nothing_matches(make_hit) -> None:  # type: ignore[no-untyped-def]
     gen = ExtractiveGenerator()
     ctx = ContextAssembler(gen.count_tokens).assemble(

@@ -1,7 +1,8 @@
 """The two LLM backends with real models: llama.cpp in process, and an OpenAI-compatible server.
 
-The server is llama-cpp-python's own (``python -m llama_cpp.server``) serving the shipped
-Gemma 3 270M GGUF on a free loopback port.
+In process: the default reader (Qwen2.5-Coder-1.5B-Instruct, assembled from its PyPI parts)
+and the small Gemma 3 270M base model. The server is llama-cpp-python's own
+(``python -m llama_cpp.server``) serving Gemma 3 270M on a free loopback port.
 """
 
 from __future__ import annotations
@@ -34,9 +35,37 @@ def eiffel(make_hit):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def llama() -> LlamaCppGenerator:
-    gen = LlamaCppGenerator(n_ctx=2048, max_tokens=24)
+    gen = LlamaCppGenerator("builtin:gemma-3-270m", n_ctx=2048, max_tokens=24)
     gen.warm_up()
     return gen
+
+
+@pytest.fixture(scope="module")
+def reader() -> LlamaCppGenerator:
+    gen = LlamaCppGenerator(n_ctx=2048, max_tokens=32)
+    gen.warm_up()
+    return gen
+
+
+def test_default_reader_answers_briefly_and_cites(reader: LlamaCppGenerator, eiffel) -> None:  # type: ignore[no-untyped-def]
+    assert reader.prompt_style == "chat" and reader.system_role
+    answer = "".join(
+        reader.stream("How tall is the Eiffel Tower?", eiffel(reader.count_tokens), [])
+    )
+    assert "330" in answer and "[1]" in answer
+    assert len(answer.split()) <= 12, f"a short answer, not a paragraph: {answer!r}"
+
+
+def test_default_reader_says_it_does_not_know_when_the_source_is_silent(
+    reader: LlamaCppGenerator,
+    eiffel,  # type: ignore[no-untyped-def]
+) -> None:
+    from ragserve.generation.citations import is_refusal
+
+    answer = "".join(
+        reader.stream("Who was the Eiffel Tower's architect?", eiffel(reader.count_tokens), [])
+    )
+    assert is_refusal(answer), answer
 
 
 def test_llama_streams_tokens_from_the_real_model(llama: LlamaCppGenerator, eiffel) -> None:  # type: ignore[no-untyped-def]
@@ -58,12 +87,13 @@ def test_shipped_base_model_answers_from_a_completion_prompt_and_is_cited(
 
 
 def test_chat_prompts_stay_available_for_the_base_model(eiffel) -> None:  # type: ignore[no-untyped-def]
-    gen = LlamaCppGenerator(n_ctx=2048, max_tokens=8, prompt_style="chat")
+    gen = LlamaCppGenerator("builtin:gemma-3-270m", n_ctx=2048, max_tokens=8, prompt_style="chat")
     gen.warm_up()
     assert gen.prompt_style == "chat" and gen._llm.chat_format == "gemma"
     assert "".join(gen.stream("How tall is it?", eiffel(gen.count_tokens), [])).strip()
 
 
+@pytest.mark.fast
 def test_missing_gguf_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ModelNotFoundError, match="not found"):
         LlamaCppGenerator(str(tmp_path / "nope.gguf")).warm_up()
@@ -125,6 +155,7 @@ def test_openai_compatible_backend_streams_from_a_real_server(llama_server: str,
     assert len(pieces) > 1 and "".join(pieces).strip()
 
 
+@pytest.mark.fast
 def test_unreachable_server_is_llm_unavailable(eiffel) -> None:  # type: ignore[no-untyped-def]
     gen = OpenAICompatibleGenerator(f"http://127.0.0.1:{_free_port()}/v1", "m", timeout_s=2)
     with pytest.raises(LLMUnavailableError, match="Cannot reach"):

@@ -6,6 +6,8 @@ import pytest
 
 from ragserve.generation.support import SentenceSupport
 
+pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)
+
 SOURCES = [
     "The Normans were the people who gave their name to Normandy, a region in France. "
     "They descended from Norse raiders and settlers.",

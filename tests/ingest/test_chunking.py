@@ -110,6 +110,7 @@ def test_sentence_chunker_never_cuts_a_sentence(tokenizer) -> None:  # type: ign
         assert parts <= sentences, "a chunk holds a partial sentence"
 
 
+@pytest.mark.fast
 def test_sentence_splitter_handles_abbreviations() -> None:
     text = "See Fig. 2 for details, e.g. the curve. Dr. Smith agreed. It works!"
     spans = [text[a:b] for a, b in split_sentences(text)]

@@ -64,6 +64,7 @@ def test_html_drops_boilerplate_and_keeps_sections(sample: Path) -> None:
     assert seg.section == "Frequently Asked Questions > General questions"
 
 
+@pytest.mark.fast
 def test_html_scripts_and_styles_are_dropped(tmp_path: Path) -> None:
     page = tmp_path / "p.html"
     page.write_text(
@@ -77,6 +78,7 @@ def test_html_scripts_and_styles_are_dropped(tmp_path: Path) -> None:
     assert "Body text here." in doc.text
 
 
+@pytest.mark.fast
 def test_docx_headings(tmp_path: Path) -> None:
     import docx
 
@@ -130,6 +132,7 @@ def test_bad_files_raise_clear_errors(
     assert name in str(exc.value)
 
 
+@pytest.mark.fast
 def test_scanned_pdf_is_reported_not_ingested(tmp_path: Path) -> None:
     from pypdf import PdfWriter
 
@@ -142,6 +145,7 @@ def test_scanned_pdf_is_reported_not_ingested(tmp_path: Path) -> None:
         load_file(path)
 
 
+@pytest.mark.fast
 def test_encrypted_pdf(tmp_path: Path) -> None:
     from pypdf import PdfWriter
 
@@ -155,6 +159,7 @@ def test_encrypted_pdf(tmp_path: Path) -> None:
         load_file(path)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("encoding", ["latin-1", "utf-16", "utf-8-sig", "cp1252"])
 def test_text_encodings(tmp_path: Path, encoding: str) -> None:
     path = tmp_path / "notes.txt"
@@ -166,6 +171,7 @@ def test_text_encodings(tmp_path: Path, encoding: str) -> None:
     assert "brûlée" in load_file(path)[0].text
 
 
+@pytest.mark.fast
 def test_size_limit(tmp_path: Path) -> None:
     path = tmp_path / "big.txt"
     path.write_bytes(b"word " * 300_000)

@@ -138,13 +138,15 @@ def test_kill_9_at_random_points_leaves_a_consistent_index(
     tmp_path: Path, shared_datasets: Path, embedder
 ) -> None:  # type: ignore[no-untyped-def]
     corpus = tmp_path / "corpus"
-    docs = _scifact(shared_datasets, 120)
+    docs = _scifact(shared_datasets, 200)
     _write_corpus(corpus, docs)
+    # Small batches make ~50 separate index writes, so every kill below lands between the
+    # first write and the last one (asserted), not before the run started or after it ended.
     env = {
         **os.environ,
         "RAGSERVE_DATA_DIR": str(tmp_path / "index"),
         "RAGSERVE_COLLECTION": "k",
-        "RAGSERVE_INGEST_BATCH_CHUNKS": "8",
+        "RAGSERVE_INGEST_BATCH_CHUNKS": "4",
         "RAGSERVE_NO_PROGRESS": "1",
     }
     cmd = [sys.executable, "-m", "ragserve.cli", "ingest", str(corpus)]
@@ -166,10 +168,13 @@ def test_kill_9_at_random_points_leaves_a_consistent_index(
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait()
+        assert proc.returncode == -signal.SIGKILL, f"trial {trial}: ended before the kill"
+        assert _manifest_version(db) > start_version, f"trial {trial}: killed before a write"
         index = LocalIndex.from_settings(settings)
         index.open(settings.embedding_model, embedder.dimension)
         try:
             assert index.check() == [], f"trial {trial}: inconsistent after kill -9"
+            assert index.info().documents < len(docs), f"trial {trial}: killed after the last write"
         finally:
             index.close()
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)
+
 SCRIPT = Path(__file__).resolve().parents[2] / "training" / "train_reranker.py"
 
 

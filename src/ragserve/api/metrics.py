@@ -38,12 +38,6 @@ class Metrics:
         self.index_chunks = Gauge(
             "ragserve_index_chunks", "Indexed chunks.", registry=self.registry
         )
-        self.cache = Counter(
-            "ragserve_cache_requests_total",
-            "Cache look-ups.",
-            ["cache", "result"],
-            registry=self.registry,
-        )
         self.llm_tokens = Counter(
             "ragserve_llm_tokens_total", "Generated text pieces (tokens).", registry=self.registry
         )

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ragserve.types import Answer
+from ragserve.types import Answer, DocumentRecord
 
 __all__ = [
     "ChatCompletionRequest",
@@ -18,6 +18,7 @@ __all__ = [
     "CitationOut",
     "DocumentOut",
     "ErrorBody",
+    "ReadyOut",
     "SourceOut",
     "completion_response",
 ]
@@ -110,6 +111,14 @@ class ErrorBody(BaseModel):
     hint: str | None = None
 
 
+class ReadyOut(BaseModel):
+    status: Literal["ready"]
+    collection: str
+    documents: int
+    chunks: int
+    generator: str
+
+
 class DocumentOut(BaseModel):
     id: str
     source: str
@@ -117,6 +126,17 @@ class DocumentOut(BaseModel):
     title: str | None = None
     content_hash: str
     ingested_at: float
+
+    @classmethod
+    def from_record(cls, record: DocumentRecord) -> DocumentOut:
+        return cls(
+            id=record.doc_id,
+            source=record.source,
+            chunks=record.chunks,
+            title=record.title,
+            content_hash=record.content_hash,
+            ingested_at=record.ingested_at,
+        )
 
 
 class ChatCompletionRequest(BaseModel):

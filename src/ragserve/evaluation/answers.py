@@ -1,11 +1,15 @@
-"""Answer-level evaluation on SQuAD-dev: retrieval over all 2,067 paragraphs, then generation.
+"""Answer-level evaluation: retrieval over a QA file's whole corpus, then the reader.
 
-Reports answer containment (a normalised gold answer appears in the answer), token F1 (the
-official SQuAD normalisation), citation accuracy (a cited source is the gold paragraph), the
-refusal rate when the gold paragraph is removed from the index, and time to first token.
-Questions come from the articles not used to train the re-ranker
-(``data/squad_article_split.json``), a fixed seeded sample written to
-``data/squad_eval_sample.json``.
+Any QA file of the SQuAD-derived shape works: ``qa.jsonl`` rows ``{"id", "question",
+"answers": [str], "context_id"}`` with a BEIR ``corpus.jsonl`` beside it whose ``_id`` is the
+``context_id``. Reports answer containment (a normalised gold answer appears in the answer),
+token F1 (the official SQuAD normalisation), citation accuracy (a cited source is the gold
+paragraph), the refusal rate with the gold paragraph in the index and with it removed, and
+time to first token and to the whole answer.
+
+For SQuAD-dev only, questions come from the articles not used to train the re-ranker and the
+answerability judge (``data/squad_article_split.json``), as a fixed seeded sample kept in
+``data/squad_eval_sample.json`` so every run scores the same questions.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def squad_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _load_questions(qa_file: Path, n: int, seed: int) -> list[dict[str, Any]]:
+def _read_qa(qa_file: Path) -> list[dict[str, Any]]:
     if not qa_file.is_file():
         raise DatasetError(
             f"QA file not found: {qa_file}", hint="Point --qa at squad-v1.1-dev/qa.jsonl."
@@ -56,15 +60,36 @@ def _load_questions(qa_file: Path, n: int, seed: int) -> list[dict[str, Any]]:
     rows = []
     with qa_file.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{qa_file}:{lineno}: not JSON ({exc.msg}).") from exc
-    if SPLIT_FILE.exists():
+            missing = {"id", "question", "answers", "context_id"} - set(row)
+            if missing:
+                raise DatasetError(
+                    f"{qa_file}:{lineno}: missing {', '.join(sorted(missing))}.",
+                    hint='Each line needs "id", "question", "answers" (list) and "context_id".',
+                )
+            rows.append(row)
+    if not rows:
+        raise DatasetError(f"{qa_file} holds no questions.")
+    return rows
+
+
+def _is_squad(qa_file: Path) -> bool:
+    return qa_file.parent.name.lower().startswith("squad")
+
+
+def _load_questions(qa_file: Path, n: int, seed: int) -> list[dict[str, Any]]:
+    rows = _read_qa(qa_file)
+    squad = _is_squad(qa_file)
+    if squad and SPLIT_FILE.exists():
         held_out = set(json.loads(SPLIT_FILE.read_text())["eval_articles"])
-        rows = [r for r in rows if r["title"] in held_out]
+        rows = [r for r in rows if r.get("title") in held_out]
     by_id = {r["id"]: r for r in rows}
-    if SAMPLE_FILE.exists():
+    if squad and SAMPLE_FILE.exists():
         sample = json.loads(SAMPLE_FILE.read_text())
         if (
             sample.get("n") == n
@@ -75,19 +100,20 @@ def _load_questions(qa_file: Path, n: int, seed: int) -> list[dict[str, Any]]:
     ids = sorted(by_id)
     random.Random(seed).shuffle(ids)
     chosen = sorted(ids[:n])
-    SAMPLE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    SAMPLE_FILE.write_text(
-        json.dumps(
-            {
-                "seed": seed,
-                "n": n,
-                "source": "eval_articles of squad_article_split.json",
-                "ids": chosen,
-            },
-            indent=1,
+    if squad:
+        SAMPLE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        SAMPLE_FILE.write_text(
+            json.dumps(
+                {
+                    "seed": seed,
+                    "n": n,
+                    "source": "eval_articles of squad_article_split.json",
+                    "ids": chosen,
+                },
+                indent=1,
+            )
+            + "\n"
         )
-        + "\n"
-    )
     return [by_id[i] for i in chosen]
 
 
@@ -99,48 +125,77 @@ def evaluate_answers(
     seed: int = 7,
     limit: int | None = None,
     progress: bool = True,
+    report: Path | None = None,
 ) -> dict[str, Any]:
-    from ragserve.ingest.loaders import iter_beir_corpus
-    from ragserve.ingest.pipeline import Ingestor
+    """Score the configured reader on ``n`` seeded questions (the first ``limit`` of them)."""
     from ragserve.pipeline import RagPipeline
-    from ragserve.stores.base import IndexWrite
 
     corpus = qa_file.parent / "corpus.jsonl"
     if not corpus.is_file():
         raise DatasetError(f"Missing {corpus}", hint="The QA file's folder must hold corpus.jsonl.")
     questions = _load_questions(qa_file, n, seed)[: limit or None]
-    main = RagPipeline(settings.model_copy(update={"collection": "eval-squad"}))
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", qa_file.parent.name)[:40]
+    main = RagPipeline(settings.model_copy(update={"collection": f"eval-{name}"}))
     main.warm_up()
-    Ingestor(main.settings, main.index, main.embedder).ingest_documents(
-        iter_beir_corpus(corpus), total=2067, progress=progress
-    )
+    _index_corpus(main, corpus, progress)
     present = _run(main, questions, progress, "answers")
-
-    gold = {q["context_id"] for q in questions}
     absent = RagPipeline(
-        settings.model_copy(update={"collection": "eval-squad-absent"}), embedder=main.embedder
+        settings.model_copy(update={"collection": f"eval-{name}-absent"}),
+        embedder=main.embedder,
+        reranker=main.reranker,
+        judge=main.judge,
+        generator=main.generator,
     )
-    absent.warm_up(generation=False)
-    absent.reranker, absent.generator, absent.assembler = (
-        main.reranker,
-        main.generator,
-        main.assembler,
-    )
-    _copy_without(main, absent, gold, IndexWrite)
+    absent.warm_up()
+    _copy_without(main, absent, {q["context_id"] for q in questions})
     missing = _run(absent, questions, progress, "answers (gold removed)")
     main.close()
     absent.close()
+    result = _summary(present, missing, settings)
+    if report is not None:
+        _write_report(report, present, missing, result)
+    return result
+
+
+def _index_corpus(pipeline: Any, corpus: Path, progress: bool) -> None:
+    from ragserve.ingest.loaders import iter_beir_corpus
+    from ragserve.ingest.pipeline import Ingestor
+
+    with corpus.open("rb") as fh:
+        total = sum(1 for line in fh if line.strip())
+    Ingestor(pipeline.settings, pipeline.index, pipeline.embedder).ingest_documents(
+        iter_beir_corpus(corpus), total=total, progress=progress
+    )
+
+
+def _mean(rows: Sequence[dict[str, Any]], key: str) -> float:
+    return round(float(np.mean([r[key] for r in rows])), 4) if rows else 0.0
+
+
+def _p50(rows: Sequence[dict[str, Any]], key: str) -> float:
+    return round(float(np.percentile([r[key] for r in rows], 50)), 1) if rows else 0.0
+
+
+def _summary(
+    present: list[dict[str, Any]], missing: list[dict[str, Any]], settings: Settings
+) -> dict[str, Any]:
+    answered = [r for r in present if not r["refused"]]
     return {
-        "containment": round(float(np.mean([r["contained"] for r in present])), 4),
-        "f1": round(float(np.mean([r["f1"] for r in present])), 4),
-        "citation_accuracy": round(float(np.mean([r["cited_gold"] for r in present])), 4),
-        "retrieval_recall@k": round(float(np.mean([r["retrieved_gold"] for r in present])), 4),
-        "refusal_rate_when_present": round(float(np.mean([r["refused"] for r in present])), 4),
-        "refusal_when_absent": round(float(np.mean([r["refused"] for r in missing])), 4),
-        "ttft_p50_ms": round(float(np.percentile([r["ttft"] for r in present], 50)), 1),
-        "total_p50_ms": round(float(np.percentile([r["total"] for r in present], 50)), 1),
-        "questions": len(questions),
+        "containment": _mean(present, "contained"),
+        "f1": _mean(present, "f1"),
+        "citation_accuracy": _mean(present, "cited_gold"),
+        "citation_accuracy_answered": _mean(answered, "cited_gold"),
+        "refusal_when_absent": _mean(missing, "refused"),
+        "refusal_when_present": _mean(present, "refused"),
+        "retrieval_recall@k": _mean(present, "retrieved_gold"),
+        "gold_first": _mean(present, "gold_first"),
+        "ttft_p50_ms": _p50(present, "ttft"),
+        "total_p50_ms": _p50(present, "total"),
+        "total_p95_ms": round(float(np.percentile([r["total"] for r in present], 95)), 1),
+        "prompt_tokens_p50": _p50(present, "context_tokens"),
+        "questions": len(present),
         "generator": settings.generator,
+        "model": settings.llm_model_path if settings.generator == "llama" else None,
     }
 
 
@@ -152,7 +207,8 @@ def _run(
     out = []
     for q in tqdm(questions, desc=label, disable=not progress, dynamic_ncols=True):
         answer = pipeline.answer(q["question"])
-        text = answer.text
+        # Citation markers are not part of the answer a person reads for its content.
+        text = re.sub(r"\s*\[\d+\]", "", answer.text).strip()
         cited = {
             answer.sources[c.number - 1].chunk.doc_id
             for c in answer.citations
@@ -165,6 +221,9 @@ def _run(
                 "f1": 0.0 if answer.refused else max(squad_f1(text, g) for g in q["answers"]),
                 "cited_gold": q["context_id"] in cited,
                 "retrieved_gold": any(h.chunk.doc_id == q["context_id"] for h in answer.sources),
+                "gold_first": bool(answer.sources)
+                and answer.sources[0].chunk.doc_id == q["context_id"],
+                "context_tokens": answer.timings.get("context_tokens", 0.0),
                 "refused": answer.refused,
                 "ttft": answer.timings.get("ttft", answer.timings.get("total", 0.0)),
                 "total": answer.timings.get("total", 0.0),
@@ -173,12 +232,13 @@ def _run(
     return out
 
 
-def _copy_without(src: Any, dst: Any, exclude: set[str], index_write: Any) -> None:
+def _copy_without(src: Any, dst: Any, exclude: set[str]) -> None:
     """Make ``dst`` hold ``src``'s documents minus the excluded ones (no embedding).
 
     Compared by document id, not by count, so an index left by a different question sample is
     corrected rather than reused: a gold paragraph left in would count as a wrong refusal.
     """
+    from ragserve.stores.base import IndexWrite as index_write
     from ragserve.types import DocumentRecord
 
     records = {r.doc_id: r for r in src.index.documents()}
@@ -210,3 +270,41 @@ def _copy_without(src: Any, dst: Any, exclude: set[str], index_write: Any) -> No
             dst.index.write(writes)
             writes = []
     dst.index.write(writes)
+
+
+def _write_report(
+    out: Path, present: list[dict[str, Any]], missing: list[dict[str, Any]], result: dict[str, Any]
+) -> None:
+    """A bar per quality figure with its target, and the answer-time distribution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "answers.json").write_text(json.dumps(result, indent=2) + "\n")
+    targets = {
+        "containment": 0.80,
+        "f1": 0.45,
+        "citation_accuracy": 0.90,
+        "refusal_when_absent": 0.85,
+        "refusal_when_present": 0.05,
+    }
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(targets)
+    ax.barh(names, [result[k] for k in names], color="#2563eb")
+    ax.scatter([targets[k] for k in names], names, marker="|", s=400, color="black", label="target")
+    for i, k in enumerate(names):
+        ax.text(min(result[k] + 0.02, 0.9), i, f"{result[k]:.2f}", va="center")
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    ax.set_title(f"{result['questions']} questions, {result['generator']}")
+    bx.hist([r["ttft"] / 1000 for r in present], bins=30, alpha=0.7, label="first token")
+    bx.hist([r["total"] / 1000 for r in present], bins=30, alpha=0.7, label="whole answer")
+    bx.set_xlabel("seconds")
+    bx.set_ylabel("questions")
+    bx.legend()
+    fig.tight_layout()
+    fig.savefig(out / "answers.png", dpi=120)
+    plt.close(fig)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from ragserve.cli_support import configure_cli_logging, friendly_errors
+from ragserve.config import Settings, load_settings
 
 __all__ = ["app"]
 
@@ -14,6 +17,7 @@ app = typer.Typer(help="Measure retrieval and answer quality.", no_args_is_help=
 
 
 @app.command()
+@friendly_errors
 def retrieval(
     dataset: Annotated[
         Path, typer.Option(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/.")
@@ -37,75 +41,86 @@ def retrieval(
     """nDCG@10, Recall@10/100, MRR@10 and latency on a BEIR dataset, with an ablation."""
     from rich.console import Console
 
-    from ragserve.cli import _friendly_errors, _logging, _settings
     from ragserve.evaluation.beir import load_beir
     from ragserve.evaluation.report import ablation_table, write_report
     from ragserve.evaluation.retrieval import evaluate_retrieval
 
-    @_friendly_errors
-    def run() -> None:
-        _logging(False)
-        data = load_beir(dataset, split)
-        settings = _settings(collection=collection or f"eval-{data.name}"[:63])
-        chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
-        results = evaluate_retrieval(
-            settings, data, stages=chosen, limit=limit, progress=not as_json
-        )
-        # The configured pipeline: re-ranking and expansion only when the settings turn them on.
-        configured = (
-            "hybrid"
-            + ("+expansion" if settings.query_expansion else "")
-            + ("+rerank" if settings.rerank else "")
-        )
-        feedback = settings.dense_feedback_docs > 0 and settings.dense_feedback_weight > 0
-        if configured == "hybrid" and configured not in results and not feedback:
-            # Without feedback the pipeline's retrieval is its fusion alone, run under that name.
-            configured = f"hybrid-{settings.fusion}"
-        full = configured if configured in results else chosen[-1]
-        head = results[full].summary()
-        body = {k: head[k] for k in ("ndcg@10", "recall@10", "recall@100", "mrr@10")}
-        body |= {
-            "p50_ms": head.get("p50_ms"),
-            "p95_ms": head.get("p95_ms"),
-            "queries": len(results[full].per_query_ndcg),
-            "pipeline": full,
-            "dataset": data.name,
-            "split": split,
-            "stage_ms": head["stage_ms"],
-            "ablation": {s: r.summary() for s, r in results.items()},
-        }
+    configure_cli_logging(False)
+    load_settings()  # invalid settings stop the run before the dataset is read
+    data = load_beir(dataset, split)
+    settings = load_settings(collection=collection or f"eval-{data.name}"[:63])
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    results = evaluate_retrieval(settings, data, stages=chosen, limit=limit, progress=not as_json)
+    full = _configured_stage(settings, results, chosen)
+    head = results[full].summary()
+    body = {k: head[k] for k in ("ndcg@10", "recall@10", "recall@100", "mrr@10")}
+    body |= {
+        "p50_ms": head.get("p50_ms"),
+        "p95_ms": head.get("p95_ms"),
+        "queries": len(results[full].per_query_ndcg),
+        "pipeline": full,
+        "dataset": data.name,
+        "split": split,
+        "stage_ms": head["stage_ms"],
+        "ablation": {s: r.summary() for s, r in results.items()},
+    }
+    if report is not None:
+        write_report(results, report, f"{data.name} ({split})")
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+    else:
+        Console().print(ablation_table(results, f"{data.name} {split}: {body['queries']} queries"))
         if report is not None:
-            write_report(results, report, f"{data.name} ({split})")
-        if as_json:
-            typer.echo(json.dumps(body, indent=2))
-        else:
-            Console().print(
-                ablation_table(results, f"{data.name} {split}: {body['queries']} queries")
-            )
-            if report is not None:
-                typer.echo(f"report: {report / 'report.md'}")
+            typer.echo(f"report: {report / 'report.md'}")
 
-    run()
+
+def _configured_stage(settings: Settings, results: dict[str, Any], chosen: tuple[str, ...]) -> str:
+    """The stage that is the configured pipeline: re-ranking and expansion only when the
+    settings turn them on; the last stage run when that one was not."""
+    configured = (
+        "hybrid"
+        + ("+expansion" if settings.query_expansion else "")
+        + ("+rerank" if settings.rerank else "")
+    )
+    feedback = settings.dense_feedback_docs > 0 and settings.dense_feedback_weight > 0
+    if configured == "hybrid" and configured not in results and not feedback:
+        # Without feedback the pipeline's retrieval is its fusion alone, run under that name.
+        configured = f"hybrid-{settings.fusion}"
+    return configured if configured in results else chosen[-1]
 
 
 @app.command()
+@friendly_errors
 def answers(
     qa: Annotated[Path, typer.Option(help="SQuAD-style qa.jsonl (corpus.jsonl beside it).")],
-    generator: Annotated[str | None, typer.Option(help="extractive | llama | openai")] = None,
+    generator: Annotated[
+        str | None,
+        typer.Option(
+            help="Reader variant: llama (local GGUF, default) | extractive | openai; "
+            "--model picks the GGUF."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="GGUF for --generator llama (builtin:... or a path).")
+    ] = None,
     n: Annotated[int, typer.Option(help="Questions in the fixed seeded sample.")] = 300,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N of the sample.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N of the sample (slow backends).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    report: Annotated[
+        Path | None, typer.Option(help="Write answers.json and answers.png here.")
+    ] = None,
 ) -> None:
-    """Containment, token F1, citation accuracy, refusal when the answer is absent, TTFT."""
-    from ragserve.cli import _friendly_errors, _logging, _settings
+    """Containment, token F1, citation accuracy, refusal with the answer absent and present,
+    time to first token and to the whole answer."""
     from ragserve.evaluation.answers import evaluate_answers
 
-    @_friendly_errors
-    def run() -> None:
-        _logging(False)
-        result = evaluate_answers(
-            _settings(generator=generator), qa, n=n, limit=limit, progress=not as_json
-        )
-        typer.echo(json.dumps(result, indent=2 if as_json else None))
-
-    run()
+    configure_cli_logging(False)
+    overrides: dict[str, object] = {"generator": generator}
+    if model:
+        overrides["llm_model_path"] = model
+    result = evaluate_answers(
+        load_settings(**overrides), qa, n=n, limit=limit, progress=not as_json, report=report
+    )
+    typer.echo(json.dumps(result, indent=2 if as_json else None))

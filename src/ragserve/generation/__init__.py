@@ -32,9 +32,11 @@ def build_generator(settings: Settings) -> Generator:
             n_ctx=min(settings.llm_context_window, 8192),
             n_threads=settings.llm_threads,
             temperature=settings.llm_temperature,
-            max_tokens=settings.budget_response // 4,
+            max_tokens=settings.llm_max_tokens,
             prompt_style=settings.llm_prompt_style,
             completion_sources=settings.llm_completion_sources,
+            timeout_s=settings.llm_timeout_s,
+            max_waiting=settings.llm_max_waiting,
         )
     if settings.generator == "openai":
         return OpenAICompatibleGenerator(

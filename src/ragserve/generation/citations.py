@@ -8,7 +8,7 @@ from ragserve.context import AssembledContext
 from ragserve.ingest.chunking import split_sentences
 from ragserve.types import Citation
 
-__all__ = ["REFUSAL_TEXT", "attribute", "is_refusal", "validate_citations"]
+__all__ = ["REFUSAL_TEXT", "attribute", "ground", "is_refusal", "validate_citations"]
 
 REFUSAL_TEXT = "I couldn't find that in the documents."
 
@@ -103,3 +103,32 @@ def attribute(
         if share > best_share:
             best, best_share = number, share
     return best if best_share >= min_share else None
+
+
+def ground(
+    answer: str, texts: list[str], cited: list[int], *, question: str = "", min_share: float = 0.6
+) -> list[int] | None:
+    """Check that an answer's own words come from the sources; return the sources to cite.
+
+    A small model asked for "the shortest answer" sometimes states a fact no source holds
+    (a date, a name) and cites a source anyway. The answer's words that the question did not
+    already contain must mostly occur in one source: the one it cited if that holds them,
+    else the one that does (citation corrected). ``None`` means no source supports it, and
+    the caller refuses rather than show an unsupported claim.
+    """
+    asked = {w.lower() for w in _WORD.findall(question)}
+    words = [w.lower() for w in _WORD.findall(re.sub(r"\[\d+\]", "", answer))]
+    words = [w for w in words if w not in asked]
+    if not words:
+        return cited or None
+    shares = []
+    for text in texts:
+        vocab = {w.lower() for w in _WORD.findall(text)}
+        shares.append(sum(w in vocab for w in words) / len(words))
+    supported = [n for n in cited if 0 < n <= len(shares) and shares[n - 1] >= min_share]
+    if supported:
+        return supported
+    best = max(range(len(shares)), key=lambda i: shares[i], default=None)
+    if best is None or shares[best] < min_share:
+        return None
+    return [best + 1]

@@ -1,23 +1,105 @@
-"""Local generation with a GGUF model through llama-cpp-python (default: Gemma 3 270M)."""
+"""Local generation with a GGUF model through llama-cpp-python.
+
+The default reader is Qwen2.5-Coder-1.5B-Instruct (Q4_K_M), assembled from its PyPI part
+packages (``ragserve.models``). One llama.cpp context serves one generation at a time, so
+requests queue for it; the queue is bounded and a full queue is refused at once (503 with
+Retry-After) rather than piling up work no client will wait for.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
 from ragserve.context import AssembledContext
-from ragserve.errors import GenerationError, ModelNotFoundError
+from ragserve.errors import (
+    GenerationBusyError,
+    GenerationError,
+    GenerationTimeoutError,
+    ModelNotFoundError,
+)
 from ragserve.generation.citations import attribute
-from ragserve.generation.prompts import COMPLETION_STOP, build_completion_prompt, build_messages
+from ragserve.generation.prompts import (
+    COMPLETION_STOP,
+    SYSTEM_PROMPT,
+    build_completion_prompt,
+    build_messages,
+)
 from ragserve.models import resolve_gguf_model
 from ragserve.types import Message
 
-__all__ = ["LlamaCppGenerator"]
+__all__ = ["GenerationSlots", "LlamaCppGenerator", "physical_cores"]
 
 log = logging.getLogger("ragserve.generation")
+
+_END = object()
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process: llama.cpp slows down on hyper-threads."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            cores = {
+                (block.get("physical id"), block.get("core id"))
+                for block in _cpuinfo_blocks(fh.read())
+            }
+        cores.discard((None, None))
+        allowed = len(os.sched_getaffinity(0))
+        return max(1, min(len(cores) or allowed, allowed))
+    except OSError:
+        return max(1, (os.cpu_count() or 2) // 2)
+
+
+def _cpuinfo_blocks(text: str) -> Iterator[dict[str, str]]:
+    for block in text.split("\n\n"):
+        fields = dict(
+            (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in block.splitlines())
+        )
+        if fields:
+            yield fields
+
+
+class GenerationSlots:
+    """One generation at a time, a bounded number waiting; the rest are refused at once."""
+
+    def __init__(self, max_waiting: int) -> None:
+        self.max_waiting = max_waiting
+        self._lock = threading.Lock()
+        self._state = threading.Lock()
+        self._waiting = 0
+
+    def check(self) -> None:
+        """Refuse now if a new question could not even queue (before a stream starts)."""
+        with self._state:
+            self._refuse_if_full()
+
+    def _refuse_if_full(self) -> None:
+        if self._lock.locked() and self._waiting >= self.max_waiting:
+            raise GenerationBusyError(
+                f"The local model is busy ({self._waiting} questions already waiting).",
+                hint="Retry in a few seconds.",
+            )
+
+    @contextmanager
+    def acquire(self) -> Iterator[None]:
+        with self._state:
+            self._refuse_if_full()
+            self._waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._state:
+                self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
 
 
 class LlamaCppGenerator:
@@ -25,15 +107,17 @@ class LlamaCppGenerator:
 
     def __init__(
         self,
-        model_path: str = "builtin:gemma-3-270m",
+        model_path: str = "builtin:qwen2.5-coder-1.5b-instruct",
         *,
-        n_ctx: int = 8192,
+        n_ctx: int = 4096,
         n_threads: int | None = None,
         temperature: float = 0.0,
         max_tokens: int = 256,
         chat_format: str | None = None,
         prompt_style: Literal["auto", "chat", "completion"] = "auto",
         completion_sources: int = 1,
+        timeout_s: float = 60.0,
+        max_waiting: int = 4,
     ) -> None:
         self.model_path = model_path
         self.context_window = n_ctx
@@ -43,42 +127,65 @@ class LlamaCppGenerator:
         self.chat_format = chat_format
         self.prompt_style = prompt_style
         self.completion_sources = completion_sources
+        self.timeout_s = timeout_s
+        self.slots = GenerationSlots(max_waiting)
+        self.system_role = True
         self._llm: Any = None
-        # llama.cpp contexts are not re-entrant: one generation at a time per loaded model.
-        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
 
     def warm_up(self) -> None:
-        if self._llm is not None:
-            return
+        with self._load_lock:
+            if self._llm is None:
+                self._load()
+
+    def _load(self) -> None:
         path = resolve_gguf_model(self.model_path)
         from llama_cpp import Llama
 
+        threads = self.n_threads or physical_cores()
         try:
             llm = Llama(
                 model_path=str(path),
                 n_ctx=self.context_window,
-                n_threads=self.n_threads,
+                n_threads=threads,
+                n_threads_batch=threads,
                 chat_format=self.chat_format,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelNotFoundError(
                 f"Could not load the GGUF model {path}: {exc}",
-                hint="Check that the file is a valid GGUF model.",
+                hint="Check that the file is a complete GGUF model (reinstall its packages).",
             ) from exc
-        has_template = bool(llm.metadata.get("tokenizer.chat_template"))
+        template = str(llm.metadata.get("tokenizer.chat_template") or "")
         if self.prompt_style == "auto":
-            # A GGUF without a chat template is a base model (the shipped Gemma 3 270M is):
-            # given a chat prompt it echoes it back, so it gets a document to continue instead.
-            self.prompt_style = "chat" if has_template or self.chat_format else "completion"
-        if self.prompt_style == "chat" and not has_template and self.chat_format is None:
+            # A GGUF without a chat template is a base model (Gemma 3 270M is): given a chat
+            # prompt it echoes it back, so it gets a document to continue instead.
+            self.prompt_style = "chat" if template or self.chat_format else "completion"
+        if self.prompt_style == "chat" and not template and self.chat_format is None:
             llm.chat_format = "gemma" if "gemma" in path.name.lower() else "chatml"
             llm.chat_handler = None
+        # Gemma's template has no system turn; the rules then open the user turn instead.
+        self.system_role = "system" in template and "gemma" not in path.name.lower()
         self._llm = llm
         self.context_window = min(self.context_window, int(llm.n_ctx()))
         log.info(
-            "loaded %s (n_ctx %d, %s prompts)", path.name, self.context_window, self.prompt_style
+            "loaded %s (n_ctx %d, %d threads, %s prompts)",
+            path.name,
+            self.context_window,
+            threads,
+            self.prompt_style,
         )
+        if self.prompt_style == "chat" and self.system_role:
+            self._prime_system_prefix()
+
+    def _prime_system_prefix(self) -> None:
+        # llama.cpp keeps the KV cache of the last prompt and reuses its longest common prefix:
+        # evaluating the fixed system turn once at start means no question pays for it again.
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "."}]
+        started = time.perf_counter()
+        self._llm.create_chat_completion(messages=messages, max_tokens=1, temperature=0.0)
+        log.info("system prompt cached in %.0f ms", (time.perf_counter() - started) * 1000)
 
     def count_tokens(self, text: str) -> int:
         if self._llm is None:
@@ -93,8 +200,9 @@ class LlamaCppGenerator:
         if self.prompt_style == "completion":
             yield from self._complete(query, context)
             return
-        messages = build_messages(query, context, history, system_role=False)
-        with self._lock, _as_generation_error():
+        messages = build_messages(query, context, history, system_role=self.system_role)
+
+        def run() -> Iterator[str]:
             for part in self._llm.create_chat_completion(
                 messages=messages,
                 stream=True,
@@ -105,10 +213,53 @@ class LlamaCppGenerator:
                 if delta:
                     yield delta
 
+        yield from self._produce(run)
+
+    def _produce(self, run: Any) -> Iterator[str]:
+        """Generate in a worker thread that owns the model; hand pieces over a queue.
+
+        The model is held only while it computes: a slow client reading the stream does not
+        keep other questions waiting, and an abandoned stream stops the generation.
+        """
+        pieces: queue.Queue[Any] = queue.Queue()
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                with self.slots.acquire(), _as_generation_error():
+                    for piece in run():
+                        if stop.is_set():
+                            break
+                        pieces.put(piece)
+            except BaseException as exc:  # handed to the consumer, raised there
+                pieces.put(exc)
+            finally:
+                pieces.put(_END)
+
+        worker = threading.Thread(target=work, name="llama-generate", daemon=True)
+        worker.start()
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while True:
+                try:
+                    item = pieces.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise GenerationTimeoutError(
+                        f"The local model did not finish within {self.timeout_s:.0f} s.",
+                        hint="Retry, or raise RAGSERVE_LLM_TIMEOUT_S.",
+                    ) from None
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
     def _complete(self, query: str, context: AssembledContext) -> Iterator[str]:
         prompt = build_completion_prompt(query, context, self.completion_sources)
-        answer: list[str] = []
-        with self._lock, _as_generation_error():
+
+        def run() -> Iterator[str]:
             stream = self._llm.create_completion(
                 prompt,
                 stream=True,
@@ -118,20 +269,26 @@ class LlamaCppGenerator:
                 max_tokens=min(self.max_tokens, 48),
                 stop=COMPLETION_STOP,
             )
+            started = False
             for part in stream:
                 piece = part["choices"][0].get("text") or ""
-                if not answer:
+                if not started:
                     piece = piece.lstrip()  # the model often opens with a line break
                 # The answer is the first line; a stop sequence of "\n" would also end it
                 # when the model opens with a line break, before it has said anything.
                 head, newline, _ = piece.partition("\n")
                 head = head.rstrip("\r") if newline else head
                 if head:
-                    answer.append(head)
+                    started = True
                     yield head
-                if newline and answer:
+                if newline and started:
                     stream.close()
-                    break
+                    return
+
+        answer: list[str] = []
+        for piece in self._produce(run):
+            answer.append(piece)
+            yield piece
         text = "".join(answer)
         if text and "[" not in text:
             number = attribute(text, context.texts[: self.completion_sources], question=query)

@@ -4,9 +4,10 @@ Type is detected from the content first (PDF magic, a DOCX zip, HTML markup, bin
 the extension second, so a PDF named ``.txt`` is read as a PDF and a binary named ``.txt`` is
 refused instead of indexing noise. Each format keeps what a citation needs:
 
-* PDF: one segment per page (1-based ``page``), via pypdf; its plain extraction follows the
-  content stream, which reads LaTeX two-column pages column by column. Hyphenated line breaks
-  are re-joined. A PDF with no text layer is refused ("no extractable text; OCR is not enabled").
+* PDF: one segment per page (1-based ``page``), via PDFium (:mod:`ragserve.ingest.pdf_text`:
+  word and paragraph breaks from glyph positions, hyphenated line breaks re-joined, ligatures
+  unfolded); it reads LaTeX two-column pages column by column. A PDF with no text layer is refused
+  ("no extractable text; OCR is not enabled").
 * Markdown: the raw text is kept (offsets stay exact); headings, found by markdown-it-py,
   give each segment its heading path ("Clients > Timeouts").
 * HTML: navigation, header, footer, aside, script and style are dropped (selectolax); headings
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ragserve.errors import IngestError, UnsupportedFileTypeError
+from ragserve.ingest.pdf_text import read_pdf
 from ragserve.types import Document, Segment
 
 __all__ = ["SUPPORTED_SUFFIXES", "detect_type", "iter_beir_corpus", "load_file"]
@@ -165,49 +167,11 @@ def iter_beir_corpus(path: Path) -> Iterator[Document]:
 
 
 def _load_pdf(path: Path, doc_id: str) -> Document:
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
-
-    try:
-        reader = PdfReader(str(path))
-        if reader.is_encrypted:
-            try:
-                ok = reader.decrypt("")
-            except Exception:  # pypdf raises several types for unsupported crypto
-                ok = 0
-            if not ok:
-                raise IngestError(
-                    f"{path.name}: the PDF is encrypted with a password.",
-                    hint="Remove the password and ingest it again.",
-                )
-        pages_text: list[str] = []
-        for page in reader.pages:
-            pages_text.append(_clean_pdf_text(page.extract_text() or ""))
-        title = None
-        meta = reader.metadata
-        if meta is not None and meta.title and str(meta.title).strip():
-            title = str(meta.title).strip()
-    except IngestError:
-        raise
-    except (
-        PdfReadError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        OSError,
-        RecursionError,
-        IndexError,
-        AssertionError,
-    ) as exc:
-        raise IngestError(
-            f"{path.name}: corrupt or unreadable PDF ({type(exc).__name__}: {str(exc)[:120]}).",
-            hint="Re-export the PDF and try again.",
-        ) from exc
+    pdf = read_pdf(path)
     parts: list[str] = []
     segments: list[Segment] = []
     offset = 0
-    for number, text in enumerate(pages_text, 1):
+    for number, text in enumerate(pdf.pages, 1):
         if not text.strip():
             continue
         if parts:
@@ -225,17 +189,10 @@ def _load_pdf(path: Path, doc_id: str) -> Document:
         doc_id=doc_id,
         source=doc_id,
         text="".join(parts),
-        title=title,
+        title=pdf.title,
         segments=tuple(segments),
-        metadata={"pages": len(pages_text)},
+        metadata={"pages": len(pdf.pages)},
     )
-
-
-def _clean_pdf_text(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\x00", "")
-    text = re.sub(r"(\w)-\n(\w)", r"\1\2", text)  # re-join hyphenated line breaks
-    text = re.sub(r"[ \t]+\n", "\n", text)
-    return text.strip()
 
 
 def _load_markdown(text: str, doc_id: str) -> Document:

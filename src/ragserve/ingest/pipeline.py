@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -97,11 +97,12 @@ class Ingestor:
         index: DocumentIndex,
         embedder: SentenceTransformerEmbedder,
         *,
-        batch_chunks: int = 512,
+        batch_chunks: int | None = None,
     ) -> None:
         self.settings = settings
         self.index = index
         self.embedder = embedder
+        # None: the setting (RAGSERVE_INGEST_BATCH_CHUNKS); a default of 512 here hid it.
         self.batch_chunks = batch_chunks or settings.ingest_batch_chunks
         self._chunker: Any = None
 
@@ -471,6 +472,3 @@ def _progress(total: int | None, unit: str, enabled: bool) -> Any:
         dynamic_ncols=True,
         leave=True,
     )
-
-
-Progress = Callable[[int], None]

@@ -1,10 +1,10 @@
 """The index contract.
 
-DESIGN.md sketched a ``VectorStore`` protocol with BM25 beside it. In the code the unit that
-must stay consistent is bigger than a vector store: dense vectors, the sparse index and the
-manifest change together or not at all. So the protocol here is the whole index; the embedded
-backend composes Chroma + bm25s + a SQLite manifest, the PostgreSQL backend keeps all three in
-one transactional database.
+A ``VectorStore`` protocol with BM25 beside it was the first sketch (docs/DESIGN-NOTES.md, 1). In
+the code the unit that must stay consistent is bigger than a vector store: dense vectors, the sparse
+index and the manifest change together or not at all. So the protocol here is the whole index; the
+embedded backend composes Chroma + bm25s + a SQLite manifest, the PostgreSQL backend keeps all three
+in one transactional database.
 """
 
 from __future__ import annotations

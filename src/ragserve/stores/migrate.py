@@ -48,12 +48,13 @@ def register(app: typer.Typer) -> None:
         collection: Annotated[str | None, typer.Option(help="Collection to copy.")] = None,
     ) -> None:
         """Copy a collection between stores, vectors included (no re-embedding)."""
-        from ragserve.cli import _friendly_errors, _settings
+        from ragserve.cli_support import friendly_errors
+        from ragserve.config import load_settings
         from ragserve.stores import open_index
 
-        @_friendly_errors
+        @friendly_errors
         def run() -> None:
-            base: Settings = _settings(collection=collection)
+            base: Settings = load_settings(collection=collection)
             if source == target or {source, target} - {"chroma", "postgres"}:
                 raise typer.BadParameter(
                     "--from and --to must be 'chroma' and 'postgres', different."

@@ -25,8 +25,8 @@ OR-ed (an AND of every word of a long question matches nothing) and ranked BM25-
 lexeme's ``ts_rank`` (saturating term frequency, length-normalised) weighted by its IDF in the
 collection; candidates come from the selective lexemes (df <= 10%), WAND-style. On SciFact
 this scores nDCG@10 0.687 against bm25s' 0.686. The GIN index has ``fastupdate = off``: a
-pending list makes every lookup scan it and the planner then avoids the index. Fusion stays
-RRF in ragserve.
+pending list makes every lookup scan it and the planner then avoids the index. Dense and
+sparse results are fused in ragserve (``ragserve.retrieval``), as for the embedded store.
 
 One document = one transaction (old chunks out, new chunks + vectors in, manifest row,
 version bump), so a crash or a killed server never leaves half a document.

@@ -72,38 +72,162 @@
   try { history = JSON.parse(sessionStorage.getItem(STORE_KEY) || "[]"); } catch { history = []; }
   let controller = null;
 
-  // ---- safe Markdown: paragraphs, lists, code, **bold**, *italic*, `code`, [n] citations ----
-  function renderInline(parent, text) {
-    const re = /(\*\*[^*]+\*\*|`[^`]+`|\*[^*\s][^*]*\*|\[\d+\])/g;
-    let last = 0, m;
-    while ((m = re.exec(text))) {
-      if (m.index > last) parent.appendChild(document.createTextNode(text.slice(last, m.index)));
-      const tok = m[0];
-      if (tok.startsWith("**")) parent.appendChild(el("strong", { text: tok.slice(2, -2) }));
-      else if (tok.startsWith("`")) parent.appendChild(el("code", { text: tok.slice(1, -1) }));
-      else if (tok.startsWith("[")) parent.appendChild(el("sup", { class: "rs-cite", text: tok }));
-      else parent.appendChild(el("em", { text: tok.slice(1, -1) }));
-      last = m.index + tok.length;
-    }
-    if (last < text.length) parent.appendChild(document.createTextNode(text.slice(last)));
+  // ---- safe Markdown ----
+  // A small renderer of our own rather than a library: the widget is one dependency-free file
+  // served as is (no npm, no build step), and the answers need only a handful of constructs.
+  // Model output and document text are untrusted, so it never touches innerHTML: it builds
+  // elements from a fixed set of tags and sets textContent, and the only attribute taken from
+  // the text is a link's href, kept only when it parses as an absolute http(s) URL.
+  const SAFE_PROTOCOLS = new Set(["http:", "https:"]);
+  function safeUrl(raw) {
+    try {
+      const url = new URL(raw.replace(/^<|>$/g, ""));
+      return SAFE_PROTOCOLS.has(url.protocol) ? url.href : null;
+    } catch { return null; }
   }
-  function renderMarkdown(target, md) {
-    target.replaceChildren();
-    const blocks = md.split(/```/);
-    blocks.forEach((block, i) => {
-      if (i % 2 === 1) { target.appendChild(el("pre", {}, el("code", { text: block.replace(/^\w*\n/, "") }))); return; }
-      for (const para of block.split(/\n{2,}/)) {
-        const lines = para.split("\n").filter((l) => l.trim());
-        if (!lines.length) continue;
-        if (lines.every((l) => /^\s*([-*]|\d+\.)\s+/.test(l))) {
-          const list = el(/^\s*\d+\./.test(lines[0]) ? "ol" : "ul");
-          for (const l of lines) { const li = el("li"); renderInline(li, l.replace(/^\s*([-*]|\d+\.)\s+/, "")); list.appendChild(li); }
-          target.appendChild(list);
-        } else {
-          const p = el("p"); renderInline(p, lines.join(" ")); target.appendChild(p);
-        }
+  // Nesting deeper than this is flattened to text, so a hostile answer ("> > > …", "*_*_*_…")
+  // cannot exhaust the stack.
+  const MAX_DEPTH = 8;
+  function link(href, label, ctx) {
+    const a = el("a", { href, target: "_blank", rel: "noopener noreferrer" });
+    renderInline(a, label, { inLink: true, depth: ctx.depth + 1 });
+    return a;
+  }
+
+  // Inline rules, tried in this order at each position; the earliest match wins.
+  const INLINE = [
+    { re: /\\([\\`*_[\]()#+\-.!<>~|])/y, make: (m) => document.createTextNode(m[1]) },
+    { re: /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/y, make: (m) => el("code", { text: m[2].trim() || m[2] }) },
+    {
+      re: /\[([^\]\n]+)\]\(\s*(<[^>\n]*>|(?:[^()\s]|\([^()\s]*\))+)(?:\s+"[^"\n]*")?\s*\)/y,
+      make: (m, ctx) => {
+        const href = safeUrl(m[2]);
+        return href && !ctx.inLink ? link(href, m[1], ctx) : inner("span", m[1], ctx);
+      },
+    },
+    { re: /\[(\d{1,3})\]/y, make: (m) => el("sup", { class: "rs-cite", "data-n": m[1], text: m[0] }) },
+    { re: /\*\*(?=\S)([\s\S]*?\S)\*\*/y, make: (m, ctx) => inner("strong", m[1], ctx) },
+    // Underscores only pair at word edges, so snake_case and "window.__name" stay as written.
+    { re: /(?<!\w)__(?=\S)([\s\S]*?\S)__(?!\w)/y, make: (m, ctx) => inner("strong", m[1], ctx) },
+    { re: /\*(?=[^\s*])([\s\S]*?[^\s*])\*/y, make: (m, ctx) => inner("em", m[1], ctx) },
+    { re: /(?<!\w)_(?=[^\s_])([\s\S]*?[^\s_])_(?!\w)/y, make: (m, ctx) => inner("em", m[1], ctx) },
+    { re: /~~(?=\S)([\s\S]*?\S)~~/y, make: (m, ctx) => inner("del", m[1], ctx) },
+    {
+      re: /https?:\/\/[^\s<>"]*[^\s<>".,;:!?)\]'*_]/y,
+      make: (m, ctx) => {
+        const href = !ctx.inLink && safeUrl(m[0]);
+        return href ? link(href, m[0], ctx) : document.createTextNode(m[0]);
+      },
+    },
+  ];
+  const INLINE_START = /[\\`[*_~h]/g;
+  function inner(tag, text, ctx = TOP) {
+    const node = el(tag);
+    renderInline(node, text, { inLink: ctx.inLink, depth: ctx.depth + 1 });
+    return node;
+  }
+  const TOP = { inLink: false, depth: 0 };
+
+  function renderInline(parent, text, ctx = TOP) {
+    if (ctx.depth > MAX_DEPTH) { parent.appendChild(document.createTextNode(text)); return; }
+    let plain = 0;
+    INLINE_START.lastIndex = 0;
+    let m;
+    while ((m = INLINE_START.exec(text))) {
+      const at = m.index;
+      let node = null, end = at;
+      for (const rule of INLINE) {
+        rule.re.lastIndex = at;
+        const hit = rule.re.exec(text);
+        if (hit) { node = rule.make(hit, ctx); end = at + hit[0].length; break; }
       }
-    });
+      if (!node) continue;
+      if (at > plain) parent.appendChild(document.createTextNode(text.slice(plain, at)));
+      parent.appendChild(node);
+      plain = end;
+      INLINE_START.lastIndex = end;
+    }
+    if (plain < text.length) parent.appendChild(document.createTextNode(text.slice(plain)));
+  }
+
+  const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+-]*)/;
+  const BULLET = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
+  const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
+
+  // Blocks: fenced code, headings, quotes, lists and paragraphs. An unclosed fence runs to the
+  // end, so a code block streams in as code rather than as a paragraph that later jumps.
+  function renderMarkdown(target, md, depth = 0) {
+    target.replaceChildren();
+    const lines = md.replace(/\r\n?/g, "\n").split("\n");
+    let i = 0;
+    while (i < lines.length) {
+      const line = lines[i];
+      let m;
+      if (!line.trim()) { i++; continue; }
+      if ((m = FENCE.exec(line))) {
+        const close = new RegExp("^ {0,3}" + m[1][0] + "{" + m[1].length + ",}\\s*$");
+        const body = [];
+        for (i++; i < lines.length && !close.test(lines[i]); i++) body.push(lines[i]);
+        if (i >= lines.length && body.length && !body[body.length - 1].trim()) body.pop();  // still streaming
+        i++;
+        const code = el("code", { text: body.join("\n") });
+        if (m[2]) code.className = "language-" + m[2];
+        target.appendChild(el("pre", {}, code));
+      } else if ((m = HEADING.exec(line))) {
+        target.appendChild(inner("h" + Math.min(6, m[1].length + 2), m[2]));
+        i++;
+      } else if (/^\s*>/.test(line) && depth < MAX_DEPTH) {
+        const quoted = [];
+        for (; i < lines.length && /^\s*>/.test(lines[i]); i++) quoted.push(lines[i].replace(/^\s*>\s?/, ""));
+        const quote = el("blockquote");
+        renderMarkdown(quote, quoted.join("\n"), depth + 1);
+        target.appendChild(quote);
+      } else if (BULLET.test(line)) {
+        i = renderList(target, lines, i, depth);
+      } else {
+        const para = [line.trim()];
+        for (i++; i < lines.length && lines[i].trim() && !startsBlock(lines[i]); i++) para.push(lines[i].trim());
+        target.appendChild(inner("p", para.join(" ")));
+      }
+    }
+  }
+  function startsBlock(line) {
+    return FENCE.test(line) || HEADING.test(line) || BULLET.test(line) || /^\s*>/.test(line);
+  }
+
+  // A list runs while lines are its items, deeper items (a nested list) or continuation text.
+  function renderList(target, lines, i, depth) {
+    const first = BULLET.exec(lines[i]);
+    const indent = first[1].length;
+    const ordered = /\d/.test(first[2]);
+    const list = el(ordered ? "ol" : "ul");
+    const start = parseInt(first[2], 10);
+    if (ordered && start !== 1) list.setAttribute("start", String(start));
+    let li = null, text = [];
+    const flush = () => { if (li && text.length) li.appendChild(inner("span", text.join(" "))); text = []; };
+    while (i < lines.length) {
+      const line = lines[i];
+      const m = BULLET.exec(line);
+      if (m && m[1].length < indent) break;
+      if (m && (m[1].length <= indent + 1 || depth >= MAX_DEPTH)) {
+        if (/\d/.test(m[2]) !== ordered) break;
+        flush();
+        li = list.appendChild(el("li"));
+        text = [m[3]];
+        i++;
+      } else if (m) {
+        flush();
+        i = renderList(li, lines, i, depth + 1);
+      } else if (line.trim() && !startsBlock(line)) {
+        text.push(line.trim());
+        i++;
+      } else if (!line.trim() && BULLET.test(lines[i + 1] || "")) {
+        i++;  // a blank line between items: a loose list, still one list
+      } else break;
+    }
+    flush();
+    target.appendChild(list);
+    return i;
   }
 
   function addMessage(role, text) {
@@ -134,10 +258,20 @@
         detail.hidden = !open;
         btn.setAttribute("aria-expanded", String(open));
       });
-      list.appendChild(el("li", {}, btn, detail));
+      list.appendChild(el("li", { "data-n": String(n) }, btn, detail));
     });
     if (list.children.length) msg.appendChild(list);
   }
+
+  // A citation in the answer opens the source it names, in the same message's sources list.
+  log.addEventListener("click", (e) => {
+    const cite = e.target.closest && e.target.closest(".rs-cite");
+    const msg = cite && cite.closest(".rs-msg");
+    const btn = msg && msg.querySelector(`.rs-sources li[data-n="${cite.dataset.n}"] .rs-source`);
+    if (!btn) return;
+    if (btn.getAttribute("aria-expanded") !== "true") btn.click();
+    btn.focus();
+  });
 
   function showError(msg, text, retry) {
     msg.classList.add("rs-error");

@@ -1,0 +1,121 @@
+"""How much source text the local reader should read: quality against prompt size and TTFT.
+
+On a 2-core CPU the reader's time to first token is its prompt: Qwen2.5-Coder-1.5B reads
+roughly 75 tokens a second. This sweep runs the default pipeline (retrieval, answerability
+judge, compact context, the local LLM) on the first N questions of the fixed SQuAD sample for
+several compact-context budgets and plots containment and token F1 against the prompt's
+context tokens and against TTFT. The chosen default (``Settings.context_budget``) is read off
+this curve.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sweep_reader_context.py \
+        --qa ../shared/datasets/squad-v1.1-dev/qa.jsonl --limit 40 --budgets 120,180,240,360 \
+        --out docs/reader
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from ragserve.config import Settings
+from ragserve.context import CompactContextAssembler
+from ragserve.evaluation.answers import _index_corpus, _load_questions, _run
+from ragserve.pipeline import RagPipeline
+
+
+def cpu_flags() -> str:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        return platform.processor()
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
+    return " ".join(f for f in wanted if f" {f} " in f" {flags} ")
+
+
+def sweep(qa: Path, limit: int, budgets: list[int]) -> list[dict[str, float]]:
+    settings = Settings(collection=f"eval-{qa.parent.name}"[:63])
+    questions = _load_questions(qa, 300, 7)[:limit]
+    rows = []
+    with RagPipeline(settings) as pipe:
+        pipe.warm_up()
+        _index_corpus(pipe, qa.parent / "corpus.jsonl", progress=True)
+        assert pipe.generator is not None
+        for budget in budgets:
+            pipe.assembler = CompactContextAssembler(
+                pipe.generator.count_tokens,
+                budget=budget,
+                max_sources=settings.context_sources,
+                context_window=pipe.generator.context_window,
+            )
+            out = _run(pipe, questions, True, f"budget {budget}")
+            answered = [r for r in out if not r["refused"]]
+            rows.append(
+                {
+                    "budget": budget,
+                    "context_tokens_p50": float(np.median([r["context_tokens"] for r in answered])),
+                    "containment": float(np.mean([r["contained"] for r in out])),
+                    "f1": float(np.mean([r["f1"] for r in out])),
+                    "ttft_p50_ms": float(np.median([r["ttft"] for r in out])),
+                    "total_p50_ms": float(np.median([r["total"] for r in out])),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def plot(rows: list[dict[str, float]], out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, x_key, label in (
+        (axes[0], "context_tokens_p50", "source tokens in the prompt (p50)"),
+        (axes[1], "ttft_p50_ms", "time to first token, p50 (ms)"),
+    ):
+        xs = [r[x_key] for r in rows]
+        for metric, style in (("containment", "o-"), ("f1", "s--")):
+            ax.plot(xs, [r[metric] for r in rows], style, label=metric)
+        for r, x in zip(rows, xs, strict=True):
+            ax.annotate(
+                f"budget {r['budget']}",
+                (x, r["containment"]),
+                fontsize=8,
+                textcoords="offset points",
+                xytext=(4, 6),
+            )
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("share of questions")
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = out / "context_curve.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    (out / "context_curve.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--qa", type=Path, default=Path("../shared/datasets/squad-v1.1-dev/qa.jsonl"))
+    ap.add_argument("--limit", type=int, default=40)
+    ap.add_argument("--budgets", default="120,180,240,360")
+    ap.add_argument("--out", type=Path, default=Path("docs/reader"))
+    a = ap.parse_args()
+    budgets = [int(b) for b in a.budgets.split(",")]
+    print(f"CPU flags: {cpu_flags()}")
+    rows = sweep(a.qa, a.limit, budgets)
+    title = f"Reader context budget, first {a.limit} SQuAD sample questions ({cpu_flags()})"
+    print(plot(rows, a.out, title))
+
+
+if __name__ == "__main__":
+    main()

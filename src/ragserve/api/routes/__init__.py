@@ -1,0 +1,1 @@
+"""The API's routers, one per concern; ``ragserve.api.app.create_app`` includes each."""

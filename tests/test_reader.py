@@ -1,0 +1,57 @@
+"""The default reader end to end on the bundled sample corpus, with every real model.
+
+Retrieval (MiniLM + BM25), the answerability judge and the local LLM (Qwen2.5-Coder-1.5B-
+Instruct) all load as `make run` loads them; the questions are the demo page's four, one the
+README uses, and one the corpus cannot answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ragserve.config import Settings
+from ragserve.pipeline import RagPipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path
+) -> Iterator[RagPipeline]:
+    from ragserve.ingest.pipeline import Ingestor
+
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("reader"), generator="llama", answerability=True
+    )
+    with RagPipeline(settings) as pipe:
+        pipe.warm_up()
+        Ingestor(settings, pipe.index, pipe.embedder).ingest_paths([sample_corpus])
+        yield pipe
+
+
+@pytest.mark.parametrize(
+    ("question", "source"),
+    [
+        ("How do I set a timeout on an httpx client?", "timeouts.md"),
+        ("How do I enable HTTP/2?", "http2.md"),
+        ("What does zlib's deflate do?", "zlib.3.pdf"),
+        ("How do I iterate over a directory with Boost.Filesystem?", "tutorial.html"),
+        ("How do I configure retries in httpx?", "async.md"),
+    ],
+)
+def test_demo_questions_are_answered_citing_the_right_file(
+    pipeline: RagPipeline, question: str, source: str
+) -> None:
+    answer = pipeline.answer(question)
+    assert not answer.refused, f"refused: {answer.sources[0].chunk.source}"
+    cited = {Path(c.source).name for c in answer.citations}
+    assert source in cited, f"{answer.text!r} cites {cited}"
+
+
+def test_a_question_the_corpus_cannot_answer_is_refused(pipeline: RagPipeline) -> None:
+    answer = pipeline.answer("How do I send an email with smtplib?")
+    assert answer.refused and not answer.citations

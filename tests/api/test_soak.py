@@ -48,9 +48,11 @@ UPLOADERS = 2
 BASELINE_S = float(os.environ.get("RAGSERVE_SOAK_BASELINE_SECONDS", "30"))
 SOAK_S = float(os.environ.get("RAGSERVE_SOAK_SECONDS", "60"))
 # Chat p95 during uploads over chat p95 alone. The target is 1.5, not reached yet on this
-# 2-core machine (measured 2.8-4.9 with the sparse and manifest stalls gone; what is left is
-# upload embedding competing for the CPU and for the workers' pool, which uploads share with
-# chat), so it is asserted only when RAGSERVE_SOAK_MAX_P95_RATIO names a bound.
+# shared 2-core machine: 3.4 and 4.9 with the default 2 workers, 1.9 with RAGSERVE_WORKERS=4
+# (before issue 22: 2.8 either way), swinging with the machine's other load. With the index
+# stalls gone, what is left is upload embedding competing for the CPU and for the worker pool,
+# which uploads share with chat. So it is asserted only when RAGSERVE_SOAK_MAX_P95_RATIO
+# names a bound.
 _RATIO = os.environ.get("RAGSERVE_SOAK_MAX_P95_RATIO")
 MAX_P95_RATIO = float(_RATIO) if _RATIO else None
 

@@ -211,6 +211,22 @@ def serve(
     )
 
 
+@app.command("mcp")
+@_friendly_errors
+def mcp_stdio(
+    generator: Annotated[str | None, typer.Option(help="extractive | llama | openai")] = None,
+    collection: CollectionOpt = None,
+    data_dir: DataDirOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve the documents to an assistant over MCP on stdin/stdout (tools: search, ask,
+    list_documents; each document is a resource). Logs go to stderr."""
+    _logging(verbose)
+    from ragserve.mcp_server import run_stdio
+
+    run_stdio(_settings(generator=generator, collection=collection, data_dir=data_dir))
+
+
 @app.command("list")
 @_friendly_errors
 def list_documents(

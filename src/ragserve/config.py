@@ -181,6 +181,15 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 100 * 1024 * 1024
     rate_limit_per_minute: int = 60
     workers: int = Field(2, ge=1, description="Threads for CPU-bound stages.")
+    mcp_enabled: bool = Field(
+        False,
+        description="Also serve the MCP tools at /mcp (streamable HTTP), behind chat_api_key.",
+    )
+    mcp_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Extra Host names /mcp answers on (besides 'host'; loopback names when it "
+        "is a loopback address). Needed when binding 0.0.0.0.",
+    )
     sample_corpus: Path | None = None
 
     @field_validator("collection")

@@ -100,6 +100,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=_ERRORS,
     )
     app.state.ragserve = state
+    if settings.mcp_enabled:  # MCP tools at /mcp (streamable HTTP); see ragserve.mcp_server
+        from ragserve.mcp_server import mount_mcp  # the SDK loads only when asked for
+
+        mount_mcp(app, lambda: state.pipeline if state.ready else None, settings, state.limiter)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

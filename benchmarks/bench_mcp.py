@@ -1,8 +1,8 @@
 """Latency of the MCP tools against a direct /chat call, over the bundled sample corpus.
 
 Starts a real `ragserve serve` (uvicorn, MCP enabled) and a `ragserve mcp` subprocess, both warm,
-then sends the same ten questions sequentially through each path and prints p50/p95 of the
-wall time the client sees:
+then sends ten questions through each path in turn and prints p50/p95 of the wall time the
+client sees, and of that time less the pipeline's own (the transport and protocol overhead):
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_mcp.py [--rounds 5]
 
@@ -61,67 +61,74 @@ def _ingest(data_dir: Path) -> None:
     index.close()
 
 
-def _spellings(rounds: int, offset: int) -> list[str]:
-    return [q.rstrip("?") + "?" * (offset + r + 1) for r in range(rounds) for q in QUESTIONS]
+def _spelled(question: str, n: int) -> str:
+    return question.rstrip("?") + "?" * n
 
 
-def _summary(name: str, ms: list[float]) -> str:
-    q = statistics.quantiles(ms, n=20)
-    return f"{name:34} n={len(ms):3}  p50 {statistics.median(ms):7.1f} ms  p95 {q[18]:7.1f} ms"
+def _summary(name: str, wall: list[float], overhead: list[float]) -> str:
+    def p50_p95(values: list[float]) -> str:
+        return f"{statistics.median(values):7.1f} / {statistics.quantiles(values, n=20)[18]:7.1f}"
+
+    return f"{name:34} {len(wall):4}  {p50_p95(wall)}   {p50_p95(overhead)}"
 
 
-async def _timed(calls: list[Callable[[], Awaitable[object]]]) -> list[float]:
-    await calls[0]()  # warm: the first call of a session pays for connection set-up
-    out = []
-    for call in calls[1:]:
-        t0 = time.perf_counter()
-        await call()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
+Call = Callable[[str], Awaitable[float]]
+"""Sends one question; returns the milliseconds the server's pipeline reported for it."""
+Times = dict[str, tuple[list[float], list[float]]]
 
 
-async def _mcp_calls(client: Client, tool: str, queries: list[str]) -> list[float]:
-    arg = "query" if tool == "search" else "question"
+def _tool(client: Client, tool: str) -> Call:
+    async def call(q: str) -> float:
+        args = {"query": q, "k": 5} if tool == "search" else {"question": q}
+        result = await client.call_tool(tool, args)
+        assert not result.is_error and result.structured_content, result.content
+        return result.structured_content["timings"]["total"]
 
-    def call(q: str) -> Callable[[], Awaitable[object]]:
-        async def run() -> object:
-            result = await client.call_tool(
-                tool, {arg: q, **({"k": 5} if tool == "search" else {})}
-            )
-            assert not result.is_error, result.content
-            return result
-
-        return run
-
-    return await _timed([call(q) for q in queries])
+    return call
 
 
-async def _over_http(base: str, key: str, tool: str, queries: list[str]) -> list[float]:
+def _chat(http: httpx2.AsyncClient, base: str) -> Call:
+    async def call(q: str) -> float:
+        response = await http.post(f"{base}/chat", json={"query": q})
+        return response.raise_for_status().json()["timings"]["total"]
+
+    return call
+
+
+async def _interleaved(paths: dict[str, Call], rounds: int) -> Times:
+    """Each question goes through every path back to back, so drifting machine load (the
+    CPU is shared) weighs on all paths alike; each path gets its own spellings."""
+    times: Times = {name: ([], []) for name in paths}
+    for call in paths.values():  # warm: connection set-up, first-call costs
+        await call(_spelled(QUESTIONS[0], 99))
+    for r in range(rounds):
+        for q in QUESTIONS:
+            for i, (name, call) in enumerate(paths.items()):
+                t0 = time.perf_counter()
+                pipeline_ms = await call(_spelled(q, 1 + r * len(paths) + i))
+                wall = (time.perf_counter() - t0) * 1000
+                times[name][0].append(wall)
+                times[name][1].append(wall - pipeline_ms)
+    return times
+
+
+async def _measure(base: str, key: str, env: dict[str, str], rounds: int) -> Times:
     headers = {"Authorization": f"Bearer {key}"}
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http,
-        Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client,
-    ):
-        return await _mcp_calls(client, tool, queries)
-
-
-async def _over_stdio(env: dict[str, str], queries: list[str]) -> list[float]:
-    params = StdioServerParameters(
+    stdio = StdioServerParameters(
         command=sys.executable, args=["-m", "ragserve.cli", "mcp"], env=env, cwd=REPO
     )
-    async with Client(params) as client:
-        return await _mcp_calls(client, "search", queries)
-
-
-def _chat(base: str, key: str, queries: list[str]) -> list[float]:
-    out = []
-    with httpx.Client(headers={"X-API-Key": key}, timeout=300) as http:
-        for i, q in enumerate(queries):
-            t0 = time.perf_counter()
-            http.post(f"{base}/chat", json={"query": q}).raise_for_status()
-            if i:
-                out.append((time.perf_counter() - t0) * 1000)
-    return out
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http,
+        Client(streamable_http_client(f"{base}/mcp", http_client=http)) as over_http,
+        Client(stdio) as over_stdio,
+    ):
+        paths = {
+            "POST /chat (full answer)": _chat(http, base),
+            "MCP ask, streamable HTTP": _tool(over_http, "ask"),
+            "MCP search, streamable HTTP": _tool(over_http, "search"),
+            "MCP search, stdio (ragserve mcp)": _tool(over_stdio, "search"),
+        }
+        return await _interleaved(paths, rounds)
 
 
 @contextlib.contextmanager
@@ -159,17 +166,13 @@ def main() -> None:
             "RAGSERVE_RATE_LIMIT_PER_MINUTE": "100000",
             "HF_HUB_OFFLINE": "1",
         }
-        r = args.rounds
         with _server(env) as base:
-            chat = _chat(base, key, _spellings(r, 0))
-            search_http = anyio.run(_over_http, base, key, "search", _spellings(r, r))
-            ask_http = anyio.run(_over_http, base, key, "ask", _spellings(r, 2 * r))
-        search_stdio = anyio.run(_over_stdio, env, _spellings(r, 0))
-    print("sequential, warm, sample corpus, extractive generator:")
-    print(_summary("POST /chat (full answer)", chat))
-    print(_summary("MCP search, streamable HTTP", search_http))
-    print(_summary("MCP ask, streamable HTTP", ask_http))
-    print(_summary("MCP search, stdio (ragserve mcp)", search_stdio))
+            times = anyio.run(_measure, base, key, env, args.rounds)
+    print(f"sequential, interleaved, warm; sample corpus; extractive; {os.cpu_count()} CPUs")
+    print(f"{'path':34} {'n':>4}  {'wall p50 / p95 ms':>17}   {'overhead p50 / p95 ms':>21}")
+    for name, (wall, overhead) in times.items():
+        print(_summary(name, wall, overhead))
+    print("overhead: wall time less the pipeline time the server reports (transport, protocol)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -64,6 +65,7 @@ class Passage(BaseModel):
 class SearchResult(BaseModel):
     query: str
     passages: list[Passage]
+    timings: dict[str, float] = Field(description="Milliseconds spent in the pipeline ('total').")
 
 
 class CitationOut(BaseModel):
@@ -81,6 +83,7 @@ class AskResult(BaseModel):
     )
     citations: list[CitationOut]
     sources: list[Passage] = Field(description="The passages the answer was grounded on.")
+    timings: dict[str, float] = Field(description="Milliseconds per pipeline stage.")
 
 
 class DocumentOut(BaseModel):
@@ -273,11 +276,13 @@ class _Tools:
     async def search(self, query: str, k: int) -> SearchResult:
         _require_text(query)
 
-        def run(pipeline: "RagPipeline") -> list[Hit]:
-            return pipeline.search(pipeline.process(query), top_k=k)
+        def run(pipeline: "RagPipeline") -> tuple[list[Hit], float]:
+            started = time.perf_counter()
+            hits = pipeline.search(pipeline.process(query), top_k=k)
+            return hits, (time.perf_counter() - started) * 1000
 
-        hits = await self._run(run)
-        return SearchResult(query=query, passages=_passages(hits))
+        hits, ms = await self._run(run)
+        return SearchResult(query=query, passages=_passages(hits), timings={"total": round(ms, 2)})
 
     async def ask(self, question: str, history: list[Turn]) -> AskResult:
         _require_text(question)
@@ -297,6 +302,7 @@ class _Tools:
                 for c in answer.citations
             ],
             sources=_passages(answer.sources),
+            timings=answer.timings,
         )
 
     async def list_documents(self) -> DocumentList:

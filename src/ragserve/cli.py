@@ -1,4 +1,4 @@
-"""The ``ragserve`` command: ingest, ask, serve, list, delete, reindex, eval, migrate."""
+"""The ``ragserve`` command: ingest, ask, serve, mcp, list, delete, reindex, eval, migrate."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ streamable HTTP. Both answer from the sample corpus with the real models."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -260,3 +261,32 @@ def test_mcp_is_not_mounted_unless_enabled(index_dir: Path) -> None:
 
     off = TestClient(create_app(Settings(data_dir=index_dir)))  # no lifespan: nothing loads
     assert off.post("/mcp", json={}).status_code == 404
+
+
+def test_stdout_carries_only_protocol_messages(index_dir: Path) -> None:
+    """Model loading and logs must not corrupt the channel: every stdout line is JSON-RPC."""
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"},
+        },
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "ragserve.cli", "mcp", "--verbose"],
+        input=json.dumps(hello) + "\n",
+        env=_env(index_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = done.stdout.splitlines()
+    assert lines, done.stderr
+    replies = [json.loads(line) for line in lines]
+    assert all(r["jsonrpc"] == "2.0" for r in replies)
+    assert replies[0]["result"]["serverInfo"]["name"] == "ragserve"
+    assert done.returncode == 0, done.stderr

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
 import anyio
 from mcp.server.mcpserver import MCPServer, ResourceSecurity
@@ -33,12 +33,13 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from ragserve.api.security import RateLimiter
     from ragserve.pipeline import RagPipeline
 
 # No `from __future__ import annotations` here: the SDK reads each tool's signature, and the
 # tools' argument types are built at run time from the settings (query-length limit).
 
-__all__ = ["DOCUMENT_URI", "build_server", "mount_mcp", "run_stdio"]
+__all__ = ["DOCUMENT_URI", "AppState", "build_server", "mount_mcp", "run_stdio"]
 
 log = logging.getLogger("ragserve.mcp")
 
@@ -420,17 +421,24 @@ def run_stdio(settings: Settings) -> None:
 # --- streamable HTTP, mounted on the FastAPI app -----------------------------------------------
 
 
-def mount_mcp(
-    app: "FastAPI",
-    get_pipeline: PipelineGetter,
-    settings: Settings,
-    limiter: anyio.CapacityLimiter | None = None,
-) -> None:
+class AppState(Protocol):
+    """What ``mount_mcp`` reads from the HTTP app's state (``ragserve.api.app._State``)."""
+
+    settings: Settings
+    pipeline: "RagPipeline | None"
+    ready: bool
+    limiter: anyio.CapacityLimiter
+    rate: "RateLimiter"
+
+
+def mount_mcp(app: "FastAPI", state: AppState) -> None:
     """Mount the MCP endpoint at ``/mcp`` when ``settings.mcp_enabled``.
 
-    Requests need the chat API key (when one is set) and a Host header naming the configured
-    host. The SDK's session manager runs inside the app's lifespan, which this wraps.
+    Tool calls share the app's worker pool and its models. Requests need the chat API key
+    (when one is set) and a Host header naming the configured host, and count against the
+    chat rate limit. The SDK's session manager runs inside the app's lifespan, which this wraps.
     """
+    settings = state.settings
     if not settings.mcp_enabled:
         return
     from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
@@ -442,7 +450,9 @@ def mount_mcp(
         allowed_hosts=[p for h in hosts for p in (h, f"{h}:*")],
         allowed_origins=[*settings.cors_origins, *(f"http://{h}:*" for h in hosts)],
     )
-    server = build_server(get_pipeline, settings, limiter=limiter)
+    server = build_server(
+        lambda: state.pipeline if state.ready else None, settings, limiter=state.limiter
+    )
     server.streamable_http_app(
         streamable_http_path="/mcp",
         transport_security=security,
@@ -450,7 +460,7 @@ def mount_mcp(
         max_request_body_size=settings.max_body_bytes,
     )
     sessions = server.session_manager
-    guarded = _Guard(StreamableHTTPASGIApp(sessions), settings, hosts)
+    guarded = _Guard(StreamableHTTPASGIApp(sessions), settings, hosts, state.rate)
     app.add_route("/mcp", guarded, methods=["GET", "POST", "DELETE"], include_in_schema=False)
     inner = app.router.lifespan_context
 
@@ -477,24 +487,33 @@ class _Guard:
     """The chat API key and the Host check in front of the SDK's endpoint, answering with the
     same JSON errors as the rest of the API."""
 
-    def __init__(self, app: "ASGIApp", settings: Settings, hosts: list[str]) -> None:
+    def __init__(
+        self, app: "ASGIApp", settings: Settings, hosts: list[str], rate: "RateLimiter | None"
+    ) -> None:
         self.app = app
         self.settings = settings
         self.hosts = set(hosts)
+        self.rate = rate
 
     async def __call__(self, scope: "Scope", receive: "Receive", send: "Send") -> None:
         from fastapi.responses import JSONResponse
         from starlette.requests import Request
 
-        from ragserve.api.security import check_key
+        from ragserve.api.security import RateLimitedError, check_key
 
         request = Request(scope)
         key = self.settings.chat_api_key
         try:
             self._check_host(request.headers.get("host", ""))
             check_key(request, key.get_secret_value() if key else None, "MCP")
+            if self.rate is not None and request.method == "POST":
+                # Every MCP message is a POST: a tool call costs what a /chat request does.
+                self.rate.check(request.client.host if request.client else "unknown")
         except RagServeError as exc:
-            response = JSONResponse(exc.to_dict(), status_code=exc.status_code)
+            headers = {}
+            if isinstance(exc, RateLimitedError):
+                headers["retry-after"] = str(exc.retry_after)
+            response = JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

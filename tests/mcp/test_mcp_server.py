@@ -290,3 +290,28 @@ def test_stdout_carries_only_protocol_messages(index_dir: Path) -> None:
     assert all(r["jsonrpc"] == "2.0" for r in replies)
     assert replies[0]["result"]["serverInfo"]["name"] == "ragserve"
     assert done.returncode == 0, done.stderr
+
+
+def test_guard_checks_host_then_key_then_rate() -> None:
+    """The HTTP guard alone, in front of a stand-in app: no models needed."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from ragserve.api.security import RateLimiter
+    from ragserve.mcp_server import _allowed_hosts, _Guard
+
+    settings = Settings(chat_api_key=CHAT_KEY, mcp_allowed_hosts=["testserver"])
+    inner = PlainTextResponse("reached")
+    guard = _Guard(inner, settings, _allowed_hosts(settings), RateLimiter(1))
+    client = TestClient(Starlette(routes=[Route("/mcp", guard, methods=["GET", "POST"])]))
+    key = {"Authorization": f"Bearer {CHAT_KEY}"}
+
+    assert client.post("/mcp", headers={**key, "Host": "evil.example"}).status_code == 421
+    assert client.post("/mcp", headers={"Host": "localhost:8000"}).status_code == 401
+    assert client.post("/mcp", headers={**key, "Host": "localhost:8000"}).text == "reached"
+    limited = client.post("/mcp", headers=key)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["error"] == "rate_limited"
+    assert client.get("/mcp", headers=key).text == "reached"  # only messages (POSTs) count

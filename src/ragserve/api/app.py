@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.mcp_enabled:  # MCP tools at /mcp (streamable HTTP); see ragserve.mcp_server
         from ragserve.mcp_server import mount_mcp  # the SDK loads only when asked for
 
-        mount_mcp(app, lambda: state.pipeline if state.ready else None, settings, state.limiter)
+        mount_mcp(app, state)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

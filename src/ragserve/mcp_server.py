@@ -111,17 +111,18 @@ class Turn(BaseModel):
 class RagMCPServer(MCPServer):
     """MCPServer whose resource list is the live index and whose argument errors say what to do."""
 
-    def __init__(self, get_pipeline: PipelineGetter, settings: Settings, **kwargs: Any) -> None:
+    def __init__(self, get_pipeline: PipelineGetter, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._get_pipeline = get_pipeline
-        self._rag_settings = settings
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Any = None
     ) -> CallToolResult | InputRequiredResult:
-        if self._tool_manager.get_tool(name) is None:
-            known = ", ".join(t.name for t in self._tool_manager.list_tools())
-            raise ToolError(f"Unknown tool '{name}'. This server has: {known} (see tools/list).")
+        known = [t.name for t in await self.list_tools()]
+        if name not in known:
+            raise ToolError(
+                f"Unknown tool '{name}'. This server has: {', '.join(known)} (see tools/list)."
+            )
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -170,7 +171,6 @@ def build_server(
     """
     server = RagMCPServer(
         get_pipeline,
-        settings,
         name="ragserve",
         title="ragserve: your documents",
         version="0.1.0",
@@ -201,14 +201,7 @@ class _Tools:
     def register(self, server: MCPServer) -> None:
         limit = self.settings.max_query_chars
         turns = 2 * self.settings.max_history_turns
-        query_t = Annotated[
-            str,
-            Field(
-                min_length=1,
-                max_length=limit,
-                description=f"What to look for, in natural language (at most {limit} characters).",
-            ),
-        ]
+        query_t = _text_argument(limit, "What to look for, in natural language")
         k_t = Annotated[
             int,
             # Strict: a boolean is not a count (a number sent as a JSON string still parses).
@@ -216,14 +209,7 @@ class _Tools:
                 ge=1, le=MAX_K, strict=True, description=f"How many passages to return (1-{MAX_K})."
             ),
         ]
-        question_t = Annotated[
-            str,
-            Field(
-                min_length=1,
-                max_length=limit,
-                description=f"The question (at most {limit} characters).",
-            ),
-        ]
+        question_t = _text_argument(limit, "The question")
         history_t = Annotated[
             list[Turn] | None,
             Field(
@@ -334,6 +320,12 @@ class _Tools:
                 f"No indexed document with id '{doc_id}'. The 'list_documents' tool lists them."
             )
         return text
+
+
+def _text_argument(limit: int, what: str) -> Any:
+    """A required text argument whose schema carries the API's query-length limit."""
+    description = f"{what} (at most {limit} characters)."
+    return Annotated[str, Field(min_length=1, max_length=limit, description=description)]
 
 
 def _require_text(text: str) -> None:

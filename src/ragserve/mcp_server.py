@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
+from urllib.parse import quote
 
 import anyio
 from mcp.server.mcpserver import MCPServer, ResourceSecurity
@@ -351,7 +352,8 @@ def _passages(hits: list[Hit]) -> list[Passage]:
 
 
 def _document_uri(doc_id: str) -> str:
-    return DOCUMENT_URI.replace("{+doc_id}", doc_id)
+    # Ids are paths: keep their slashes readable, percent-encode the rest (spaces, '?', '#').
+    return "ragserve://documents/" + quote(doc_id, safe="/")
 
 
 def _document_text(pipeline: "RagPipeline", doc_id: str) -> str | None:

@@ -315,3 +315,14 @@ def test_guard_checks_host_then_key_then_rate() -> None:
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert limited.json()["error"] == "rate_limited"
     assert client.get("/mcp", headers=key).text == "reached"  # only messages (POSTs) count
+
+
+@pytest.mark.parametrize(
+    "doc_id", ["docs/a b.md", "docs/what?.md", "/abs/path/été#1.md", "100%.md"]
+)
+def test_document_uris_round_trip(doc_id: str) -> None:
+    from mcp.shared.uri_template import UriTemplate
+
+    from ragserve.mcp_server import DOCUMENT_URI, _document_uri
+
+    assert UriTemplate.parse(DOCUMENT_URI).match(_document_uri(doc_id)) == {"doc_id": doc_id}

@@ -42,10 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
-    """``../shared/datasets`` next to the checkout (CI places it there); a checkout elsewhere
-    (a git worktree) names it with ``RAGSERVE_TEST_DATASETS``."""
-    override = os.environ.get("RAGSERVE_TEST_DATASETS")
-    path = Path(override) if override else (REPO / ".." / "shared" / "datasets").resolve()
+    """``../shared/datasets`` next to the checkout (CI places it there), or
+    ``RAGSERVE_DATASETS`` for a checkout without it beside (a git worktree)."""
+    path = Path(
+        os.environ.get("RAGSERVE_DATASETS") or REPO / ".." / "shared" / "datasets"
+    ).resolve()
     assert path.is_dir(), f"datasets not found at {path}"
     return path
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import random
 import shutil
 import sys
@@ -42,7 +43,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
+# RAGSERVE_DATASETS for a checkout (e.g. a git worktree) that has no ../shared beside it.
+DATASETS = Path(os.environ.get("RAGSERVE_DATASETS") or REPO.parent / "shared" / "datasets")
 SPLIT_FILE = REPO / "data" / "squad_article_split.json"
 
 

@@ -1,4 +1,4 @@
-"""The ``ragserve`` command: ingest, ask, serve, list, delete, reindex, eval, migrate."""
+"""The ``ragserve`` command: ingest, ask, serve, mcp, list, delete, reindex, eval, migrate."""
 
 from __future__ import annotations
 
@@ -166,6 +166,22 @@ def serve(
         log_config=None,
         timeout_graceful_shutdown=10,
     )
+
+
+@app.command("mcp")
+@friendly_errors
+def mcp_stdio(
+    generator: Annotated[str | None, typer.Option(help="extractive | llama | openai")] = None,
+    collection: CollectionOpt = None,
+    data_dir: DataDirOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve the documents to an assistant over MCP on stdin/stdout (tools: search, ask,
+    list_documents; each document is a resource). Logs go to stderr."""
+    configure_cli_logging(verbose)
+    from ragserve.mcp_server import run_stdio
+
+    run_stdio(load_settings(generator=generator, collection=collection, data_dir=data_dir))
 
 
 @app.command("list")

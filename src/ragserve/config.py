@@ -262,6 +262,15 @@ class Settings(BaseSettings):
         60, ge=0, le=1_000_000, description="Chat requests per client per minute; 0 = no limit."
     )
     workers: int = Field(2, ge=1, le=256, description="Threads for CPU-bound stages.")
+    mcp_enabled: bool = Field(
+        False,
+        description="Also serve the MCP tools at /mcp (streamable HTTP), behind chat_api_key.",
+    )
+    mcp_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Extra Host names /mcp answers on (besides 'host'; loopback names when it "
+        "is a loopback address). Needed when binding 0.0.0.0.",
+    )
 
     @field_validator("collection")
     @classmethod

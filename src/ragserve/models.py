@@ -15,18 +15,21 @@ from pathlib import Path
 from ragserve.errors import ModelNotFoundError
 
 __all__ = [
+    "BUILTIN_ANSWERABILITY_DIR",
     "BUILTIN_GGUF",
     "BUILTIN_RERANKER_DIR",
     "SplitGGUF",
     "assemble_split_gguf",
     "assemble_split_zip",
     "check_gguf_header",
+    "resolve_answerability_model",
     "resolve_embedding_model",
     "resolve_gguf_model",
     "resolve_reranker_model",
 ]
 
 BUILTIN_RERANKER_DIR = Path(__file__).resolve().parent / "resources" / "reranker"
+BUILTIN_ANSWERABILITY_DIR = Path(__file__).resolve().parent / "resources" / "answerability"
 
 
 def _forbid_hub_downloads() -> None:
@@ -63,6 +66,18 @@ def resolve_reranker_model(name: str) -> str:
             )
         return str(BUILTIN_RERANKER_DIR)
     return _existing_or_name(name, "re-ranker")
+
+
+def resolve_answerability_model(name: str) -> str:
+    _forbid_hub_downloads()
+    if name == "builtin":
+        if not (BUILTIN_ANSWERABILITY_DIR / "model.safetensors").is_file():
+            raise ModelNotFoundError(
+                f"The built-in answerability model is missing from {BUILTIN_ANSWERABILITY_DIR}.",
+                hint="Reinstall ragserve, or pass the path of a cross-encoder directory.",
+            )
+        return str(BUILTIN_ANSWERABILITY_DIR)
+    return _existing_or_name(name, "answerability")
 
 
 @dataclass(frozen=True, slots=True)

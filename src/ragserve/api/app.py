@@ -62,8 +62,12 @@ def create_app(
     install_error_handlers(app)
     for module in (pages, ops, chat, openai, documents):
         app.include_router(module.router)
-    # Further surfaces (the MCP server) mount here, one call each, e.g. mount_mcp(app, state):
-    # after the routers so they see the same state, inside the same middleware and handlers.
+    # Further surfaces mount here, one call each: after the routers so they see the same
+    # state, inside the same middleware and handlers.
+    if settings.mcp_enabled:  # MCP tools at /mcp (streamable HTTP); see ragserve.mcp_server
+        from ragserve.mcp_server import mount_mcp  # the SDK loads only when asked for
+
+        mount_mcp(app, state)
     return app
 
 

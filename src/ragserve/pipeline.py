@@ -23,7 +23,8 @@ from ragserve.embedding import SentenceTransformerEmbedder
 from ragserve.generation.support import SentenceSupport
 from ragserve.query import RuleBasedQueryProcessor
 from ragserve.retrieval import HybridRetriever
-from ragserve.stores.base import DocumentIndex, open_index
+from ragserve.stores import open_index
+from ragserve.stores.base import DocumentIndex
 from ragserve.types import Answer, Citation, Hit, Intent, Message, ProcessedQuery
 
 if TYPE_CHECKING:

@@ -18,9 +18,9 @@ import numpy as np
 from ragserve.types import Chunk, DocumentRecord
 
 if TYPE_CHECKING:
-    from ragserve.config import Settings
+    pass
 
-__all__ = ["DocumentIndex", "IndexInfo", "IndexWrite", "open_index"]
+__all__ = ["DocumentIndex", "IndexInfo", "IndexWrite"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +114,3 @@ class DocumentIndex(Protocol):
     def reset_embedder(self, embedding_model: str, dimension: int) -> None:
         """Drop every vector and record the new embedder (``ragserve reindex`` re-embeds)."""
         ...
-
-
-def open_index(settings: Settings) -> DocumentIndex:
-    """Kept for callers that import it from here; the backend registry is ``ragserve.stores``."""
-    from ragserve.stores import open_index as open_registered
-
-    return open_registered(settings)

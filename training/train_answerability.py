@@ -13,13 +13,17 @@ Data: SQuAD-dev questions of the articles in ``data/squad_article_split.json`` `
 only (the ``eval_articles`` are never read, not even as negative text); ``--val-articles`` of
 those are held out to calibrate the probabilities and check the model. Hard negatives are ranked
 by the hybrid retriever's own convex fusion of BM25 and MiniLM cosine (the re-ranker's
-``Miner``), restricted to the question's article; one more negative per question is a random
-paragraph of another training article, so plainly unrelated text is judged too.
+``Miner``), restricted to the question's article: by default the top 2 and one sampled from
+the rest of the article (``--random-negatives`` adds paragraphs of other training articles).
+The defaults (220 questions, 880 pairs) are what fitted a ~25-minute budget on this shared
+2-core CPU (it ran at load 15-28: ~5 CPU-minutes, 25 minutes of wall time).
 
-Training: plain binary cross-entropy on single pairs, from the shipped re-ranker's weights. BCE,
-not a listwise loss, because the judge is used with a fixed threshold across questions: its
-score must mean the same for every question, not only order one question's candidates. A plain
-PyTorch loop (no ``train`` extras needed) batches pairs of similar length to pad little.
+Training: plain binary cross-entropy on single pairs, from the shipped re-ranker's weights, with
+the embeddings and lowest layers frozen (``--freeze-layers``). BCE, not a listwise loss, because
+the judge is used with a fixed threshold across questions: its score must mean the same for
+every question, not only order one question's candidates. A plain PyTorch loop (no ``train``
+extras needed) batches pairs of similar length to pad little. ``--init`` a trained checkpoint
+with ``--question-offset`` continues on another window of questions.
 
 After training, a Platt scaling fitted on the held-out articles (gold + the top same-article
 negatives, the mix the pipeline shows) is folded into the classifier head, so the exported
@@ -99,7 +103,9 @@ def load_squad(args: argparse.Namespace, embedder) -> SquadData:
     val = [q for q in questions if q.title in val_titles]
     random.Random(args.seed).shuffle(train)
     random.Random(7).shuffle(val)
-    train, val = train[: args.max_questions or None], val[: args.val_questions or None]
+    start = args.question_offset
+    train = train[start : start + args.max_questions] if args.max_questions else train[start:]
+    val = val[: args.val_questions or None]
     questions = train + val
     fused = miner.teacher([q.text for q in questions], len(docs), args.fusion_alpha)
     for q, ranking in zip(questions, fused, strict=True):
@@ -317,6 +323,12 @@ def main() -> None:
     )
     ap.add_argument("--random-negatives", type=int, default=0, help="from other train articles")
     ap.add_argument("--max-questions", type=int, default=220, help="training questions (0: all)")
+    ap.add_argument(
+        "--question-offset",
+        type=int,
+        default=0,
+        help="skip this many of the shuffled training questions (another window, with --init)",
+    )
     ap.add_argument("--freeze-layers", type=int, default=4, help="lowest layers kept as is")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -385,9 +397,10 @@ def main() -> None:
         "task": "answerability: P(passage holds the answer to the question)",
         "init": str(args.init.relative_to(REPO) if args.init.is_relative_to(REPO) else args.init),
         "data": "SQuAD-dev questions of data/squad_article_split.json:train_articles minus "
-        f"{args.val_articles} (held out); gold paragraph = 1, same-article paragraphs ranked by "
-        "convex fusion of BM25 and MiniLM cosine (hardest first) and a random other training "
-        "article paragraph = 0",
+        f"{args.val_articles} (held out); gold paragraph = 1; the {args.hard_negatives} other "
+        "paragraphs of its article ranked highest by convex fusion of BM25 and MiniLM cosine, "
+        f"{args.sampled_negatives} sampled from the rest of its article and "
+        f"{args.random_negatives} from another training article = 0",
         "pairs": len(pairs),
         "positives": n_pos,
         "training_questions": len(data.train),
@@ -404,6 +417,9 @@ def main() -> None:
         "threads": args.threads,
         "torch": torch.__version__,
     }
+    earlier = args.init / "training_provenance.json"
+    if earlier.exists() and "platt" in (earlier_card := json.loads(earlier.read_text())):
+        card["resumed_from"] = earlier_card  # a second pass: keep how its start was made
     (args.checkpoint / "training_provenance.json").write_text(json.dumps(card, indent=2) + "\n")
     _log(f"checkpoint saved to {args.checkpoint}; total {time.time() - started:.0f}s")
     export_model(args.checkpoint, args.out, "fp16")

@@ -36,7 +36,6 @@ def test_planted_instructions_do_not_leak_prompt_or_keys(
         data_dir=tmp_path / "idx",
         admin_api_key="s3cret-admin-key",
         generator="llama",
-        answerability=True,
     )
     index = LocalIndex.from_settings(settings)
     index.open(settings.embedding_model, embedder.dimension)

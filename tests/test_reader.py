@@ -1,7 +1,7 @@
 """The default reader end to end on the bundled sample corpus, with every real model.
 
-Retrieval (MiniLM + BM25), the answerability judge and the local LLM (Qwen2.5-Coder-1.5B-
-Instruct) all load as `make run` loads them; the questions are the demo page's four, one the
+Retrieval (MiniLM + BM25), the refusal gates and the local LLM (Qwen2.5-Coder-1.5B-Instruct)
+all load as `make run` loads them; the questions are the demo page's four, one the
 README uses, and one the corpus cannot answer.
 """
 
@@ -24,9 +24,9 @@ def pipeline(
 ) -> Iterator[RagPipeline]:
     from ragserve.ingest.pipeline import Ingestor
 
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("reader"), generator="llama", answerability=True
-    )
+    # The suite's environment pins the extractive answerer; this test wants the defaults.
+    defaults = {f: Settings.model_fields[f].default for f in ("generator", "answerability")}
+    settings = Settings(data_dir=tmp_path_factory.mktemp("reader"), **defaults)
     with RagPipeline(settings) as pipe:
         pipe.warm_up()
         Ingestor(settings, pipe.index, pipe.embedder).ingest_paths([sample_corpus])

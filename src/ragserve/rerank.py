@@ -3,10 +3,15 @@
 A cross-encoder reads query and passage together, so it judges relevance far better than the
 bi-encoder that retrieved them, at a cost per pair; it therefore only sees the fused top-K.
 The default model is ragserve's own MiniLM cross-encoder shipped inside the package
-(``resources/reranker``, see its MODEL_CARD.md) as fp16 safetensors, run in fp32 on PyTorch;
-any sentence-transformers CrossEncoder can be named instead by local path (or by hub name, for
-machines that reach a hub), and any directory holding ``model_int8.onnx`` or ``model.onnx`` with
-its tokenizer (``export_cross_encoder_onnx`` writes one) runs on onnxruntime.
+(``resources/reranker``, see its MODEL_CARD.md) as fp16 safetensors. It runs on onnxruntime,
+int8 on CPUs with VNNI and fp32 elsewhere, from an export made once into the user cache and
+checked against the original (``rerank_onnx``); PyTorch (fp32) when that fails or
+``runtime="torch"``. Any sentence-transformers CrossEncoder can be named instead by local path
+(or by hub name, for machines that reach a hub) and runs on PyTorch, and any directory holding
+``model_int8.onnx`` or ``model.onnx`` with its tokenizer (``export_cross_encoder_onnx`` writes
+one) runs on onnxruntime.
+With ``window`` set, the cross-encoder reads the sentences of each passage around its best match
+with the query instead of the passage's head: half the tokens, and the part that matters.
 Scores are probabilities (sigmoid), which is what the refusal gate's threshold is set on.
 
 A small in-house cross-encoder and first-stage retrieval make different mistakes, so the final
@@ -254,6 +259,10 @@ def _load_cross_encoder(name: str, max_length: int, runtime: RerankRuntime = "au
     path = resolve_reranker_model(name)
     if any((Path(path) / f).is_file() for f in ONNX_FILES):
         return _OnnxCrossEncoder(_onnx_file(Path(path)), max_length, form="onnx (given)")
+    if runtime == "auto" and name != "builtin":
+        # Only the shipped model is checked and known to quantise well; a model the user names
+        # runs as given unless an ONNX form is asked for.
+        runtime = "torch"
     if runtime == "torch-fp16":  # measurement only: the checkpoint's own precision
         return _SentenceTransformersCrossEncoder(path, max_length, fp16=True)
     scorer = _onnx_form(path, max_length, runtime)
@@ -370,7 +379,7 @@ def query_window(
     query: str, text: str, budget: int, token_counts: Callable[[Sequence[str]], list[int]]
 ) -> str:
     """The sentences of ``text`` around its best match with ``query``, within ``budget``
-    tokens; the first sentence (usually a title or lead) is kept when it still fits. A passage
+    tokens, after the first sentence when that is short (usually a title or lead). A passage
     that fits already is returned as it is."""
     text = text[:WINDOW_SEARCH_CHARS]
     sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
@@ -382,10 +391,13 @@ def query_window(
     wanted = _terms(query)
     overlap = [len(wanted & _terms(s)) for s in sentences]
     best = int(np.argmax(overlap))
-    lo, hi, used = best, best + 1, sizes[best]
+    # A short first sentence (a title, a lead) says what the passage is about: keep room for it.
+    lead = sizes[0] if best > 0 and sizes[0] <= budget // 4 else 0
+    lo, hi, used = best, best + 1, sizes[best] + lead
+    first = 1 if lead else 0  # the lead is added after, not grown into
     while True:
         # Grow toward the neighbour that shares more of the query; on a tie, read on.
-        left = overlap[lo - 1] if lo > 0 and used + sizes[lo - 1] <= budget else -1
+        left = overlap[lo - 1] if lo > first and used + sizes[lo - 1] <= budget else -1
         right = overlap[hi] if hi < len(sentences) and used + sizes[hi] <= budget else -1
         if left < 0 and right < 0:
             break
@@ -394,7 +406,7 @@ def query_window(
         else:
             used, lo = used + sizes[lo - 1], lo - 1
     span = sentences[lo:hi]
-    if lo > 0 and used + sizes[0] <= budget:
+    if lead and lo > 0:
         span = [sentences[0], *span]
     return " ".join(s.strip() for s in span)
 

@@ -144,10 +144,54 @@ def quality(n: int, forms: tuple[str, ...]) -> None:
         print(f"  {name:28} {evaluate(Qrels(qrels), Run(run), 'ndcg@10'):.4f}")
 
 
+def ort_sweep(cases: list[tuple[str, list[str]]]) -> None:
+    """onnxruntime session settings for the auto form, each at 256 tokens, taking turns."""
+    import onnxruntime as ort
+
+    from ragserve.rerank import _session_options
+
+    levels = ort.GraphOptimizationLevel
+    settings = {
+        "ALL, spin, batch 32": (levels.ORT_ENABLE_ALL, "1", 32),
+        "EXTENDED, spin, batch 32": (levels.ORT_ENABLE_EXTENDED, "1", 32),
+        "BASIC, spin, batch 32": (levels.ORT_ENABLE_BASIC, "1", 32),
+        "ALL, no spin, batch 32": (levels.ORT_ENABLE_ALL, "0", 32),
+        "ALL, spin, batch 8": (levels.ORT_ENABLE_ALL, "1", 8),
+    }
+    runners = {}
+    for name, (level, spin, batch) in settings.items():
+        r = CrossEncoderReranker(max_length=256, batch_size=batch)
+        r.warm_up()
+        model = r._model
+        options = _session_options()
+        options.graph_optimization_level = level
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        model.session = ort.InferenceSession(  # type: ignore[union-attr]
+            model.session._model_path,
+            options,
+            providers=["CPUExecutionProvider"],  # type: ignore[union-attr]
+        )
+        r.score("warm up", cases[0][1][:4])
+        runners[name] = r
+    lat: dict[str, list[float]] = {n: [] for n in runners}
+    for query, texts in tqdm(cases, desc="ort settings", unit="query"):
+        for name, r in runners.items():
+            t0 = time.perf_counter()
+            r.score(query, texts)
+            lat[name].append((time.perf_counter() - t0) * 1000)
+    print(f"{next(iter(runners.values())).form}, {len(cases)} queries x 20, interleaved")
+    for name, ms in lat.items():
+        print(f"  {name:26} p50 {np.percentile(ms, 50):6.0f} ms  mean {np.mean(ms):6.0f} ms")
+
+
 def forms_main(args: argparse.Namespace) -> None:
     forms = tuple(args.form_list.split(","))
-    cases = bm25_top("scifact", "train", args.queries) + bm25_top("nfcorpus", "dev", args.queries)
-    compare_forms(cases, forms)
+    if args.ort_sweep:
+        ort_sweep(bm25_top("scifact", "train", args.queries))
+        return
+    if args.queries:
+        cases = bm25_top("scifact", "train", args.queries)
+        compare_forms(cases + bm25_top("nfcorpus", "dev", args.queries), forms)
     if args.quality:
         quality(args.quality, tuple(args.quality_forms.split(",")))
 
@@ -170,8 +214,11 @@ def main() -> None:
     ap.add_argument("--save-scores", type=Path, default=None, help="write per-query scores (JSON)")
     ap.add_argument("--forms", action="store_true", help="compare runtimes and input lengths")
     ap.add_argument("--form-list", default=",".join(FORMS))
-    ap.add_argument("--queries", type=int, default=10, help="--forms: queries per dataset")
+    ap.add_argument(
+        "--queries", type=int, default=10, help="--forms: queries per dataset (0: quality only)"
+    )
     ap.add_argument("--quality", type=int, default=0, help="--forms: nDCG@10 on N queries")
+    ap.add_argument("--ort-sweep", action="store_true", help="--forms: onnxruntime settings")
     ap.add_argument("--quality-forms", default="torch-fp32,onnx-int8")
     args = ap.parse_args()
     if args.forms:

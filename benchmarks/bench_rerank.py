@@ -130,8 +130,9 @@ def quality(n: int, forms: tuple[str, ...]) -> None:
     runs: dict[str, dict] = {"bm25 top-20": {}}
     for q, (_, texts) in zip(qids, cases, strict=True):
         runs["bm25 top-20"][q] = {ids[t]: 20.0 - i for i, t in enumerate(texts)}
-    for f in forms:
-        for w in WINDOWS:
+    for variant in forms:
+        f, _, w_text = variant.partition(":")
+        for w in [int(w_text)] if w_text else WINDOWS:
             r = CrossEncoderReranker(runtime=_runtime(f), max_length=256, window=w)
             run = {}
             for q, (query, texts) in zip(qids, cases, strict=True):
@@ -219,7 +220,11 @@ def main() -> None:
     )
     ap.add_argument("--quality", type=int, default=0, help="--forms: nDCG@10 on N queries")
     ap.add_argument("--ort-sweep", action="store_true", help="--forms: onnxruntime settings")
-    ap.add_argument("--quality-forms", default="torch-fp32,onnx-int8")
+    ap.add_argument(
+        "--quality-forms",
+        default="torch-fp32:0,onnx-int8:0,onnx-int8:128",
+        help="form[:window] (no window: both 256 and 128)",
+    )
     args = ap.parse_args()
     if args.forms:
         forms_main(args)

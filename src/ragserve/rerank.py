@@ -304,8 +304,8 @@ class CrossEncoderReranker:
             fusion=settings.rerank_fusion,
             rrf_k=settings.rrf_k,
             alpha=settings.rerank_alpha,
-            runtime=getattr(settings, "rerank_runtime", "auto"),
-            window=getattr(settings, "rerank_window", 0),
+            runtime=settings.rerank_runtime,
+            window=settings.rerank_window,
         )
 
     @property

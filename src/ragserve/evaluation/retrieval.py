@@ -101,11 +101,11 @@ def estimate_seconds(
 def _rerank_ms_per_pair(settings: Settings) -> float:
     from ragserve.rerank_onnx import cpu_flags, preferred_precision
 
-    runtime = getattr(settings, "rerank_runtime", "auto")
+    runtime: str = settings.rerank_runtime
     if runtime == "auto":
         runtime = f"onnx-{preferred_precision(cpu_flags())}"
     per_pair = RERANK_MS_PER_PAIR.get(runtime, RERANK_MS_PER_PAIR["torch"])
-    window = getattr(settings, "rerank_window", 0)
+    window = settings.rerank_window
     # Attention and padding make cost grow a little faster than length; linear is close enough.
     length = min(window, settings.rerank_max_length) if window else settings.rerank_max_length
     return per_pair * length / 256

@@ -120,12 +120,13 @@ def compare_forms(cases: list[tuple[str, list[str]]], forms: tuple[str, ...]) ->
         )
 
 
-def quality(n: int, forms: tuple[str, ...]) -> None:
-    """nDCG@10 on SciFact train: BM25 top-20 alone, and re-ranked by each form (CE alone)."""
-    corpus, _, qrels = load("scifact", "train")
+def quality(n: int, forms: tuple[str, ...], dataset: str = "scifact:train") -> None:
+    """nDCG@10 on a dev/train split: BM25 top-20 alone, and re-ranked by each form (CE alone)."""
+    name, _, split = dataset.partition(":")
+    corpus, _, qrels = load(name, split)
     ids = {passage(d): d["_id"] for d in corpus}
     qids = sorted(qrels)[:n]
-    cases = bm25_top("scifact", "train", n)
+    cases = bm25_top(name, split, n)
     qrels = {q: qrels[q] for q in qids}
     runs: dict[str, dict] = {"bm25 top-20": {}}
     for q, (_, texts) in zip(qids, cases, strict=True):
@@ -140,7 +141,7 @@ def quality(n: int, forms: tuple[str, ...]) -> None:
                     ids[t]: float(s) for t, s in zip(texts, r.score(query, texts), strict=True)
                 }
             runs[f"{f} {'window ' + str(w) if w else 'first 256'}"] = run
-    print(f"nDCG@10, SciFact train, first {n} queries, BM25 top-20 re-ranked by the CE alone")
+    print(f"nDCG@10, {name} {split}, first {n} queries, BM25 top-20 re-ranked by the CE alone")
     for name, run in runs.items():
         print(f"  {name:28} {evaluate(Qrels(qrels), Run(run), 'ndcg@10'):.4f}")
 
@@ -194,7 +195,7 @@ def forms_main(args: argparse.Namespace) -> None:
         cases = bm25_top("scifact", "train", args.queries)
         compare_forms(cases + bm25_top("nfcorpus", "dev", args.queries), forms)
     if args.quality:
-        quality(args.quality, tuple(args.quality_forms.split(",")))
+        quality(args.quality, tuple(args.quality_forms.split(",")), args.quality_dataset)
 
 
 def main() -> None:
@@ -219,6 +220,7 @@ def main() -> None:
         "--queries", type=int, default=10, help="--forms: queries per dataset (0: quality only)"
     )
     ap.add_argument("--quality", type=int, default=0, help="--forms: nDCG@10 on N queries")
+    ap.add_argument("--quality-dataset", default="scifact:train", help="name:split (not test)")
     ap.add_argument("--ort-sweep", action="store_true", help="--forms: onnxruntime settings")
     ap.add_argument(
         "--quality-forms",

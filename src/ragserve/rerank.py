@@ -59,6 +59,7 @@ __all__ = [
     "Reranker",
     "export_cross_encoder_onnx",
     "fuse_rerank",
+    "query_window",
     "rerank_order",
 ]
 

@@ -4,14 +4,18 @@ used here only as a check, never for training)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ragserve.errors import EmptyQueryError, ModelNotFoundError
-from ragserve.rerank import CrossEncoderReranker, fuse_rerank, rerank_order
+from ragserve.rerank import CrossEncoderReranker, fuse_rerank, query_window, rerank_order
+from ragserve.rerank_onnx import cpu_flags, physical_cores, preferred_precision
 from ragserve.types import Chunk, Hit
 
 
@@ -34,12 +38,21 @@ def _hit(i: str, text: str, title: str | None = None) -> Hit:
 
 @pytest.fixture(scope="module")
 def reranker() -> CrossEncoderReranker:
+    """The default: on this CPU, the int8 (VNNI) or fp32 ONNX export of the shipped model."""
     r = CrossEncoderReranker()
+    r.warm_up()
+    assert r.form.startswith("onnx-"), f"the export fell back to {r.form}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def torch_reranker() -> CrossEncoderReranker:
+    r = CrossEncoderReranker(runtime="torch")
     r.warm_up()
     return r
 
 
-def _scifact_cases(shared: Path, n: int) -> list[tuple[str, dict, list[dict]]]:
+def _scifact_cases(shared: Path, n: int, split: str = "test") -> list[tuple[str, dict, list[dict]]]:
     corpus = {}
     with (shared / "scifact" / "corpus.jsonl").open() as fh:
         for line in fh:
@@ -51,7 +64,7 @@ def _scifact_cases(shared: Path, n: int) -> list[tuple[str, dict, list[dict]]]:
     }
     ids = list(corpus)
     cases = []
-    for line in (shared / "scifact" / "qrels" / "test.tsv").open():
+    for line in (shared / "scifact" / "qrels" / f"{split}.tsv").open():
         q, d, _score = line.rstrip("\r\n").split("\t")
         if q == "query-id":
             continue
@@ -62,9 +75,11 @@ def _scifact_cases(shared: Path, n: int) -> list[tuple[str, dict, list[dict]]]:
     return cases
 
 
+@pytest.mark.parametrize("window", [0, 128])
 def test_relevant_passage_outranks_unrelated_ones(
-    reranker: CrossEncoderReranker, shared_datasets: Path
+    reranker: CrossEncoderReranker, shared_datasets: Path, window: int
 ) -> None:
+    reranker = CrossEncoderReranker(runtime=reranker.runtime, window=window)
     wins = 0
     cases = _scifact_cases(shared_datasets, 20)
     for query, pos, negs in cases:
@@ -79,7 +94,11 @@ def test_relevant_passage_outranks_unrelated_ones(
     assert wins >= 15, f"relevant passage first in only {wins}/{len(cases)} cases"
 
 
-def test_scores_are_probabilities_and_batched_consistently(reranker: CrossEncoderReranker) -> None:
+@pytest.mark.parametrize(("which", "atol"), [("torch_reranker", 1e-4), ("reranker", 0.02)])
+def test_scores_are_probabilities_and_batched_consistently(
+    which: str, atol: float, request: pytest.FixtureRequest
+) -> None:
+    reranker: CrossEncoderReranker = request.getfixturevalue(which)
     # Mixed lengths: the runner batches pairs by length and must put each score back in place.
     texts = [f"passage {i} about the capital of France" + ", Paris" * (i % 9) for i in range(40)]
     together = reranker.score("What is the capital of France?", texts)
@@ -88,10 +107,10 @@ def test_scores_are_probabilities_and_batched_consistently(reranker: CrossEncode
         [reranker.score("What is the capital of France?", [texts[i]])[0] for i in picked]
     )
     assert together.shape == (40,) and np.all((together >= 0) & (together <= 1))
-    # The shipped weights run in fp32: padding a pair next to longer batch-mates may move its
-    # score by rounding only; more would mean masks or pairs are mixed up. (An int8 ONNX export
-    # moves by ~0.003, since dynamic quantization scales activations per batch.)
-    assert np.allclose(together[picked], alone, atol=1e-4)
+    # In fp32, padding a pair next to longer batch-mates may move its score by rounding only;
+    # more would mean masks or pairs are mixed up. int8 moves by ~0.003, since dynamic
+    # quantization scales activations per batch.
+    assert np.allclose(together[picked], alone, atol=atol)
 
 
 def test_rerank_keeps_k_and_records_the_stage_score(reranker: CrossEncoderReranker) -> None:
@@ -100,12 +119,143 @@ def test_rerank_keeps_k_and_records_the_stage_score(reranker: CrossEncoderRerank
     assert len(out) == 3 and all("rerank" in h.scores for h in out)
 
 
-def test_bad_input(reranker: CrossEncoderReranker) -> None:
+@pytest.mark.parametrize("window", [0, 128])
+def test_bad_input_finishes_in_bounded_time(reranker: CrossEncoderReranker, window: int) -> None:
+    reranker = CrossEncoderReranker(runtime=reranker.runtime, window=window)
     assert reranker.rerank("anything", [], 5) == []
     with pytest.raises(EmptyQueryError):
         reranker.rerank("  ", [_hit("a", "text")], 1)
-    long = _hit("long", "word " * 20000)
-    assert len(reranker.rerank("word", [long, _hit("b", "other")], 2)) == 2
+    undecodable = b"caf\xe9 na\xefve \xff\xfe bytes".decode("utf-8", errors="surrogateescape")
+    cases = {
+        "single": ("cats", [_hit("a", "Cats sleep a lot.")]),
+        "100k chars": ("word", [_hit("long", "word. " * 16_667), _hit("b", "other")]),
+        "one 100k-char sentence": ("word", [_hit("long", "x" * 100_000)]),
+        "2k-char query": ("why " * 500, [_hit("a", "Because."), _hit("b", "No reason.")]),
+        "lone surrogates": (undecodable, [_hit("a", undecodable), _hit("b", "\ud800 text")]),
+    }
+    for name, (query, hits) in cases.items():
+        t0 = time.perf_counter()
+        out = reranker.rerank(query, hits, len(hits))
+        # Generous: this machine is shared and loaded; a hang or a quadratic blow-up is minutes.
+        assert time.perf_counter() - t0 < 30, name
+        assert len(out) == len(hits) and all(0.0 <= h.score <= 1.0 for h in out), name
+
+
+def test_int8_and_fp32_forms_agree_on_real_pairs(
+    torch_reranker: CrossEncoderReranker, shared_datasets: Path
+) -> None:
+    """Each training query with its relevant abstract and seven others (SciFact train)."""
+    from scipy.stats import spearmanr
+
+    int8 = CrossEncoderReranker(runtime="onnx-int8")
+    fp32 = CrossEncoderReranker(runtime="onnx-fp32")
+    got: dict[str, list[np.ndarray]] = {"int8": [], "fp32": [], "torch": []}
+    for query, pos, negs in _scifact_cases(shared_datasets, 12, split="train"):
+        texts = [f"{d['title']}\n{d['text']}" for d in [pos, *negs, *negs[:3]]][:8]
+        got["int8"].append(int8.score(query, texts))
+        got["fp32"].append(fp32.score(query, texts))
+        got["torch"].append(torch_reranker.score(query, texts))
+    assert int8.form.startswith("onnx-int8") and fp32.form.startswith("onnx-fp32")
+    flat = {k: np.concatenate(v) for k, v in got.items()}
+    assert spearmanr(flat["int8"], flat["fp32"]).statistic >= 0.95
+    assert spearmanr(flat["int8"], flat["torch"]).statistic >= 0.95
+    assert spearmanr(flat["fp32"], flat["torch"]).statistic >= 0.99
+
+
+def test_concurrent_scoring_from_threads(reranker: CrossEncoderReranker) -> None:
+    # The API's worker threads share one re-ranker; its tokenizer must not be shared mid-call.
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"passage {i} about the capital of France" + ", Paris" * i for i in range(8)]
+    expected = reranker.score("capital of France", texts)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: reranker.score("capital of France", texts), range(8)))
+    for got in results:
+        assert np.allclose(got, expected, atol=0.02)
+
+
+def test_query_window_keeps_the_sentences_around_the_best_match() -> None:
+    def words(texts: Sequence[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
+
+    filler = [f"Filler sentence number {i} says nothing much." for i in range(30)]
+    text = " ".join(["Title of the paper.", *filler[:15], "Zebras evolved stripes.", *filler[15:]])
+    out = query_window("why do zebras have stripes", text, 20, words)
+    assert "Zebras evolved stripes." in out and out.startswith("Title of the paper.")
+    assert sum(words([out])) <= 20
+    short = "Zebras evolved stripes. Nothing else."
+    assert query_window("zebras", short, 20, words) == short
+    assert query_window("zebras", "no sentence end", 1, words) == "no sentence end"
+
+
+def test_cpu_flags_pick_int8_only_with_vnni(tmp_path: Path) -> None:
+    def cpuinfo(flags: str) -> Path:
+        path = tmp_path / flags.replace(" ", "_")
+        cores = "".join(
+            f"processor\t: {i}\nphysical id\t: 0\ncore id\t: {i // 2}\nflags\t\t: {flags}\n\n"
+            for i in range(4)
+        )
+        path.write_text(cores)
+        return path
+
+    assert preferred_precision(cpu_flags(cpuinfo("fpu sse2 avx2 avx512f avx512_vnni"))) == "int8"
+    assert preferred_precision(cpu_flags(cpuinfo("fpu sse2 avx2 avx_vnni"))) == "int8"
+    assert preferred_precision(cpu_flags(cpuinfo("fpu sse2 avx2 fma"))) == "fp32"
+    assert preferred_precision(cpu_flags(tmp_path / "missing")) == "fp32"
+    # Four hyper-threads on two cores: two intra-op threads (fewer if the process is pinned).
+    assert physical_cores(cpuinfo("avx2")) == min(2, len(os.sched_getaffinity(0)))
+
+
+def test_disagreeing_or_failing_export_falls_back_to_pytorch(
+    small_cross_encoder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import ragserve.rerank as rerank
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(rerank, "agreement", lambda a, b: 0.5)
+    with caplog.at_level(logging.WARNING, logger="ragserve.rerank"):
+        r = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-int8", max_length=64)
+        assert r.score("Where is the Eiffel Tower?", _PASSAGES).shape == (5,)
+    assert r.form == "torch-fp32" and "disagrees" in caplog.text
+    # The verdict is cached: the next start falls back without exporting again.
+    monkeypatch.setattr(rerank, "export_cross_encoder_onnx", _boom)
+    again = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-int8", max_length=64)
+    again.warm_up()
+    assert again.form == "torch-fp32"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragserve.rerank"):
+        failed = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-fp32")
+        failed.warm_up()
+    assert failed.form == "torch-fp32" and "export failed" in caplog.text
+
+
+def _boom(*args: object, **kwargs: object) -> Path:
+    raise RuntimeError("export broke")
+
+
+def test_agreeing_export_is_cached_and_reused(
+    small_cross_encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ragserve.rerank as rerank
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-fp32", max_length=64)
+    first.warm_up()
+    assert first.form.startswith("onnx-fp32")
+    (folder,) = (tmp_path / "cache" / "ragserve" / "reranker-onnx").glob("*-fp32-ort*[0-9]")
+    assert json.loads((folder / "export.json").read_text())["spearman"] >= 0.99
+    monkeypatch.setattr(rerank, "export_cross_encoder_onnx", _boom)
+    second = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-fp32", max_length=64)
+    second.warm_up()
+    assert second.form.startswith("onnx-fp32")
+    # A model the user names runs as given (PyTorch) unless an ONNX form is asked for.
+    assert CrossEncoderReranker(str(small_cross_encoder)).form == "not loaded"
+    as_given = CrossEncoderReranker(str(small_cross_encoder))
+    as_given.warm_up()
+    assert as_given.form == "torch-fp32"
 
 
 @pytest.mark.fast

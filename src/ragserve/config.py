@@ -157,6 +157,19 @@ class Settings(BaseSettings):
     rerank_alpha: float = Field(
         0.5, ge=0.0, le=1.0, description="Cross-encoder weight for rerank_fusion='interpolate'."
     )
+    rerank_runtime: Literal["auto", "torch", "onnx-fp32", "onnx-int8"] = Field(
+        "auto",
+        description="'auto' runs the cross-encoder on onnxruntime, int8 where the CPU has VNNI "
+        "and fp32 elsewhere (exported once into the user cache, checked against the original; "
+        "PyTorch if that fails); 'torch' runs the checkpoint on PyTorch.",
+    )
+    rerank_window: int = Field(
+        0,
+        ge=0,
+        description="Tokens (query + passage) the cross-encoder reads per pair when > 0: each "
+        "candidate is cut to the sentences around its best match with the query. 0 reads the "
+        "first rerank_max_length tokens.",
+    )
 
     # --- answerability (the reader's refusal signal) ----------------------------------------
     answerability: bool = Field(

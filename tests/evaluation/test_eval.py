@@ -13,7 +13,12 @@ from ragserve.config import Settings
 from ragserve.errors import DatasetError
 from ragserve.evaluation.answers import normalize_answer, squad_f1
 from ragserve.evaluation.beir import load_beir
-from ragserve.evaluation.retrieval import ranx_metrics
+from ragserve.evaluation.retrieval import (
+    ALL_STAGES,
+    estimate_seconds,
+    ranx_metrics,
+    select_stages,
+)
 
 
 @pytest.mark.fast
@@ -124,8 +129,66 @@ def test_eval_retrieval_cli_end_to_end(tmp_path: Path, monkeypatch) -> None:  # 
     assert body["ndcg@10"] == pytest.approx(1.0)
     assert set(body["ablation"]) == {"bm25", "dense", "hybrid"}
     assert (tmp_path / "rep" / "report.md").exists() and (
-        tmp_path / "rep" / "ablation.png"
+        tmp_path / "rep" / "quality_latency.png"
     ).exists()
+    # The estimate goes to stderr, before the run, and keeps stdout one JSON object.
+    assert "evaluating bm25, dense, hybrid on 2 queries: about" in result.stderr
+
+
+def test_default_stages_are_the_cheap_baselines_and_the_configured_pipeline() -> None:
+    plain = Settings()
+    assert select_stages(None, plain) == ("bm25", "dense", "hybrid")
+    assert select_stages("default", plain) == ("bm25", "dense", "hybrid")
+    assert select_stages(None, Settings(rerank=True)) == ("bm25", "dense", "hybrid+rerank")
+    both = Settings(rerank=True, query_expansion=True)
+    assert select_stages(None, both) == ("bm25", "dense", "hybrid+expansion+rerank")
+    no_feedback = Settings(dense_feedback_docs=0, fusion="rrf")
+    assert select_stages(None, no_feedback) == ("bm25", "dense", "hybrid-rrf")
+    assert select_stages("all", plain) == ALL_STAGES
+    assert select_stages(" bm25, hybrid+rerank ,", plain) == ("bm25", "hybrid+rerank")
+
+
+def test_estimate_grows_with_stages_queries_and_reranking() -> None:
+    s = Settings()
+    ingest, cheap = estimate_seconds(select_stages(None, s), s, documents=5183, queries=300)
+    _, everything = estimate_seconds(ALL_STAGES, s, documents=5183, queries=300)
+    _, half = estimate_seconds(select_stages(None, s), s, documents=5183, queries=150)
+    assert 0 < cheap < 60 < everything  # minutes of re-ranking vs seconds of retrieval
+    assert half == pytest.approx(cheap / 2) and ingest > 0
+    _, torch = estimate_seconds(
+        ("hybrid+rerank",), Settings(rerank_runtime="torch"), documents=1, queries=300
+    )
+    _, windowed = estimate_seconds(
+        ("hybrid+rerank",),
+        Settings(rerank_runtime="torch", rerank_window=128),
+        documents=1,
+        queries=300,
+    )
+    assert windowed < torch
+
+
+def test_quality_latency_chart_is_written_with_a_readable_quality_axis(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    from ragserve.evaluation.report import quality_latency_chart, write_report
+    from ragserve.evaluation.retrieval import StageResult
+
+    def stage(name: str, ndcg: float, ms: float) -> StageResult:
+        metrics = {"ndcg@10": ndcg, "recall@10": 0.8, "recall@100": 0.9, "mrr@10": 0.6}
+        return StageResult(name, metrics, {"q1": ndcg}, {"retrieve": [ms, ms]})
+
+    results = {
+        "bm25": stage("bm25", 0.679, 3.9),
+        "dense": stage("dense", 0.657, 23.1),
+        "hybrid": stage("hybrid", 0.729, 27.9),
+        "hybrid+rerank": stage("hybrid+rerank", 0.722, 872.0),
+    }
+    path = quality_latency_chart(results, tmp_path, "tiny")
+    assert path == tmp_path / "quality_latency.png"
+    assert matplotlib.image.imread(path).shape[0] > 300
+    report = write_report(results, tmp_path / "rep", "tiny")
+    assert "quality_latency.png" in report.read_text()
+    assert not (tmp_path / "rep" / "ablation.png").exists()
 
 
 def test_gold_removed_index_is_corrected_not_reused(tmp_path: Path) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ragserve.cli_support import configure_cli_logging, friendly_errors
-from ragserve.config import Settings, load_settings
+from ragserve.config import load_settings
 
 __all__ = ["app"]
 
@@ -24,13 +24,14 @@ def retrieval(
     ],
     split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
     stages: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Comma-separated: bm25, dense, hybrid-rrf, hybrid-convex (each fusion alone), "
-            "hybrid (the pipeline's: configured fusion + dense feedback), hybrid+expansion, "
-            "hybrid+rerank, hybrid+expansion+rerank."
+            help="'default' (bm25, dense and the configured pipeline: minutes), 'all' (the whole "
+            "ablation, with re-ranking: much longer) or comma-separated stages: bm25, dense, "
+            "hybrid-rrf, hybrid-convex (each fusion alone), hybrid (the pipeline's: configured "
+            "fusion + dense feedback), hybrid+expansion, hybrid+rerank, hybrid+expansion+rerank."
         ),
-    ] = "bm25,dense,hybrid-rrf,hybrid-convex,hybrid,hybrid+expansion,hybrid+rerank",
+    ] = None,
     collection: Annotated[
         str | None, typer.Option(help="Collection to (re)use; default eval-<name>.")
     ] = None,
@@ -43,15 +44,31 @@ def retrieval(
 
     from ragserve.evaluation.beir import load_beir
     from ragserve.evaluation.report import ablation_table, write_report
-    from ragserve.evaluation.retrieval import evaluate_retrieval
+    from ragserve.evaluation.retrieval import (
+        configured_stage,
+        estimate_seconds,
+        evaluate_retrieval,
+        select_stages,
+    )
 
     configure_cli_logging(False)
     load_settings()  # invalid settings stop the run before the dataset is read
     data = load_beir(dataset, split)
     settings = load_settings(collection=collection or f"eval-{data.name}"[:63])
-    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    chosen = select_stages(stages, settings)
+    n_queries = min(len(data.qrels), limit or len(data.qrels))
+    ingest_s, query_s = estimate_seconds(
+        chosen, settings, documents=data.corpus_size, queries=n_queries
+    )
+    typer.echo(
+        f"evaluating {', '.join(chosen)} on {n_queries} queries: about {_duration(query_s)}"
+        f" (+ about {_duration(ingest_s)} to index {data.corpus_size} documents the first"
+        " time); --stages all runs the whole ablation",
+        err=True,
+    )
     results = evaluate_retrieval(settings, data, stages=chosen, limit=limit, progress=not as_json)
-    full = _configured_stage(settings, results, chosen)
+    configured = configured_stage(settings)
+    full = configured if configured in results else chosen[-1]
     head = results[full].summary()
     body = {k: head[k] for k in ("ndcg@10", "recall@10", "recall@100", "mrr@10")}
     body |= {
@@ -74,19 +91,10 @@ def retrieval(
             typer.echo(f"report: {report / 'report.md'}")
 
 
-def _configured_stage(settings: Settings, results: dict[str, Any], chosen: tuple[str, ...]) -> str:
-    """The stage that is the configured pipeline: re-ranking and expansion only when the
-    settings turn them on; the last stage run when that one was not."""
-    configured = (
-        "hybrid"
-        + ("+expansion" if settings.query_expansion else "")
-        + ("+rerank" if settings.rerank else "")
-    )
-    feedback = settings.dense_feedback_docs > 0 and settings.dense_feedback_weight > 0
-    if configured == "hybrid" and configured not in results and not feedback:
-        # Without feedback the pipeline's retrieval is its fusion alone, run under that name.
-        configured = f"hybrid-{settings.fusion}"
-    return configured if configured in results else chosen[-1]
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    return f"{round(seconds / 60)} min"
 
 
 @app.command()

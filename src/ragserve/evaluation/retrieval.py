@@ -24,7 +24,15 @@ from ragserve.evaluation.beir import BeirDataset
 from ragserve.retrieval import HybridRetriever
 from ragserve.types import Hit, ProcessedQuery
 
-__all__ = ["ALL_STAGES", "StageResult", "evaluate_retrieval", "ranx_metrics"]
+__all__ = [
+    "ALL_STAGES",
+    "StageResult",
+    "configured_stage",
+    "estimate_seconds",
+    "evaluate_retrieval",
+    "ranx_metrics",
+    "select_stages",
+]
 
 ALL_STAGES = (
     "bm25",
@@ -38,6 +46,70 @@ ALL_STAGES = (
 )
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 DEPTH = 100
+
+# Rough costs on a 2-core CPU (README figures, unloaded), for the estimate printed before a run:
+# ms per query for each retrieval, ms per first-time-ingested document (chunk + embed + index).
+RETRIEVE_MS = {"sparse": 4.0, "dense": 25.0, "hybrid-rrf": 27.0, "hybrid-convex": 27.0}
+RETRIEVE_MS["hybrid"] = 30.0
+EXPANSION_MS = 20.0
+INGEST_MS_PER_DOC = 20.0
+# ms per (query, passage) pair the cross-encoder reads, by form: 14.7 pairs/s on PyTorch at 256
+# tokens; the ONNX forms from the speed-ups benchmarks/bench_rerank.py --forms measured against
+# it (fp32 1.2x, int8 with VNNI 1.9x).
+RERANK_MS_PER_PAIR = {"torch": 68.0, "onnx-fp32": 58.0, "onnx-int8": 36.0}
+
+
+def configured_stage(settings: Settings) -> str:
+    """The ablation stage that is what the configured pipeline runs."""
+    stage = (
+        "hybrid"
+        + ("+expansion" if settings.query_expansion else "")
+        + ("+rerank" if settings.rerank else "")
+    )
+    feedback = settings.dense_feedback_docs > 0 and settings.dense_feedback_weight > 0
+    if stage == "hybrid" and not feedback:
+        # Without feedback the pipeline's retrieval is its fusion alone, run under that name.
+        stage = f"hybrid-{settings.fusion}"
+    return stage
+
+
+def select_stages(spec: str | None, settings: Settings) -> tuple[str, ...]:
+    """``None`` or "default": the cheap single-method baselines and the configured pipeline;
+    "all": the whole ablation; otherwise the comma-separated stages named."""
+    if spec is None or spec.strip() == "default":
+        return tuple(dict.fromkeys(("bm25", "dense", configured_stage(settings))))
+    if spec.strip() == "all":
+        return ALL_STAGES
+    return tuple(s.strip() for s in spec.split(",") if s.strip())
+
+
+def estimate_seconds(
+    stages: tuple[str, ...], settings: Settings, *, documents: int, queries: int
+) -> tuple[float, float]:
+    """(first-time ingestion, query loop) seconds, roughly: each retrieval is run once per query
+    however many stages share it; every re-ranking stage scores rerank_candidates pairs."""
+    modes = {s.split("+")[0] + ("+x" if "expansion" in s else "") for s in stages}
+    per_query = sum(
+        RETRIEVE_MS.get(m.removesuffix("+x").replace("bm25", "sparse"), 30.0)
+        + (EXPANSION_MS if m.endswith("+x") else 0.0)
+        for m in modes
+    )
+    reranks = sum("rerank" in s for s in stages)
+    per_query += reranks * settings.rerank_candidates * _rerank_ms_per_pair(settings)
+    return documents * INGEST_MS_PER_DOC / 1000, queries * per_query / 1000
+
+
+def _rerank_ms_per_pair(settings: Settings) -> float:
+    from ragserve.rerank_onnx import cpu_flags, preferred_precision
+
+    runtime: str = settings.rerank_runtime
+    if runtime == "auto":
+        runtime = f"onnx-{preferred_precision(cpu_flags())}"
+    per_pair = RERANK_MS_PER_PAIR.get(runtime, RERANK_MS_PER_PAIR["torch"])
+    window = settings.rerank_window
+    # Attention and padding make cost grow a little faster than length; linear is close enough.
+    length = min(window, settings.rerank_max_length) if window else settings.rerank_max_length
+    return per_pair * length / 256
 
 
 @dataclass(slots=True)

@@ -1,0 +1,162 @@
+"""Which form the re-ranker runs in, and the ONNX copy of its weights that the fast forms need.
+
+The shipped cross-encoder is safetensors for PyTorch. ONNX Runtime runs the same network 2-4x
+faster on a CPU, and int8 (dynamic quantisation) faster again where the CPU has int8
+dot-product instructions (VNNI); without them onnxruntime's int8 kernels use AVX2's
+``vpmaddubsw``, which can saturate and gains less, so fp32 ONNX is the choice there.
+The ONNX file is derived from the installed weights on first use rather than committed: it is
+written once into the user cache, under a file lock (several workers may start together), keyed
+by the weights' hash, the precision and the onnxruntime version (a new runtime may fuse the
+graph differently). An export that fails, or whose scores disagree with the original on a fixed
+set of real pairs, is not used: the caller falls back to PyTorch with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "MIN_SPEARMAN",
+    "Precision",
+    "RerankRuntime",
+    "cpu_flags",
+    "exported_model",
+    "physical_cores",
+    "preferred_precision",
+]
+
+log = logging.getLogger("ragserve.rerank")
+
+Precision = Literal["int8", "fp32"]
+# "torch-fp16" keeps the checkpoint's fp16 on PyTorch: slow on CPUs, there to be measured.
+RerankRuntime = Literal["auto", "torch", "torch-fp16", "onnx-fp32", "onnx-int8"]
+# Any of these gives onnxruntime's u8s8 GEMM a VNNI (or AMX) kernel without saturation.
+INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+MIN_SPEARMAN = 0.95
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "config.json")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The instruction-set flags of the first CPU listed (all cores of a host share them)."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def physical_cores(cpuinfo: Path = CPUINFO) -> int:
+    """Physical cores (not hyper-threads): a second thread on a core only contends for the same
+    vector units, so onnxruntime's intra-op pool is sized to cores."""
+    cores: set[tuple[str, str]] = set()
+    physical = core = ""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("physical id"):
+                physical = line.split(":", 1)[1].strip()
+            elif line.startswith("core id"):
+                core = line.split(":", 1)[1].strip()
+                cores.add((physical, core))
+    except OSError:
+        pass
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return max(1, min(len(cores) or os.cpu_count() or 1, available or 1 << 16))
+
+
+def preferred_precision(flags: frozenset[str]) -> Precision:
+    return "int8" if flags & INT8_FLAGS else "fp32"
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ragserve" / "reranker-onnx"
+
+
+def weights_digest(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    for name in WEIGHT_FILES:
+        path = model_dir / name
+        if path.is_file():
+            h.update(name.encode())
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def exported_model(
+    model_dir: Path, precision: Precision, agreement: Callable[[Path], float]
+) -> Path | None:
+    """The cached ONNX export of ``model_dir`` at ``precision`` (made now if missing), or None
+    when it cannot be made or ``agreement(onnx_dir)`` (Spearman against the original) is below
+    MIN_SPEARMAN."""
+    import onnxruntime as ort
+    from filelock import FileLock
+
+    root = _cache_root()
+    key = f"{weights_digest(model_dir)[:16]}-{precision}-ort{ort.__version__}"
+    target = root / key
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / f"{key}.lock"), timeout=900):
+            meta = _read_meta(target)
+            if meta is None:
+                meta = _export(model_dir, target, precision, agreement)
+    except Exception as exc:  # an unusable export must never take the stage down
+        log.warning("re-ranker: ONNX %s export failed (%s); using PyTorch", precision, exc)
+        return None
+    if not meta["ok"]:
+        log.warning(
+            "re-ranker: ONNX %s export disagrees with the original (Spearman %.3f < %.2f); "
+            "using PyTorch",
+            precision,
+            meta["spearman"],
+            MIN_SPEARMAN,
+        )
+        return None
+    return target / meta["file"]
+
+
+def _read_meta(target: Path) -> dict | None:
+    try:
+        return json.loads((target / "export.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _export(
+    model_dir: Path, target: Path, precision: Precision, agreement: Callable[[Path], float]
+) -> dict:
+    from ragserve.rerank import export_cross_encoder_onnx
+
+    log.info("re-ranker: exporting %s to ONNX %s in %s (once)", model_dir, precision, target)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    try:
+        model_file = export_cross_encoder_onnx(model_dir, tmp, quantize=precision == "int8")
+        rho = float(agreement(tmp))
+        # A disagreeing export is recorded too, so later starts fall back at once instead of
+        # exporting again; it is keyed by the runtime version, so an upgrade tries anew.
+        meta = {
+            "file": model_file.name,
+            "precision": precision,
+            "spearman": round(rho, 4),
+            "ok": rho >= MIN_SPEARMAN,
+            "source": str(model_dir),
+        }
+        (tmp / "export.json").write_text(json.dumps(meta, indent=1))
+        shutil.rmtree(target, ignore_errors=True)  # a half-written one from a killed process
+        os.replace(tmp, target)
+        return meta
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

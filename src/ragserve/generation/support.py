@@ -55,6 +55,10 @@ class SentenceSupport:
 
         self._stemmer = Stemmer.Stemmer("english")
 
+    def terms(self, text: str) -> list[str]:
+        """Stemmed content words: what the question and a sentence are compared on."""
+        return self._terms(text)
+
     def _terms(self, text: str) -> list[str]:
         if self._stemmer is None:
             self.warm_up()

@@ -368,7 +368,7 @@ def test_onnx_export_scores_like_the_original(small_cross_encoder: Path, tmp_pat
     assert np.allclose(int8, original, atol=0.05)
 
 
-def test_concurrent_scoring_uses_no_shared_tokenizer(reranker: CrossEncoderReranker) -> None:
+def test_concurrent_scoring_uses_no_shared_tokenizer(torch_reranker: CrossEncoderReranker) -> None:
     """Worker threads score at once while something else drives the model's own tokenizer
     with other truncation settings. With one shared fast tokenizer that either raises
     ``Already borrowed`` or silently scores under the other's truncation; per-thread
@@ -376,8 +376,8 @@ def test_concurrent_scoring_uses_no_shared_tokenizer(reranker: CrossEncoderReran
     import threading
 
     query = "Where is the Eiffel Tower?"
-    expected = reranker.score(query, _PASSAGES)
-    shared = reranker._model.model.tokenizer  # type: ignore[union-attr]
+    expected = torch_reranker.score(query, _PASSAGES)
+    shared = torch_reranker._model.model.tokenizer  # type: ignore[union-attr]
     stop = threading.Event()
     errors: list[BaseException] = []
     results: list[np.ndarray] = []
@@ -389,7 +389,7 @@ def test_concurrent_scoring_uses_no_shared_tokenizer(reranker: CrossEncoderReran
     def worker() -> None:
         try:
             for _ in range(6):
-                results.append(reranker.score(query, _PASSAGES))
+                results.append(torch_reranker.score(query, _PASSAGES))
         except BaseException as exc:
             errors.append(exc)
 

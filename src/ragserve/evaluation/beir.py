@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,71 +34,16 @@ def load_beir(folder: Path, split: str = "test") -> BeirDataset:
     qrels_path = folder / "qrels" / f"{split}.tsv"
     for p in (corpus_path, queries_path, qrels_path):
         if not p.is_file():
-            available = (
-                sorted(x.stem for x in (folder / "qrels").glob("*.tsv"))
-                if (folder / "qrels").is_dir()
-                else []
-            )
-            hint = (
-                f"Available splits: {', '.join(available)}."
-                if p == qrels_path and available
-                else "A BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv."
-            )
-            raise DatasetError(f"Missing file: {p}", hint=hint)
-    corpus_ids: set[str] = set()
-    with corpus_path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                corpus_ids.add(str(json.loads(line)["_id"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DatasetError(
-                    f"{corpus_path}:{lineno}: not a BEIR corpus record ({exc}).",
-                    hint='Each line must be {"_id", "title", "text"}.',
-                ) from exc
-    queries: dict[str, str] = {}
-    with queries_path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                queries[str(rec["_id"])] = str(rec["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DatasetError(
-                    f"{queries_path}:{lineno}: not a BEIR query record ({exc}).",
-                    hint='Each line must be {"_id", "text"}.',
-                ) from exc
-    qrels: dict[str, dict[str, int]] = {}
-    with qrels_path.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            line = raw.rstrip("\r\n")  # BEIR qrels are CRLF
-            if not line or (lineno == 1 and line.startswith("query-id")):
-                continue
-            parts = line.split("\t")
-            if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
-                raise DatasetError(
-                    f"{qrels_path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score'.",
-                    hint="Check the qrels file format.",
-                )
-            qid, did, score = parts[0], parts[1], int(parts[2])
-            if qid not in queries:
-                raise DatasetError(
-                    f"{qrels_path}:{lineno}: query id '{qid}' is not in {queries_path.name}."
-                )
-            if did not in corpus_ids:
-                raise DatasetError(
-                    f"{qrels_path}:{lineno}: corpus id '{did}' is not in {corpus_path.name}."
-                )
-            if not queries[qid].strip():
-                raise DatasetError(
-                    f"{queries_path}: query '{qid}' is empty.", hint="Remove it or give it text."
-                )
-            if score > 0:
-                qrels.setdefault(qid, {})[did] = score
-    if not qrels:
-        raise DatasetError(f"{qrels_path}: no relevance judgements.")
+            raise DatasetError(f"Missing file: {p}", hint=_missing_hint(folder, p == qrels_path))
+    corpus_ids = {
+        str(rec["_id"])
+        for rec in _records(corpus_path, ("_id",), '{"_id", "title", "text"}', "corpus")
+    }
+    queries = {
+        str(rec["_id"]): str(rec["text"])
+        for rec in _records(queries_path, ("_id", "text"), '{"_id", "text"}', "query")
+    }
+    qrels = _read_qrels(qrels_path, queries, corpus_ids, queries_path.name, corpus_path.name)
     return BeirDataset(
         name=folder.name,
         folder=folder,
@@ -106,3 +52,65 @@ def load_beir(folder: Path, split: str = "test") -> BeirDataset:
         qrels=qrels,
         corpus_size=len(corpus_ids),
     )
+
+
+def _missing_hint(folder: Path, is_qrels: bool) -> str:
+    qrels_dir = folder / "qrels"
+    available = sorted(x.stem for x in qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
+    if is_qrels and available:
+        return f"Available splits: {', '.join(available)}."
+    return "A BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv."
+
+
+def _records(
+    path: Path, keys: tuple[str, ...], shape: str, what: str
+) -> Iterator[dict[str, object]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                for key in keys:
+                    rec[key]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DatasetError(
+                    f"{path}:{lineno}: not a BEIR {what} record ({exc}).",
+                    hint=f"Each line must be {shape}.",
+                ) from exc
+            yield rec
+
+
+def _read_qrels(
+    path: Path,
+    queries: dict[str, str],
+    corpus_ids: set[str],
+    queries_name: str,
+    corpus_name: str,
+) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = raw.rstrip("\r\n")  # BEIR qrels are CRLF
+            if not line or (lineno == 1 and line.startswith("query-id")):
+                continue
+            parts = line.split("\t")
+            if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
+                raise DatasetError(
+                    f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score'.",
+                    hint="Check the qrels file format.",
+                )
+            qid, did, score = parts[0], parts[1], int(parts[2])
+            if qid not in queries:
+                raise DatasetError(f"{path}:{lineno}: query id '{qid}' is not in {queries_name}.")
+            if did not in corpus_ids:
+                raise DatasetError(f"{path}:{lineno}: corpus id '{did}' is not in {corpus_name}.")
+            if not queries[qid].strip():
+                raise DatasetError(
+                    f"{queries_name}: query '{qid}' is empty.", hint="Remove it or give it text."
+                )
+            if score > 0:
+                qrels.setdefault(qid, {})[did] = score
+    if not qrels:
+        raise DatasetError(f"{path}: no relevance judgements.")
+    return qrels

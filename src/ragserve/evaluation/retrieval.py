@@ -165,12 +165,30 @@ def evaluate_retrieval(
     limit: int | None = None,
     progress: bool = True,
 ) -> dict[str, StageResult]:
-    from ragserve.ingest.loaders import iter_beir_corpus
-    from ragserve.ingest.pipeline import Ingestor
     from ragserve.pipeline import RagPipeline
-    from ragserve.query import RuleBasedQueryProcessor
-    from ragserve.rerank import CrossEncoderReranker
 
+    _check_stages(stages)
+    wants_rerank = any("rerank" in s for s in stages)
+    pipeline = RagPipeline(settings.model_copy(update={"rerank": wants_rerank and settings.rerank}))
+    pipeline.warm_up(generation=False)
+    _index_corpus(pipeline, dataset, progress)
+    run = _StageRunner(pipeline, settings, stages, wants_rerank)
+    qids = sorted(dataset.qrels)[: limit or None]
+    bar = _bar(len(qids), progress)
+    for qid in qids:
+        run.query(qid, dataset.queries[qid])
+        bar.update(1)
+    bar.close()
+    qrels = {q: dataset.qrels[q] for q in qids}
+    results = {}
+    for stage in stages:
+        means, per_query = ranx_metrics(qrels, run.runs[stage])
+        results[stage] = StageResult(stage, means, per_query, run.latency[stage])
+    pipeline.close()
+    return results
+
+
+def _check_stages(stages: tuple[str, ...]) -> None:
     unknown = set(stages) - set(ALL_STAGES)
     if unknown:
         from ragserve.errors import BadRequestError
@@ -179,24 +197,81 @@ def evaluate_retrieval(
             f"Unknown stages: {', '.join(sorted(unknown))}.",
             hint="Choose from " + ", ".join(ALL_STAGES) + ".",
         )
-    wants_rerank = any("rerank" in s for s in stages)
-    pipeline = RagPipeline(settings.model_copy(update={"rerank": wants_rerank and settings.rerank}))
-    pipeline.warm_up(generation=False)
-    Ingestor(settings, pipeline.index, pipeline.embedder).ingest_documents(
+
+
+def _index_corpus(pipeline: Any, dataset: BeirDataset, progress: bool) -> None:
+    from ragserve.ingest.loaders import iter_beir_corpus
+    from ragserve.ingest.pipeline import Ingestor
+
+    Ingestor(pipeline.settings, pipeline.index, pipeline.embedder).ingest_documents(
         iter_beir_corpus(dataset.corpus_path),
         total=dataset.corpus_size,
         progress=progress,
         label="documents",
     )
-    reranker = pipeline.reranker
-    if reranker is None and wants_rerank:
-        reranker = CrossEncoderReranker.from_settings(settings)
-        reranker.warm_up()
-    plain = RuleBasedQueryProcessor(condense_history=False, expansion=False, intent_detection=False)
-    expand = RuleBasedQueryProcessor(condense_history=False, expansion=True, intent_detection=False)
+
+
+class _StageRunner:
+    """Runs every stage of the ablation for one query at a time, timing each part."""
+
+    def __init__(
+        self, pipeline: Any, settings: Settings, stages: tuple[str, ...], wants_rerank: bool
+    ) -> None:
+        from ragserve.query import RuleBasedQueryProcessor
+        from ragserve.rerank import CrossEncoderReranker
+
+        self.pipeline, self.stages = pipeline, stages
+        self.reranker = pipeline.reranker
+        if self.reranker is None and wants_rerank:
+            self.reranker = CrossEncoderReranker.from_settings(settings)
+            self.reranker.warm_up()
+        self.n_rerank = settings.rerank_candidates
+        self.plain = RuleBasedQueryProcessor(
+            condense_history=False, expansion=False, intent_detection=False
+        )
+        self.expand = RuleBasedQueryProcessor(
+            condense_history=False, expansion=True, intent_detection=False
+        )
+        self.retrievers = _retrievers(pipeline, settings)
+        self.runs: dict[str, dict[str, dict[str, float]]] = {s: {} for s in stages}
+        self.latency: dict[str, dict[str, list[float]]] = {s: {} for s in stages}
+
+    def query(self, qid: str, text: str) -> None:
+        # Stages that share a retrieval (e.g. hybrid and hybrid+rerank) retrieve once.
+        cache: dict[str, tuple[list[Hit], float, float]] = {}
+        for stage in self.stages:
+            lat = self.latency[stage]
+            processor = self.expand if "expansion" in stage else self.plain
+            t0 = time.perf_counter()
+            pq: ProcessedQuery = processor.process(text)
+            t_query = (time.perf_counter() - t0) * 1000
+            mode = {"bm25": "sparse"}.get(stage.split("+")[0], stage.split("+")[0])
+            key = f"{mode}:{'x' if 'expansion' in stage else ''}"
+            if key not in cache:
+                self.pipeline.embedder.clear_cache()  # time the real embedding, not a cache hit
+                t0 = time.perf_counter()
+                hits = self.retrievers[mode].retrieve(pq, DEPTH)
+                cache[key] = (hits, t_query, (time.perf_counter() - t0) * 1000)
+            hits, t_query, t_retrieve = cache[key]
+            lat.setdefault("query", []).append(t_query)
+            lat.setdefault("retrieve", []).append(t_retrieve)
+            if "rerank" in stage:
+                hits = self._rerank(pq.text, hits, lat)
+            self.runs[stage][qid] = _to_docs(hits)
+
+    def _rerank(self, query: str, hits: list[Hit], lat: dict[str, list[float]]) -> list[Hit]:
+        assert self.reranker is not None
+        n = self.n_rerank
+        t0 = time.perf_counter()
+        head = self.reranker.rerank(query, hits[:n], n)
+        lat.setdefault("rerank", []).append((time.perf_counter() - t0) * 1000)
+        return head + hits[n:]
+
+
+def _retrievers(pipeline: Any, settings: Settings) -> dict[str, HybridRetriever]:
     # overfetch 1: every side fetches DEPTH (or fusion_depth, if deeper) candidates.
     eval_settings = settings.model_copy(update={"overfetch": 1})
-    retrievers = {
+    return {
         name: HybridRetriever.from_settings(
             pipeline.index,
             pipeline.embedder,
@@ -213,46 +288,6 @@ def evaluate_retrieval(
             ("hybrid", "hybrid", None, True),
         )
     }
-    qids = sorted(dataset.qrels)[: limit or None]
-    qrels = {q: dataset.qrels[q] for q in qids}
-    runs: dict[str, dict[str, dict[str, float]]] = {s: {} for s in stages}
-    latency: dict[str, dict[str, list[float]]] = {s: {} for s in stages}
-    bar = _bar(len(qids), progress)
-    n_rerank = settings.rerank_candidates
-    for qid in qids:
-        text = dataset.queries[qid]
-        cache: dict[str, tuple[list[Hit], float, float]] = {}
-        for stage in stages:
-            lat = latency[stage]
-            processor = expand if "expansion" in stage else plain
-            t0 = time.perf_counter()
-            pq: ProcessedQuery = processor.process(text)
-            t_query = (time.perf_counter() - t0) * 1000
-            mode = {"bm25": "sparse"}.get(stage.split("+")[0], stage.split("+")[0])
-            key = f"{mode}:{'x' if 'expansion' in stage else ''}"
-            if key not in cache:
-                pipeline.embedder.clear_cache()  # time the real embedding, not a cache hit
-                t0 = time.perf_counter()
-                hits = retrievers[mode].retrieve(pq, DEPTH)
-                cache[key] = (hits, t_query, (time.perf_counter() - t0) * 1000)
-            hits, t_query, t_retrieve = cache[key]
-            lat.setdefault("query", []).append(t_query)
-            lat.setdefault("retrieve", []).append(t_retrieve)
-            if "rerank" in stage:
-                assert reranker is not None
-                t0 = time.perf_counter()
-                head = reranker.rerank(pq.text, hits[:n_rerank], n_rerank)
-                lat.setdefault("rerank", []).append((time.perf_counter() - t0) * 1000)
-                hits = head + hits[n_rerank:]
-            runs[stage][qid] = _to_docs(hits)
-        bar.update(1)
-    bar.close()
-    results = {}
-    for stage in stages:
-        means, per_query = ranx_metrics(qrels, runs[stage])
-        results[stage] = StageResult(stage, means, per_query, latency[stage])
-    pipeline.close()
-    return results
 
 
 class _Null:

@@ -31,7 +31,7 @@ def test_planted_instructions_do_not_leak_prompt_or_keys(
     (tmp_path / "kitchen.md").write_text(PLANTED)
     settings = Settings(data_dir=tmp_path / "idx", admin_api_key="s3cret-admin-key")
     index = LocalIndex.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    index.open(embedder.fingerprint, embedder.dimension)
     Ingestor(settings, index, embedder).ingest_paths([tmp_path / "kitchen.md"], progress=False)
     index.close()
     with TestClient(create_app(settings)) as client:

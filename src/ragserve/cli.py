@@ -76,14 +76,14 @@ DataDirOpt = Annotated[Path | None, typer.Option(help="Index directory (RAGSERVE
 
 
 def _open_for_write(settings: Settings) -> tuple[Any, Any]:
-    from ragserve.embedding import SentenceTransformerEmbedder
+    from ragserve.embedding import SentenceTransformerEmbedder, open_index_with
     from ragserve.ingest.pipeline import Ingestor
     from ragserve.stores.base import open_index
 
     embedder = SentenceTransformerEmbedder.from_settings(settings)
     embedder.warm_up()
     index = open_index(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    open_index_with(index, embedder)
     return index, Ingestor(settings, index, embedder)
 
 
@@ -223,10 +223,10 @@ def list_documents(
 
     settings = _settings(collection=collection, data_dir=data_dir)
     index = open_index(settings)
-    from ragserve.embedding import SentenceTransformerEmbedder
+    from ragserve.embedding import SentenceTransformerEmbedder, open_index_with
 
     embedder = SentenceTransformerEmbedder.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    open_index_with(index, embedder)
     try:
         docs = index.documents()
         info = index.info()
@@ -278,7 +278,7 @@ def delete(
 @_friendly_errors
 def reindex(collection: CollectionOpt = None, data_dir: DataDirOpt = None) -> None:
     """Re-embed every stored chunk with the configured embedding model."""
-    from ragserve.embedding import SentenceTransformerEmbedder
+    from ragserve.embedding import SentenceTransformerEmbedder, open_index_with
     from ragserve.errors import EmbedderMismatchError
     from ragserve.ingest.pipeline import Ingestor
     from ragserve.stores.base import open_index
@@ -288,14 +288,14 @@ def reindex(collection: CollectionOpt = None, data_dir: DataDirOpt = None) -> No
     embedder.warm_up()
     index = open_index(settings)
     try:
-        index.open(settings.embedding_model, embedder.dimension)
+        open_index_with(index, embedder)
     except EmbedderMismatchError as exc:
         typer.echo(f"re-embedding: {exc.message}", err=True)
     try:
         n = Ingestor(settings, index, embedder).reindex()
     finally:
         index.close()
-    typer.echo(f"re-embedded {n} chunks with {settings.embedding_model}", err=True)
+    typer.echo(f"re-embedded {n} chunks with {embedder.fingerprint}", err=True)
 
 
 def _register_subcommands() -> None:

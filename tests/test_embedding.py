@@ -1,24 +1,86 @@
 from __future__ import annotations
 
+import logging
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from ragserve.embedding import SentenceTransformerEmbedder
-from ragserve.errors import ModelNotFoundError
+import ragserve.embedding as embedding
+from ragserve.config import Settings
+from ragserve.embedding import (
+    MIN_AGREEMENT,
+    PROBE_TEXTS,
+    SentenceTransformerEmbedder,
+    choose_runtime,
+    open_index_with,
+)
+from ragserve.errors import EmbedderMismatchError, ModelNotFoundError
+from ragserve.onnx_utils import cpu_flags, has_int8_dot_product, physical_cores
+
+TEXTS = [
+    "How do I set a timeout?",
+    "Configuring request timeouts in httpx",
+    "The recipe needs two eggs",
+]
+
+
+@pytest.fixture(scope="module")
+def torch_embedder() -> SentenceTransformerEmbedder:
+    e = SentenceTransformerEmbedder(runtime="torch")
+    e.warm_up()
+    return e
 
 
 def test_builtin_model_embeds_offline(embedder: SentenceTransformerEmbedder) -> None:
-    v = embedder.embed(
-        [
-            "How do I set a timeout?",
-            "Configuring request timeouts in httpx",
-            "The recipe needs two eggs",
-        ]
-    )
+    v = embedder.embed(TEXTS)
     assert v.shape == (3, 384) and v.dtype == np.float32
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
     assert v[0] @ v[1] > v[0] @ v[2]
     assert embedder.max_tokens == 254
+
+
+def test_default_runtime_follows_the_cpu(embedder: SentenceTransformerEmbedder) -> None:
+    expected = "onnx-int8" if has_int8_dot_product() else "onnx-fp32"
+    assert embedder.runtime == expected
+    assert embedder.fingerprint == f"builtin:all-MiniLM-L6-v2@{expected}"
+
+
+def test_choose_runtime_from_cpu_flags() -> None:
+    assert choose_runtime("auto", frozenset({"avx2", "avx512f", "avx512_vnni"})) == "onnx-int8"
+    assert choose_runtime("auto", frozenset({"avx2", "avx_vnni"})) == "onnx-int8"
+    # Plain AVX2 int8 GEMMs saturate (vpmaddubsw), so fp32 there.
+    assert choose_runtime("auto", frozenset({"avx2", "fma", "avx512f"})) == "onnx-fp32"
+    assert choose_runtime("torch", frozenset({"avx512_vnni"})) == "torch-fp32"
+    assert choose_runtime("onnx-fp32", frozenset({"avx512_vnni"})) == "onnx-fp32"
+
+
+def test_cpu_facts_are_sane() -> None:
+    assert 1 <= physical_cores() <= (len(__import__("os").sched_getaffinity(0)))
+    assert isinstance(cpu_flags(), frozenset)
+
+
+def test_exported_model_agrees_with_pytorch(
+    embedder: SentenceTransformerEmbedder, torch_embedder: SentenceTransformerEmbedder
+) -> None:
+    """The real shipped model: every vector of the chosen runtime within the agreement bound,
+    on text the probe set never saw (a SciFact-like abstract past the token limit too)."""
+    texts = [
+        *TEXTS,
+        "Statins lowered LDL cholesterol by 38% over five years in the treatment arm. " * 9,
+        "ß-blockers and ACE inhibitors in heart failure with reduced ejection fraction",
+        "0-dimensional biomaterials show inductive properties.",
+    ]
+    ours, ref = embedder.embed(texts), torch_embedder.embed(texts)
+    assert np.all(np.sum(ours * ref, axis=1) >= MIN_AGREEMENT)
+    # Measured limit of int8: a lone character (one word piece between [CLS] and [SEP]) is
+    # where per-tensor activation scales hurt most, 0.978-0.987 against PyTorch.
+    tiny = ["x", "?", "n"]
+    assert np.all(np.sum(embedder.embed(tiny) * torch_embedder.embed(tiny), axis=1) >= 0.97)
+    # The PyTorch path reproduces sentence-transformers' own encode exactly.
+    st = torch_embedder.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    assert np.allclose(ref, st, atol=1e-5)
 
 
 def test_query_cache_hits(embedder: SentenceTransformerEmbedder) -> None:
@@ -28,6 +90,111 @@ def test_query_cache_hits(embedder: SentenceTransformerEmbedder) -> None:
     assert embedder.cache_hits == before + 1 and np.array_equal(a, b)
 
 
-def test_missing_local_model_path_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_local_model_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         SentenceTransformerEmbedder(str(tmp_path / "no-model")).warm_up()
+
+
+def test_concurrent_encoding_with_mixed_lengths(embedder: SentenceTransformerEmbedder) -> None:
+    """Chat threads, ingestion threads and a chunker share one embedder: no "Already
+    borrowed", and every thread gets exactly the vectors a lone caller gets for the same batch
+    (int8 activation scales are per batch, so the comparison is batch for batch)."""
+    texts = [("word " * n).strip() for n in (1, 3, 40, 300, 7, 120, 600, 2)]
+    groups = [[0, 3, 6], [1, 2], [4, 5, 7, 0], [6], [2, 7, 1, 5, 3]]
+    expected = [embedder.embed([texts[i] for i in g]) for g in groups]
+    errors: list[BaseException] = []
+    mismatches: list[int] = []
+    start = threading.Barrier(7)
+
+    def encode(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        start.wait()
+        try:
+            for _ in range(15):
+                g = int(rng.integers(len(groups)))
+                got = embedder.embed([texts[i] for i in groups[g]])
+                if not np.allclose(got, expected[g], atol=1e-5):
+                    mismatches.append(g)
+                embedder.embed_query(f"{texts[int(rng.integers(len(texts)))]} {seed}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    def chunk_like() -> None:
+        # What the chunker does with the shared tokenizer: no truncation, offsets.
+        start.wait()
+        try:
+            for _ in range(60):
+                embedder.tokenizer(texts[6], add_special_tokens=False, return_offsets_mapping=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=encode, args=(i,)) for i in range(6)]
+    threads.append(threading.Thread(target=chunk_like))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert not mismatches
+
+
+def test_failed_export_falls_back_to_pytorch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(embedding, "export_onnx", broken)
+    e = SentenceTransformerEmbedder(runtime="onnx-fp32", onnx_cache=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ragserve.embedding"):
+        e.warm_up()
+    assert e.runtime == "torch-fp32" and e.fingerprint == "builtin:all-MiniLM-L6-v2"
+    assert "falling back to PyTorch" in caplog.text and "exporter crashed" in caplog.text
+    assert e.embed(TEXTS).shape == (3, 384)
+    assert not list(tmp_path.glob("*/model.onnx"))  # nothing half-built is left to trust
+
+
+@pytest.mark.slow
+def test_disagreeing_export_is_rejected_once_and_never_used(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    torch_embedder: SentenceTransformerEmbedder,
+) -> None:
+    monkeypatch.setattr(embedding, "MIN_AGREEMENT", 1.5)  # no export can agree this well
+    first = SentenceTransformerEmbedder(runtime="onnx-fp32", onnx_cache=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ragserve.embedding"):
+        first.warm_up()
+    assert first.runtime == "torch-fp32"
+    assert "disagree with PyTorch" in caplog.text
+    assert np.allclose(first.embed(TEXTS), torch_embedder.embed(TEXTS), atol=1e-5)
+    # The rejection is cached: the next start falls back without exporting again.
+    monkeypatch.setattr(embedding, "export_onnx", lambda *a, **k: pytest.fail("re-exported"))
+    second = SentenceTransformerEmbedder(runtime="onnx-fp32", onnx_cache=tmp_path)
+    assert second.runtime == "torch-fp32"
+
+
+def test_index_built_on_one_runtime_refuses_another(
+    tmp_path: Path,
+    embedder: SentenceTransformerEmbedder,
+    torch_embedder: SentenceTransformerEmbedder,
+) -> None:
+    from ragserve.stores.local import LocalIndex
+
+    settings = Settings(data_dir=tmp_path)
+    index = LocalIndex.from_settings(settings)
+    open_index_with(index, torch_embedder)
+    index.close()
+    other = LocalIndex.from_settings(settings)
+    with pytest.raises(EmbedderMismatchError) as info:
+        open_index_with(other, embedder)
+    assert "ragserve reindex" in (info.value.hint or "")
+    assert "RAGSERVE_EMBEDDING_RUNTIME=torch" in (info.value.hint or "")
+    assert embedder.runtime in info.value.message
+    other.close()
+
+
+def test_probe_set_covers_truncation_and_padding() -> None:
+    # The agreement check is only as good as its probes: one must pass the token limit.
+    assert any(len(t.split()) > 256 for t in PROBE_TEXTS)
+    assert min(len(t) for t in PROBE_TEXTS) <= 2

@@ -38,7 +38,7 @@ def test_planted_instructions_do_not_leak_prompt_or_keys(
         generator="llama",
     )
     index = LocalIndex.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    index.open(embedder.fingerprint, embedder.dimension)
     Ingestor(settings, index, embedder).ingest_paths([tmp_path / "kitchen.md"], progress=False)
     index.close()
     with TestClient(create_app(settings)) as client:

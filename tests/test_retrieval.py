@@ -90,7 +90,7 @@ def scifact_index(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Pat
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("idx"), collection="scifact")
     index = LocalIndex.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    index.open(embedder.fingerprint, embedder.dimension)
     docs = []
     for i, doc in enumerate(iter_beir_corpus(shared_datasets / "scifact" / "corpus.jsonl")):
         if i >= 300:

@@ -33,14 +33,14 @@ DataDirOpt = Annotated[Path | None, typer.Option(help="Index directory (RAGSERVE
 
 
 def _open_for_write(settings: Settings) -> tuple[Any, Any]:
-    from ragserve.embedding import SentenceTransformerEmbedder
+    from ragserve.embedding import SentenceTransformerEmbedder, open_index_with
     from ragserve.ingest.pipeline import Ingestor
     from ragserve.stores import open_index
 
     embedder = SentenceTransformerEmbedder.from_settings(settings)
     embedder.warm_up()
     index = open_index(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    open_index_with(index, embedder)
     return index, Ingestor(settings, index, embedder)
 
 
@@ -193,13 +193,13 @@ def list_documents(
 ) -> None:
     """List the indexed documents."""
     settings = load_settings(collection=collection, data_dir=data_dir)
-    from ragserve.embedding import SentenceTransformerEmbedder
+    from ragserve.embedding import SentenceTransformerEmbedder, open_index_with
     from ragserve.stores import open_index
 
     index = open_index(settings)
 
     embedder = SentenceTransformerEmbedder.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    open_index_with(index, embedder)
     try:
         docs = index.documents()
         info = index.info()
@@ -252,7 +252,7 @@ def delete(
 def reindex(collection: CollectionOpt = None, data_dir: DataDirOpt = None) -> None:
     """Re-embed every stored chunk with the configured embedding model."""
     settings = load_settings(collection=collection, data_dir=data_dir)
-    from ragserve.embedding import SentenceTransformerEmbedder
+    from ragserve.embedding import SentenceTransformerEmbedder, open_index_with
     from ragserve.errors import EmbedderMismatchError
     from ragserve.ingest.pipeline import Ingestor
     from ragserve.stores import open_index
@@ -261,14 +261,14 @@ def reindex(collection: CollectionOpt = None, data_dir: DataDirOpt = None) -> No
     embedder.warm_up()
     index = open_index(settings)
     try:
-        index.open(settings.embedding_model, embedder.dimension)
+        open_index_with(index, embedder)
     except EmbedderMismatchError as exc:
         typer.echo(f"re-embedding: {exc.message}", err=True)
     try:
         n = Ingestor(settings, index, embedder).reindex()
     finally:
         index.close()
-    typer.echo(f"re-embedded {n} chunks with {settings.embedding_model}", err=True)
+    typer.echo(f"re-embedded {n} chunks with {embedder.fingerprint}", err=True)
 
 
 # Sub-apps live next to the code they drive. Imported, not discovered: a broken one must fail

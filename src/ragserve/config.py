@@ -79,6 +79,17 @@ class Settings(BaseSettings):
         description="'builtin:all-MiniLM-L6-v2', 'builtin:all-mpnet-base-v2', a local path or a model name.",
     )
     embedding_batch_size: int = Field(64, ge=1, le=4096)
+    embedding_runtime: Literal["auto", "torch", "onnx-fp32", "onnx-int8"] = Field(
+        "torch",
+        description="Where the embedder runs. 'auto': onnxruntime with int8 weights on CPUs with "
+        "int8 dot-product instructions (VNNI/AMX), onnxruntime fp32 elsewhere; the export is "
+        "made once into the user cache and checked against PyTorch, which is the fallback. "
+        "The default stays PyTorch until the int8 form's retrieval quality is measured on the "
+        "full test splits. The index records the runtime: changing it needs `ragserve reindex`.",
+    )
+    embedding_threads: int | None = Field(
+        None, ge=1, le=1024, description="Threads for one embedding call; default: physical cores."
+    )
     ingest_batch_chunks: int = Field(
         512,
         ge=1,

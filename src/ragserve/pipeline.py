@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragserve.config import Settings
-from ragserve.embedding import SentenceTransformerEmbedder
+from ragserve.embedding import SentenceTransformerEmbedder, open_index_with
 from ragserve.generation.support import SentenceSupport
 from ragserve.query import RuleBasedQueryProcessor
 from ragserve.retrieval import HybridRetriever
@@ -128,7 +128,7 @@ class RagPipeline:
 
     def _warm_retrieval(self) -> None:
         self.embedder.warm_up()
-        self.index.open(self.settings.embedding_model, self.embedder.dimension)
+        open_index_with(self.index, self.embedder)
         if self.reranker is None and self.settings.rerank:
             from ragserve.rerank import CrossEncoderReranker
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from ragserve.errors import EmptyQueryError
 from ragserve.models import resolve_reranker_model
+from ragserve.onnx_utils import export_onnx, quantize_int8
 from ragserve.rerank_onnx import (
     INT8_FLAGS,
     Precision,
@@ -517,25 +518,15 @@ def export_cross_encoder_onnx(
     example = tokenizer(["query"], ["a passage"], return_tensors="pt")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "model.onnx" if quantize else out / "model.onnx"
-        torch.onnx.export(
+        fp32 = Path(tmp) / "model.onnx" if quantize else out / ONNX_FILES[1]
+        export_onnx(
             model,
-            tuple(example[n] for n in names),
-            str(fp32),
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes={
-                **{n: {0: "batch", 1: "sequence"} for n in names},
-                "logits": {0: "batch"},
-            },
-            opset_version=17,
-            dynamo=False,  # the TorchScript exporter needs no onnxscript and handles BERT fully
+            {n: example[n] for n in names},
+            fp32,
+            output_name="logits",
+            output_axes={0: "batch"},
         )
-        target = out / (ONNX_FILES[0] if quantize else ONNX_FILES[1])
-        if quantize:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8, per_channel=True)
+        target = quantize_int8(fp32, out / ONNX_FILES[0]) if quantize else fp32
     # Saved as the model's own limit, not the length it happened to be trained at.
     tokenizer.model_max_length = model.config.max_position_embeddings
     tokenizer.save_pretrained(str(out))

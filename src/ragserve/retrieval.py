@@ -19,8 +19,10 @@ BM25 anchors it to the query's exact terms. It costs one more vector search.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -174,6 +176,13 @@ class HybridRetriever:
         dense: list[Scored] = []
         sparse: list[Scored] = []
         vectors: list[np.ndarray] = []
+        pending: Future[list[Scored]] | None = None
+        if self.mode == "hybrid":
+            # BM25 runs while the query is embedded and searched: onnxruntime and Chroma
+            # release the GIL, so the two sides overlap instead of adding up.
+            pending = _side_pool().submit(
+                lambda: [self.index.sparse_search(t, depth) for t in queries]
+            )
         if self.mode in ("hybrid", "dense"):
             vectors = [self.embedder.embed_query(t) for t in queries]
             try:
@@ -183,7 +192,9 @@ class HybridRetriever:
                     raise
                 # The lexical side still answers while the vector store cannot be read.
                 log.warning("dense search failed, answering from BM25 alone: %s", exc)
-        if self.mode in ("hybrid", "sparse"):
+        if pending is not None:
+            sparse = pending.result()
+        elif self.mode == "sparse":
             sparse = [self.index.sparse_search(t, depth) for t in queries]
         feedback = (
             self.mode == "hybrid"
@@ -254,6 +265,13 @@ class HybridRetriever:
             scores |= {side: best[cid] for side, best in raw.items() if cid in best}
             hits.append(Hit(chunk=chunk, score=score, scores=scores))
         return hits
+
+
+@functools.cache
+def _side_pool() -> ThreadPoolExecutor:
+    # Shared by every retriever: one BM25 search per in-flight query, bounded like the
+    # request pool that calls it.
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="ragserve-bm25")
 
 
 def _best(lists: Sequence[Scored]) -> dict[str, float]:

@@ -125,7 +125,7 @@ def test_llm_server_killed_mid_stream(tmp_path: Path, sample_corpus: Path, embed
 
     settings = Settings(data_dir=tmp_path)
     index = LocalIndex.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    index.open(embedder.fingerprint, embedder.dimension)
     Ingestor(settings, index, embedder).ingest_paths([sample_corpus / "httpx"], progress=False)
     index.close()
     port = _free_port()

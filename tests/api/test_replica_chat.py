@@ -32,7 +32,7 @@ def test_chat_served_from_a_streaming_replica(
             data_dir=tmp_path, store="postgres", postgres_dsn=primary.dsn, collection="scaleout"
         )
         index = PostgresIndex.from_settings(write_settings)
-        index.open(write_settings.embedding_model, embedder.dimension)
+        index.open(embedder.fingerprint, embedder.dimension)
         summary = Ingestor(write_settings, index, embedder).ingest_paths(
             [sample_corpus / "httpx"], progress=False
         )

@@ -23,7 +23,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path, embedder)
     data_dir = tmp_path_factory.mktemp("fuzz")
     s = Settings(data_dir=data_dir, admin_api_key="fuzz-key", rate_limit_per_minute=100_000)
     index = LocalIndex.from_settings(s)
-    index.open(s.embedding_model, embedder.dimension)
+    index.open(embedder.fingerprint, embedder.dimension)
     Ingestor(s, index, embedder).ingest_paths(
         [sample_corpus / "httpx" / "timeouts.md"], progress=False
     )

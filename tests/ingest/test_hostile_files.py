@@ -55,7 +55,7 @@ def test_hostile_folder(hostile: Path, tmp_path: Path, embedder, monkeypatch) ->
     monkeypatch.chdir(tmp_path)
     settings = Settings(data_dir=tmp_path / "idx", max_file_bytes=2 * 1024 * 1024)
     index = LocalIndex.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    index.open(embedder.fingerprint, embedder.dimension)
     try:
         summary = Ingestor(settings, index, embedder).ingest_paths([hostile], progress=False)
         by_name = {Path(r.path).name: r for r in summary.results}
@@ -86,7 +86,7 @@ def test_path_outside_the_allowed_root_is_refused(tmp_path: Path, embedder) -> N
     outside.write_text("# Secret\n\nnot for the index\n")
     settings = Settings(data_dir=tmp_path / "idx", ingest_root=root)
     index = LocalIndex.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    index.open(embedder.fingerprint, embedder.dimension)
     try:
         summary = Ingestor(settings, index, embedder).ingest_paths([outside], progress=False)
         assert summary.results[0].status == "failed"

@@ -42,7 +42,7 @@ def _scifact(shared: Path, n: int, start: int = 0) -> list[dict[str, str]]:
 def setup(tmp_path: Path, embedder):  # type: ignore[no-untyped-def]
     settings = Settings(data_dir=tmp_path / "index", collection="t")
     index = LocalIndex.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    index.open(embedder.fingerprint, embedder.dimension)
     yield settings, index, Ingestor(settings, index, embedder)
     index.close()
 
@@ -118,7 +118,7 @@ def test_other_embedder_is_a_clear_error_and_reindex_fixes_it(
     )
     assert "reindex" in (err.value.hint or "")
     # reindex under the (same-dimension) real embedder restores a searchable index
-    reopened.reset_embedder(settings.embedding_model, embedder.dimension)
+    reopened.reset_embedder(embedder.fingerprint, embedder.dimension)
     n = Ingestor(settings, reopened, embedder).reindex(progress=False)
     assert n == reopened.info().chunks and reopened.check() == []
     reopened.close()
@@ -171,7 +171,7 @@ def test_kill_9_at_random_points_leaves_a_consistent_index(
         assert proc.returncode == -signal.SIGKILL, f"trial {trial}: ended before the kill"
         assert _manifest_version(db) > start_version, f"trial {trial}: killed before a write"
         index = LocalIndex.from_settings(settings)
-        index.open(settings.embedding_model, embedder.dimension)
+        index.open(embedder.fingerprint, embedder.dimension)
         try:
             assert index.check() == [], f"trial {trial}: inconsistent after kill -9"
             assert index.info().documents < len(docs), f"trial {trial}: killed after the last write"
@@ -180,7 +180,7 @@ def test_kill_9_at_random_points_leaves_a_consistent_index(
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     index = LocalIndex.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    index.open(embedder.fingerprint, embedder.dimension)
     try:
         assert index.info().documents == len(docs)
         assert index.check() == []

@@ -22,6 +22,7 @@ from ragserve.errors import (
     GenerationBusyError,
     GenerationError,
     GenerationTimeoutError,
+    LLMUnavailableError,
     ModelNotFoundError,
 )
 from ragserve.generation.citations import attribute
@@ -140,7 +141,15 @@ class LlamaCppGenerator:
 
     def _load(self) -> None:
         path = resolve_gguf_model(self.model_path)
-        from llama_cpp import Llama
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            # PyPI has no wheel: an install that skipped the source build lacks it.
+            raise LLMUnavailableError(
+                "The local GGUF backend needs llama-cpp-python, which is not installed.",
+                hint="pip install llama-cpp-python==0.3.36 (builds llama.cpp, a few minutes; needs "
+                "a C++ compiler and CMake), or use RAGSERVE_GENERATOR=extractive or openai.",
+            ) from exc
 
         threads = self.n_threads or physical_cores()
         try:

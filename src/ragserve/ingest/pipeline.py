@@ -227,7 +227,7 @@ class Ingestor:
         """Re-embed every stored chunk with the configured embedder (after a model change)."""
         self.embedder.warm_up()
         with self._write_lock():
-            self.index.reset_embedder(self.settings.embedding_model, self.embedder.dimension)
+            self.index.reset_embedder(self.embedder.fingerprint, self.embedder.dimension)
             total = self.index.info().chunks
             bar = _progress(total, "chunks", progress)
             done = 0

@@ -1,0 +1,142 @@
+"""ONNX export and onnxruntime sessions shared by the embedder and the re-ranker.
+
+Both export a Hugging Face / sentence-transformers encoder with the TorchScript exporter,
+optionally quantise its weights to int8, and run it on onnxruntime's CPU provider; the CPU
+facts that decide which precision pays (int8 dot-product instructions, physical cores) live
+here too.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "INT8_FAST_FLAGS",
+    "cpu_flags",
+    "export_onnx",
+    "has_int8_dot_product",
+    "input_names",
+    "node_names",
+    "ort_session",
+    "physical_cores",
+    "quantize_int8",
+]
+
+# Instructions that give onnxruntime's int8 GEMM a real speed-up without saturation: VNNI
+# (AVX-512 or the AVX2-era VEX form) and AMX. On plain AVX2, int8 GEMMs go through
+# vpmaddubsw, which saturates 16-bit sums and can cost accuracy.
+INT8_FAST_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where that file does not exist)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def has_int8_dot_product(flags: frozenset[str] | None = None) -> bool:
+    return bool((cpu_flags() if flags is None else flags) & INT8_FAST_FLAGS)
+
+
+@functools.cache
+def physical_cores() -> int:
+    """Physical cores this process may run on: hyper-threads share one core's matrix units,
+    so a second thread per core only adds contention to GEMM-bound inference."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    cores: set[tuple[str, str]] = set()
+    try:
+        blocks = Path("/proc/cpuinfo").read_text().strip().split("\n\n")
+    except OSError:
+        blocks = []
+    for block in blocks:
+        fields = dict(
+            (k.strip(), v.strip())
+            for k, _, v in (line.partition(":") for line in block.splitlines())
+        )
+        if "processor" not in fields:
+            continue
+        if allowed is not None and int(fields["processor"]) not in allowed:
+            continue
+        cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
+    return max(1, len(cores) or len(allowed or ()) or (os.cpu_count() or 1))
+
+
+def export_onnx(
+    module: Any,
+    example: Mapping[str, Any],
+    path: Path,
+    *,
+    output_name: str,
+    output_axes: Mapping[int, str],
+) -> Path:
+    """Trace ``module(**example)`` into an ONNX file with dynamic batch and sequence axes on
+    every input (named as in ``example``) and ``output_axes`` on its one output."""
+    import torch
+
+    names = list(example)
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            module,
+            tuple(example[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=[output_name],
+            dynamic_axes={
+                **{n: {0: "batch", 1: "sequence"} for n in names},
+                output_name: dict(output_axes),
+            },
+            opset_version=17,
+            dynamo=False,  # the TorchScript exporter needs no onnxscript and handles BERT fully
+        )
+    return path
+
+
+def quantize_int8(source: Path, target: Path, *, keep_fp32: Sequence[str] = ()) -> Path:
+    """Dynamic int8 quantisation, per output channel: weights stored as int8, activations
+    quantised on the fly, so no calibration data is needed. Nodes named in ``keep_fp32`` stay
+    in fp32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(source),
+        str(target),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_exclude=list(keep_fp32),
+    )
+    return target
+
+
+def node_names(model_file: Path, op_type: str) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type == op_type]
+
+
+def ort_session(model_file: Path, *, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session with full graph optimisation and ``threads`` intra-op
+    threads (physical cores by default); one inter-op thread, as the graphs are sequential."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # quantised graphs log harmless fusion notices
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or physical_cores()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+
+
+def input_names(session: Any) -> Sequence[str]:
+    return [i.name for i in session.get_inputs()]

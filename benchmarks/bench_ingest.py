@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from ragserve.config import Settings
+from ragserve.cpu import cpu_flags, physical_cores
 from ragserve.embedding import SentenceTransformerEmbedder
 from ragserve.ingest.loaders import iter_beir_corpus
 from ragserve.ingest.pipeline import Ingestor
-from ragserve.onnx_utils import cpu_flags, physical_cores
 from ragserve.stores.local import LocalIndex
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact" / "corpus.jsonl"

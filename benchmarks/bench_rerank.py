@@ -85,7 +85,7 @@ def _runtime(form: str) -> RerankRuntime:
 def compare_forms(cases: list[tuple[str, list[str]]], forms: tuple[str, ...]) -> None:
     from scipy.stats import spearmanr
 
-    from ragserve.rerank_onnx import cpu_flags
+    from ragserve.cpu import cpu_flags
 
     variants = {
         (f, w): CrossEncoderReranker(runtime=_runtime(f), max_length=256, window=w, batch_size=32)

@@ -9,6 +9,7 @@ import pytest
 
 import ragserve.embedding as embedding
 from ragserve.config import Settings
+from ragserve.cpu import cpu_flags, has_int8_dot_product, physical_cores
 from ragserve.embedding import (
     MIN_AGREEMENT,
     PROBE_TEXTS,
@@ -17,7 +18,6 @@ from ragserve.embedding import (
     open_index_with,
 )
 from ragserve.errors import EmbedderMismatchError, ModelNotFoundError
-from ragserve.onnx_utils import cpu_flags, has_int8_dot_product, physical_cores
 
 TEXTS = [
     "How do I set a timeout?",

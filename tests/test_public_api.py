@@ -37,6 +37,7 @@ def test_stage_modules_declare_their_exports() -> None:
         "ragserve.embedding",
         "ragserve.retrieval",
         "ragserve.rerank",
+        "ragserve.cpu",
         "ragserve.answerability",
         "ragserve.query",
         "ragserve.context",

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragserve.cpu import cpu_flags, physical_cores
 from ragserve.errors import EmptyQueryError, ModelNotFoundError
 from ragserve.rerank import CrossEncoderReranker, fuse_rerank, query_window, rerank_order
-from ragserve.rerank_onnx import cpu_flags, physical_cores, preferred_precision
+from ragserve.rerank_onnx import preferred_precision
 from ragserve.types import Chunk, Hit
 
 

@@ -34,16 +34,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from ragserve.cpu import has_int8_dot_product, physical_cores
 from ragserve.models import build_once, cache_dir, resolve_embedding_model
-from ragserve.onnx_utils import (
-    export_onnx,
-    has_int8_dot_product,
-    input_names,
-    node_names,
-    ort_session,
-    physical_cores,
-    quantize_int8,
-)
+from ragserve.onnx_utils import export_onnx, input_names, node_names, ort_session, quantize_int8
 
 if TYPE_CHECKING:
     from ragserve.config import Settings

@@ -8,68 +8,19 @@ here too.
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ragserve.cpu import physical_cores
+
 __all__ = [
-    "INT8_FAST_FLAGS",
-    "cpu_flags",
     "export_onnx",
-    "has_int8_dot_product",
     "input_names",
     "node_names",
     "ort_session",
-    "physical_cores",
     "quantize_int8",
 ]
-
-# Instructions that give onnxruntime's int8 GEMM a real speed-up without saturation: VNNI
-# (AVX-512 or the AVX2-era VEX form) and AMX. On plain AVX2, int8 GEMMs go through
-# vpmaddubsw, which saturates 16-bit sums and can cost accuracy.
-INT8_FAST_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where that file does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def has_int8_dot_product(flags: frozenset[str] | None = None) -> bool:
-    return bool((cpu_flags() if flags is None else flags) & INT8_FAST_FLAGS)
-
-
-@functools.cache
-def physical_cores() -> int:
-    """Physical cores this process may run on: hyper-threads share one core's matrix units,
-    so a second thread per core only adds contention to GEMM-bound inference."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    cores: set[tuple[str, str]] = set()
-    try:
-        blocks = Path("/proc/cpuinfo").read_text().strip().split("\n\n")
-    except OSError:
-        blocks = []
-    for block in blocks:
-        fields = dict(
-            (k.strip(), v.strip())
-            for k, _, v in (line.partition(":") for line in block.splitlines())
-        )
-        if "processor" not in fields:
-            continue
-        if allowed is not None and int(fields["processor"]) not in allowed:
-            continue
-        cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
-    return max(1, len(cores) or len(allowed or ()) or (os.cpu_count() or 1))
 
 
 def export_onnx(

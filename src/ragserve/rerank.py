@@ -37,16 +37,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_chec
 
 import numpy as np
 
+from ragserve.cpu import INT8_FLAGS, cpu_flags, physical_cores
 from ragserve.errors import EmptyQueryError
 from ragserve.models import resolve_reranker_model
 from ragserve.onnx_utils import export_onnx, quantize_int8
 from ragserve.rerank_onnx import (
-    INT8_FLAGS,
     Precision,
     RerankRuntime,
-    cpu_flags,
     exported_model,
-    physical_cores,
     preferred_precision,
 )
 from ragserve.retrieval import convex_fusion, reciprocal_rank_fusion

@@ -23,13 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from ragserve.cpu import INT8_FLAGS
+
 __all__ = [
     "MIN_SPEARMAN",
     "Precision",
     "RerankRuntime",
-    "cpu_flags",
     "exported_model",
-    "physical_cores",
     "preferred_precision",
 ]
 
@@ -38,40 +38,8 @@ log = logging.getLogger("ragserve.rerank")
 Precision = Literal["int8", "fp32"]
 # "torch-fp16" keeps the checkpoint's fp16 on PyTorch: slow on CPUs, there to be measured.
 RerankRuntime = Literal["auto", "torch", "torch-fp16", "onnx-fp32", "onnx-int8"]
-# Any of these gives onnxruntime's u8s8 GEMM a VNNI (or AMX) kernel without saturation.
-INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 MIN_SPEARMAN = 0.95
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "config.json")
-CPUINFO = Path("/proc/cpuinfo")
-
-
-def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
-    """The instruction-set flags of the first CPU listed (all cores of a host share them)."""
-    try:
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith(("flags", "Features")):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def physical_cores(cpuinfo: Path = CPUINFO) -> int:
-    """Physical cores (not hyper-threads): a second thread on a core only contends for the same
-    vector units, so onnxruntime's intra-op pool is sized to cores."""
-    cores: set[tuple[str, str]] = set()
-    physical = core = ""
-    try:
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("physical id"):
-                physical = line.split(":", 1)[1].strip()
-            elif line.startswith("core id"):
-                core = line.split(":", 1)[1].strip()
-                cores.add((physical, core))
-    except OSError:
-        pass
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return max(1, min(len(cores) or os.cpu_count() or 1, available or 1 << 16))
 
 
 def preferred_precision(flags: frozenset[str]) -> Precision:

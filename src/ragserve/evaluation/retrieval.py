@@ -100,7 +100,8 @@ def estimate_seconds(
 
 
 def _rerank_ms_per_pair(settings: Settings) -> float:
-    from ragserve.rerank_onnx import cpu_flags, preferred_precision
+    from ragserve.cpu import cpu_flags
+    from ragserve.rerank_onnx import preferred_precision
 
     runtime: str = settings.rerank_runtime
     if runtime == "auto":

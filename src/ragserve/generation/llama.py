@@ -9,7 +9,6 @@ Retry-After) rather than piling up work no client will wait for.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -18,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from ragserve.context import AssembledContext
+from ragserve.cpu import physical_cores
 from ragserve.errors import (
     GenerationBusyError,
     GenerationError,
@@ -35,35 +35,11 @@ from ragserve.generation.prompts import (
 from ragserve.models import resolve_gguf_model
 from ragserve.types import Message
 
-__all__ = ["GenerationSlots", "LlamaCppGenerator", "physical_cores"]
+__all__ = ["GenerationSlots", "LlamaCppGenerator"]
 
 log = logging.getLogger("ragserve.generation")
 
 _END = object()
-
-
-def physical_cores() -> int:
-    """Physical cores available to this process: llama.cpp slows down on hyper-threads."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            cores = {
-                (block.get("physical id"), block.get("core id"))
-                for block in _cpuinfo_blocks(fh.read())
-            }
-        cores.discard((None, None))
-        allowed = len(os.sched_getaffinity(0))
-        return max(1, min(len(cores) or allowed, allowed))
-    except OSError:
-        return max(1, (os.cpu_count() or 2) // 2)
-
-
-def _cpuinfo_blocks(text: str) -> Iterator[dict[str, str]]:
-    for block in text.split("\n\n"):
-        fields = dict(
-            (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in block.splitlines())
-        )
-        if fields:
-            yield fields
 
 
 class GenerationSlots:

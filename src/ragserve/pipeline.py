@@ -352,7 +352,10 @@ class RagPipeline:
         raw = "".join(pieces).strip()
         with timer.stage("citations"):
             text, citations, invalid = validate_citations(raw, context)
-            if self.settings.verify_grounding and text and not is_refusal(text):
+            # Extractive answers are source sentences by construction; only a model's own
+            # words need checking against the sources.
+            quoted = getattr(self.generator, "name", "") == "extractive"
+            if self.settings.verify_grounding and not quoted and text and not is_refusal(text):
                 text, citations = self._grounded(processed.text, text, citations, context)
         base.sources = context.sources
         base.text, base.citations, base.invalid_citations = text, citations, invalid

@@ -90,8 +90,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Ite
         proc.wait(timeout=20)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Per module: Playwright's sync API keeps an event loop running in the main thread while
+    it is open, and tests outside this folder start loops of their own there (asyncio.run)."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium not found at {CHROMIUM}: run scripts/install_browser_deps.sh")
     from playwright.sync_api import sync_playwright

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -274,9 +274,11 @@ class RagPipeline:
         assert self.judge is not None
         n = self.settings.answerability_candidates
         probs = self.judge.score(query, [h.chunk.searchable_text for h in hits[:n]])
-        scored = [h.with_score("answerable", p) for h, p in zip(hits, probs, strict=False)]
-        for judged, hit in zip(scored, hits, strict=False):
-            judged.score = hit.score  # the ranking score stays retrieval's
+        # Not with_score: that would make the judge's probability the ranking score.
+        scored = [
+            replace(h, scores={**h.scores, "answerable": p})
+            for h, p in zip(hits, probs, strict=False)
+        ]
         return scored + hits[len(scored) :]
 
     def answer(self, query: str, history: Sequence[Message] = ()) -> Answer:

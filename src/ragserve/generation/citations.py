@@ -91,18 +91,11 @@ def attribute(
     is credited to it; an answer no source supports gets no citation rather than a made-up one.
     Words the answer repeats from the question prove nothing and are not counted.
     """
-    asked = {w.lower() for w in _WORD.findall(question)}
-    words = [w.lower() for w in _WORD.findall(re.sub(r"\[\d+\]", "", answer))]
-    words = [w for w in words if w not in asked]
-    if not words:  # empty, or only the question's own words: nothing a source could support
+    shares = _word_shares(answer, texts, question)
+    if shares is None:  # empty, or only the question's own words: nothing a source could support
         return None
-    best, best_share = None, 0.0
-    for number, text in enumerate(texts, 1):
-        vocab = {w.lower() for w in _WORD.findall(text)}
-        share = sum(w in vocab for w in words) / len(words)
-        if share > best_share:
-            best, best_share = number, share
-    return best if best_share >= min_share else None
+    best = _best_source(shares, min_share)
+    return None if best is None else best + 1
 
 
 def ground(
@@ -116,19 +109,32 @@ def ground(
     else the one that does (citation corrected). ``None`` means no source supports it, and
     the caller refuses rather than show an unsupported claim.
     """
+    shares = _word_shares(answer, texts, question)
+    if shares is None:
+        return cited or None
+    supported = [n for n in cited if 0 < n <= len(shares) and shares[n - 1] >= min_share]
+    if supported:
+        return supported
+    best = _best_source(shares, min_share)
+    return None if best is None else [best + 1]
+
+
+def _word_shares(answer: str, texts: list[str], question: str) -> list[float] | None:
+    """Per source, the share of the answer's own words (not the question's) it contains;
+    ``None`` when the answer has no words of its own."""
     asked = {w.lower() for w in _WORD.findall(question)}
     words = [w.lower() for w in _WORD.findall(re.sub(r"\[\d+\]", "", answer))]
     words = [w for w in words if w not in asked]
     if not words:
-        return cited or None
+        return None
     shares = []
     for text in texts:
         vocab = {w.lower() for w in _WORD.findall(text)}
         shares.append(sum(w in vocab for w in words) / len(words))
-    supported = [n for n in cited if 0 < n <= len(shares) and shares[n - 1] >= min_share]
-    if supported:
-        return supported
-    best = max(range(len(shares)), key=lambda i: shares[i], default=None)
-    if best is None or shares[best] < min_share:
-        return None
-    return [best + 1]
+    return shares
+
+
+def _best_source(shares: list[float], min_share: float) -> int | None:
+    """Index of the source holding the largest share (the first on a tie), if enough."""
+    best = max(range(len(shares)), key=shares.__getitem__, default=None)
+    return best if best is not None and shares[best] >= min_share else None

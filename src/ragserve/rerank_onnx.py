@@ -47,8 +47,9 @@ def preferred_precision(flags: frozenset[str]) -> Precision:
 
 
 def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ragserve" / "reranker-onnx"
+    from ragserve.models import cache_dir
+
+    return cache_dir().parent / "reranker-onnx"
 
 
 def weights_digest(model_dir: Path) -> str:

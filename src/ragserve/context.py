@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -197,24 +196,15 @@ class CompactContextAssembler:
 
     def _anchors(self, query: str, texts: list[str]) -> list[tuple[int, float]]:
         """For each source, its best sentence's position and the share of the question's
-        IDF-weighted terms it covers (IDF over every sentence of these sources)."""
-        wanted = set(self.support.terms(query))
-        sentences = [
-            [set(self.support.terms(text[a:b])) for a, b in split_sentences(text)] for text in texts
+        IDF-weighted terms it covers (code and headings count: a how-to's answer sits there)."""
+        best: dict[int, tuple[float, int]] = {}
+        for sentence in self.support.rank(query, texts, answers_only=False):
+            key = (-sentence.overlap, sentence.position)
+            if sentence.source not in best or key < best[sentence.source]:
+                best[sentence.source] = key
+        return [
+            (best[n][1], -best[n][0]) if n in best else (0, 0.0) for n in range(1, len(texts) + 1)
         ]
-        df: dict[str, int] = {}
-        for terms in (t for source in sentences for t in source):
-            for term in terms & wanted:
-                df[term] = df.get(term, 0) + 1
-        n = sum(len(source) for source in sentences) or 1
-        idf = {t: math.log(1 + n / (1 + df.get(t, 0))) for t in wanted}
-        mass = sum(idf.values()) or 1.0
-        anchors = []
-        for source in sentences:
-            scores = [sum(idf[t] for t in terms & wanted) / mass for terms in source]
-            best = max(range(len(scores)), key=scores.__getitem__, default=0)
-            anchors.append((best, scores[best] if scores else 0.0))
-        return anchors
 
     def _window(self, text: str, anchor: int, limit: int) -> str:
         spans = split_sentences(text) or [(0, len(text))]

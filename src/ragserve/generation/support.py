@@ -66,7 +66,9 @@ class SentenceSupport:
         words = [w.lower() for w in _WORD.findall(text)]
         return self._stemmer.stemWords([w for w in words if w not in _STOP])
 
-    def rank(self, query: str, texts: list[str]) -> list[ScoredSentence]:
+    def rank(
+        self, query: str, texts: list[str], *, answers_only: bool = True
+    ) -> list[ScoredSentence]:
         """Every usable sentence of the sources, best supported first.
 
         ``overlap`` is the share of the question's IDF mass the sentence covers (IDF over the
@@ -78,8 +80,10 @@ class SentenceSupport:
         for number, text in enumerate(texts, 1):
             for position, (a, b) in enumerate(split_sentences(text)):
                 sentence = " ".join(text[a:b].split())
-                # Headings, code and table rows are not answers a reader can use.
-                if len(sentence.split()) < 4 or sentence.startswith(("#", "```", "|", ">>>")):
+                # Headings, code and table rows are not answers a reader can use (but they
+                # can be where a how-to's answer sits, for callers that ask for every span).
+                skip = len(sentence.split()) < 4 or sentence.startswith(("#", "```", "|", ">>>"))
+                if answers_only and skip:
                     continue
                 candidates.append((number, position, sentence, set(self._terms(sentence))))
         if not candidates or not q_terms:

@@ -328,7 +328,7 @@ class RagPipeline:
             context = self.assembler.assemble(
                 processed.text, hits, list(history)[-2 * self.settings.history_turns :]
             )
-        timer.timings["context_tokens"] = float(context.tokens)
+        base.context_tokens = context.tokens
         yield from self._generate(processed, context, history, base, timer, started)
 
     def _generate(

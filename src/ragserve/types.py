@@ -182,3 +182,5 @@ class Answer:
     intent: Intent = Intent.QUESTION
     standalone_query: str | None = None
     invalid_citations: list[int] = field(default_factory=list)
+    context_tokens: int = 0
+    """Tokens of source text the generator read (0 when it was not called)."""

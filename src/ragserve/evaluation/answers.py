@@ -223,7 +223,7 @@ def _run(
                 "retrieved_gold": any(h.chunk.doc_id == q["context_id"] for h in answer.sources),
                 "gold_first": bool(answer.sources)
                 and answer.sources[0].chunk.doc_id == q["context_id"],
-                "context_tokens": answer.timings.get("context_tokens", 0.0),
+                "context_tokens": answer.context_tokens,
                 "refused": answer.refused,
                 "ttft": answer.timings.get("ttft", answer.timings.get("total", 0.0)),
                 "total": answer.timings.get("total", 0.0),

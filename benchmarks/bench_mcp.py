@@ -56,7 +56,7 @@ def _ingest(data_dir: Path) -> None:
     embedder = SentenceTransformerEmbedder()
     embedder.warm_up()
     index = LocalIndex.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    index.open(settings.ingest.embedding_model, embedder.dimension)
     Ingestor(settings, index, embedder).ingest_paths([SAMPLES], progress=False)
     index.close()
 

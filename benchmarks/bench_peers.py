@@ -195,7 +195,7 @@ def run_ragserve(
     ingest_s = time.perf_counter() - t0
     # What the pipeline runs, with every side fetching DEPTH candidates for Recall@100.
     retriever = HybridRetriever.from_settings(
-        pipeline.index, pipeline.embedder, settings.model_copy(update={"overfetch": 1})
+        pipeline.index, pipeline.embedder, settings.replace(overfetch=1)
     )
     plain = RuleBasedQueryProcessor(condense_history=False, expansion=False, intent_detection=False)
     run, latencies = {}, []

@@ -210,7 +210,7 @@ def main() -> None:
     ap.add_argument(
         "--alpha",
         type=float,
-        default=Settings().rerank_alpha,
+        default=Settings().rerank.rerank_alpha,
         help="cross-encoder weight of the interpolation (default: the pipeline's)",
     )
     ap.add_argument("--save-scores", type=Path, default=None, help="write per-query scores (JSON)")

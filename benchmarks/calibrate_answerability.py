@@ -127,7 +127,7 @@ def article_ranking(qa: list[dict], depth: int, articles: set[str]) -> list[list
         )
         for d in docs
     ]
-    fused = miner.teacher([q["question"] for q in qa], len(docs), Settings().fusion_alpha)
+    fused = miner.teacher([q["question"] for q in qa], len(docs), Settings().retrieval.fusion_alpha)
     return [[Hit(chunks[d], score) for d, score in ranking[:depth]] for ranking in fused]
 
 

@@ -7,7 +7,7 @@ questions not in the sample that ``ragserve eval answers`` reports).
 Prints both score distributions and, per threshold, the share of answerable questions still
 answered and of unanswerable ones refused; the default threshold in ragserve.pipeline comes
 from this table. Then the same for the lexical support of the best source sentence
-(``Settings.min_support``), with the share of answerable questions whose gold answer the
+(``settings.generation.min_support``), with the share of answerable questions whose gold answer the
 extractive answerer still returns, and ROC AUC of each signal.
 """
 
@@ -63,18 +63,22 @@ def main() -> None:
     gen = ExtractiveGenerator()
     for q in qa:
         processed = pipe.process(q["question"])
-        hits = pipe.search(processed, top_k=max(settings.rerank_candidates, 2 * settings.top_k))
+        hits = pipe.search(
+            processed, top_k=max(settings.rerank.rerank_candidates, 2 * settings.retrieval.top_k)
+        )
         key = "rerank" if pipe.reranker is not None else "dense"
         present.append(max(h.scores.get(key, 0.0) for h in hits))
         # "absent": the same question with its gold paragraph (and only it) left out
         rest = [h for h in hits if h.chunk.doc_id != q["context_id"]]
         absent.append(max((h.scores.get(key, 0.0) for h in rest), default=0.0))
         for variant, shown in (("present", hits), ("absent", rest)):
-            texts = [h.chunk.text for h in shown[: settings.top_k]]
+            texts = [h.chunk.text for h in shown[: settings.retrieval.top_k]]
             support[variant].append(pipe.support.best(processed.text, texts))
         answer = "".join(
             gen.stream(
-                q["question"], AssembledContext(hits[: settings.top_k], text="", tokens=0), []
+                q["question"],
+                AssembledContext(hits[: settings.retrieval.top_k], text="", tokens=0),
+                [],
             )
         )
         contained.append(any(normalize_answer(g) in normalize_answer(answer) for g in q["answers"]))

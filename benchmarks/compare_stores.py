@@ -67,16 +67,16 @@ def main() -> None:
         # The PostgreSQL index gets the same chunks and vectors through `ragserve migrate`'s
         # copy, so both runs rank exactly the same embeddings (and nothing is embedded twice).
         src = open_index(base)
-        dst = open_index(base.model_copy(update={"store": "postgres"}))
+        dst = open_index(base.replace(store="postgres"))
         embedder = SentenceTransformerEmbedder.from_settings(base)
         embedder.warm_up()
         dim = embedder.dimension
-        src.open(base.embedding_model, dim)
-        dst.open(base.embedding_model, dim)
+        src.open(base.ingest.embedding_model, dim)
+        dst.open(base.ingest.embedding_model, dim)
         copy_index(src, dst)
         src.close()
         results["postgres"] = evaluate_retrieval(
-            base.model_copy(update={"store": "postgres"}),
+            base.replace(store="postgres"),
             data,
             stages=stages,
             limit=args.limit,
@@ -88,7 +88,9 @@ def main() -> None:
             truth = [{cid for cid, _ in dst.exact_search(q, 10)} for q in queries]
             print(f"\nHNSW trade-off on {data.name}: {len(qids)} real queries, k=10")
             hnsw_tradeoff(dst, queries, truth)
-            dst.rebuild_hnsw(base.hnsw_m, base.hnsw_ef_construction)  # back to the defaults
+            dst.rebuild_hnsw(
+                base.index.hnsw_m, base.index.hnsw_ef_construction
+            )  # back to the defaults
         dst.close()
     n = len(results["chroma"][stages[0]].per_query_ndcg)
     print(f"\n{data.name} {args.split}: {n} queries")

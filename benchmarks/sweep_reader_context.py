@@ -48,7 +48,7 @@ def sweep(qa: Path, limit: int, budgets: list[int]) -> list[dict[str, float]]:
             pipe.assembler = CompactContextAssembler(
                 pipe.generator.count_tokens,
                 budget=budget,
-                max_sources=settings.context_sources,
+                max_sources=settings.generation.context_sources,
                 context_window=pipe.generator.context_window,
             )
             out = _run(pipe, questions, True, f"budget {budget}")

@@ -37,17 +37,17 @@ def test_answer_is_grounded_cited_and_timed(pipeline: RagPipeline) -> None:
 
 
 def test_all_five_stages_with_the_real_cross_encoder(pipeline: RagPipeline) -> None:
-    settings = pipeline.settings.model_copy(update={"rerank": True, "refusal_threshold": 0.0})
+    settings = pipeline.settings.replace(rerank=True, refusal_threshold=0.0)
     p = RagPipeline(settings, index=pipeline.index, embedder=pipeline.embedder)
     p.warm_up()
     a = p.answer("How do I enable HTTP/2 in httpx?")
     assert {"query", "retrieve", "rerank", "context", "generate", "total"} <= set(a.timings)
     # Default fusion: sources in fused (CE + retrieval RRF) order, each with its CE probability.
     fused = [h.score for h in a.sources]
-    assert fused == sorted(fused, reverse=True) and len(a.sources) == settings.top_k
+    assert fused == sorted(fused, reverse=True) and len(a.sources) == settings.retrieval.top_k
     assert all(0.0 <= h.scores["rerank"] <= 1.0 for h in a.sources)
     ce_only = RagPipeline(
-        settings.model_copy(update={"rerank_fusion": "none"}),
+        settings.replace(rerank_fusion="none"),
         index=pipeline.index,
         embedder=pipeline.embedder,
     )
@@ -88,11 +88,11 @@ def test_support_gate_refuses_on_topic_sources_that_lack_the_answer(
     a = pipeline.answer(query)
     assert a.refused and "generate" not in a.timings
     # The same sources with the check off: the question gets through to generation.
-    pipeline.settings.min_support = 0.0
+    pipeline.settings.generation.min_support = 0.0
     try:
         assert "generate" in pipeline.answer(query).timings
     finally:
-        pipeline.settings.min_support = Settings().min_support
+        pipeline.settings.generation.min_support = Settings().generation.min_support
 
 
 def test_chitchat_and_out_of_scope(pipeline: RagPipeline) -> None:

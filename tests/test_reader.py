@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ragserve.config import Settings
+from ragserve.config import GenerationSettings, Settings
 from ragserve.pipeline import RagPipeline
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,8 @@ def pipeline(
     from ragserve.ingest.pipeline import Ingestor
 
     # The suite's environment pins the extractive answerer; this test wants the defaults.
-    defaults = {f: Settings.model_fields[f].default for f in ("generator", "answerability")}
+    fields = GenerationSettings.model_fields
+    defaults = {f: fields[f].default for f in ("generator", "answerability")}
     settings = Settings(data_dir=tmp_path_factory.mktemp("reader"), **defaults)
     with RagPipeline(settings) as pipe:
         pipe.warm_up()

@@ -590,7 +590,7 @@ def main() -> None:
     ap.add_argument(
         "--distill-alpha",
         type=float,
-        default=Settings().fusion_alpha,
+        default=Settings().retrieval.fusion_alpha,
         help="phase 5 teacher: dense weight (default: hybrid retrieval's)",
     )
     ap.add_argument(

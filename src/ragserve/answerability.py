@@ -108,11 +108,11 @@ class AnswerabilityJudge:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AnswerabilityJudge:
-        threshold = settings.answerability_threshold
+        threshold = settings.generation.answerability_threshold
         return cls(
-            settings.answerability_model,
+            settings.generation.answerability_model,
             threshold=ANSWERABLE_THRESHOLD if threshold is None else threshold,
-            top_n=settings.answerability_candidates,
+            top_n=settings.generation.answerability_candidates,
         )
 
     def warm_up(self) -> None:

@@ -155,14 +155,14 @@ def serve(
 
     configure_logging()
     typer.echo(
-        f"ragserve: serving collection '{settings.collection}' on "
-        f"http://{settings.host}:{settings.port} (chat page at /, API docs at /docs)",
+        f"ragserve: serving collection '{settings.index.collection}' on "
+        f"http://{settings.api.host}:{settings.api.port} (chat page at /, API docs at /docs)",
         err=True,
     )
     uvicorn.run(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
+        host=settings.api.host,
+        port=settings.api.port,
         log_config=None,
         timeout_graceful_shutdown=10,
     )

@@ -1,25 +1,45 @@
-"""All configuration in one object.
+"""All configuration in one object, in one group per stage.
+
+``Settings`` holds six groups: ``index``, ``ingest``, ``retrieval``, ``rerank``, ``generation``
+and ``api`` (``settings.retrieval.top_k``). Every setting also has a flat name, unique across
+the groups, which is its name inside the group (``rerank.enabled`` is ``rerank``): the
+``RAGSERVE_*`` environment variables use it (``RAGSERVE_TOP_K``), and so may keyword arguments
+(``Settings(top_k=3)``), :meth:`Settings.replace` and ``ragserve.toml`` (``top_k = 3`` as well
+as ``[retrieval]`` / ``top_k = 3``). The flat names were the whole interface before the groups
+and are what operators and scripts already use, so they stay.
 
 Precedence, lowest first: defaults < ``ragserve.toml`` (in the working directory, or the file
 named by ``RAGSERVE_CONFIG``) < ``RAGSERVE_*`` environment variables < keyword arguments.
 
-The TOML file is strict: a key that is not a setting is an error naming the closest one, since
-a misspelled key silently dropped is a setting the operator believes in and does not have.
-The environment is not: other ``RAGSERVE_*`` variables (``RAGSERVE_CONFIG``,
-``RAGSERVE_NO_PROGRESS``) live there too. Values are bounded, so a bad one fails at start
-(:func:`load_settings` says which and why in one paragraph) rather than at first use.
+The TOML file is strict: a key or table that is not a setting is an error naming the closest
+one, since a misspelled key silently dropped is a setting the operator believes in and does
+not have. So are keyword arguments. The environment is not: other ``RAGSERVE_*`` variables
+(``RAGSERVE_CONFIG``, ``RAGSERVE_NO_PROGRESS``) live there too. Values are bounded, so a bad
+one fails at start (:func:`load_settings` says which and why in one paragraph) rather than at
+first use.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -29,7 +49,18 @@ from pydantic_settings import (
 
 from ragserve.errors import ConfigError
 
-__all__ = ["Settings", "SettingsError", "config_path", "load_settings"]
+__all__ = [
+    "ApiSettings",
+    "GenerationSettings",
+    "IndexSettings",
+    "IngestSettings",
+    "RerankSettings",
+    "RetrievalSettings",
+    "Settings",
+    "SettingsError",
+    "config_path",
+    "load_settings",
+]
 
 ChunkerName = Literal["recursive", "fixed", "sentence", "semantic"]
 GeneratorName = Literal["extractive", "llama", "openai"]
@@ -38,6 +69,7 @@ StoreName = Literal["chroma", "postgres"]
 _MiB = 1024 * 1024
 # Token budgets and windows: generous ceilings that still catch a units mistake (bytes, chars).
 _MAX_TOKENS = 1_048_576
+_ENV_PREFIX = "RAGSERVE_"
 
 
 class SettingsError(ConfigError):
@@ -47,14 +79,15 @@ class SettingsError(ConfigError):
     code = "invalid_settings"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="RAGSERVE_",
-        extra="ignore",
-        validate_default=True,
-    )
+class _Group(BaseModel):
+    # Mutable like the settings object always was (tests adjust one value in place); a
+    # misspelled field is an error here too.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    # --- where the index lives -------------------------------------------------------------
+
+class IndexSettings(_Group):
+    """Where the index lives."""
+
     data_dir: Path = Field(Path(".ragserve"), description="Directory of the embedded index.")
     collection: str = Field("default", description="Collection (tenant) name.")
     store: StoreName = "chroma"
@@ -67,7 +100,29 @@ class Settings(BaseSettings):
     hnsw_ef_construction: int = Field(128, ge=4, le=1000)
     hnsw_ef_search: int = Field(100, ge=1, le=1000)
 
-    # --- ingestion -------------------------------------------------------------------------
+    @field_validator("collection")
+    @classmethod
+    def _collection_is_safe(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", value):
+            raise ValueError(
+                "collection names use letters, digits, '_' and '-' (1-63 chars, starting with "
+                "a letter or digit)"
+            )
+        return value
+
+    # A field validator (hnsw_m is validated first), so the error names this setting.
+    @field_validator("hnsw_ef_construction")
+    @classmethod
+    def _hnsw_build_covers_links(cls, value: int, info: ValidationInfo) -> int:
+        m = info.data.get("hnsw_m")
+        if m is not None and value < 2 * m:
+            raise ValueError(f"hnsw_ef_construction ({value}) must be at least twice hnsw_m ({m})")
+        return value
+
+
+class IngestSettings(_Group):
+    """Reading, chunking and embedding documents."""
+
     chunker: ChunkerName = "recursive"
     chunk_size: int = Field(
         512, ge=16, le=_MAX_TOKENS, description="Tokens; clamped to the embedder's limit."
@@ -101,12 +156,15 @@ class Settings(BaseSettings):
         None, description="If set, only paths under this directory may be ingested."
     )
 
+
+class RetrievalSettings(_Group):
+    """What is searched (the query processing before it) and how the two searches fuse."""
+
     # --- query processing ------------------------------------------------------------------
     condense_history: bool = True
     query_expansion: bool = False
     intent_detection: bool = True
-
-    # --- retrieval -------------------------------------------------------------------------
+    # --- search and fusion -----------------------------------------------------------------
     top_k: int = Field(5, ge=1, le=1000, description="Chunks given to generation.")
     fusion: Literal["convex", "rrf"] = Field(
         "convex",
@@ -146,8 +204,12 @@ class Settings(BaseSettings):
     bm25_stemming: bool = True
     bm25_stopwords: bool = True
 
-    # --- re-ranking ------------------------------------------------------------------------
-    rerank: bool = Field(
+
+class RerankSettings(_Group):
+    """The optional cross-encoder over the fused candidates."""
+
+    # Flat name `rerank` (RAGSERVE_RERANK): inside the group the name is taken by the group.
+    enabled: bool = Field(
         False,
         description="Cross-encoder re-ranking of the fused candidates. Off by default until the "
         "built-in model beats hybrid retrieval (see resources/reranker/MODEL_CARD.md); any "
@@ -182,23 +244,10 @@ class Settings(BaseSettings):
         "first rerank_max_length tokens.",
     )
 
-    # --- answerability (the reader's refusal signal) ----------------------------------------
-    answerability: bool = Field(
-        False,
-        description="Score whether each of the best sources answers the question with a "
-        "cross-encoder trained for that contrast (resources/answerability) and refuse when "
-        "none does. Off by default: on held-out SQuAD it refuses no more unanswerable "
-        "questions than the lexical support gate at the same cost (see its MODEL_CARD.md).",
-    )
-    answerability_model: str = Field("builtin", description="'builtin' or a local path.")
-    answerability_candidates: int = Field(
-        3, ge=1, le=50, description="Best sources judged (the calibration judged 3)."
-    )
-    answerability_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="Refuse below this; None uses the calibrated default."
-    )
 
-    # --- context and generation ------------------------------------------------------------
+class GenerationSettings(_Group):
+    """The reader: its context, its model, and the gates that make it refuse."""
+
     generator: GeneratorName = "llama"
     llm_model_path: str = Field(
         "builtin:qwen2.5-coder-1.5b-instruct",
@@ -275,8 +324,26 @@ class Settings(BaseSettings):
         description="Without a re-ranker: minimum cosine similarity of the best dense hit to "
         "answer (calibrated on held-out SQuAD, benchmarks/calibrate_refusal.py).",
     )
+    # --- answerability (the reader's refusal signal) ----------------------------------------
+    answerability: bool = Field(
+        False,
+        description="Score whether each of the best sources answers the question with a "
+        "cross-encoder trained for that contrast (resources/answerability) and refuse when "
+        "none does. Off by default: on held-out SQuAD it refuses no more unanswerable "
+        "questions than the lexical support gate at the same cost (see its MODEL_CARD.md).",
+    )
+    answerability_model: str = Field("builtin", description="'builtin' or a local path.")
+    answerability_candidates: int = Field(
+        3, ge=1, le=50, description="Best sources judged (the calibration judged 3)."
+    )
+    answerability_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Refuse below this; None uses the calibrated default."
+    )
 
-    # --- API -------------------------------------------------------------------------------
+
+class ApiSettings(_Group):
+    """The HTTP server and its limits (the MCP tools included)."""
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     admin_api_key: SecretStr | None = None
@@ -302,24 +369,27 @@ class Settings(BaseSettings):
         "is a loopback address). Needed when binding 0.0.0.0.",
     )
 
-    @field_validator("collection")
-    @classmethod
-    def _collection_is_safe(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", value):
-            raise ValueError(
-                "collection names use letters, digits, '_' and '-' (1-63 chars, starting with "
-                "a letter or digit)"
-            )
-        return value
 
-    @model_validator(mode="after")
-    def _hnsw_build_covers_links(self) -> Settings:
-        if self.hnsw_ef_construction < 2 * self.hnsw_m:
-            raise ValueError(
-                f"hnsw_ef_construction ({self.hnsw_ef_construction}) must be at least twice "
-                f"hnsw_m ({self.hnsw_m})"
-            )
-        return self
+# Flat name -> (group, field). The flat name is the field's name, except where the field is
+# named after its group's on-off switch.
+_RENAMED = {("rerank", "enabled"): "rerank"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
+
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    rerank: RerankSettings = Field(default_factory=RerankSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_flat_names(cls, data: Any) -> Any:
+        """``model_validate({"top_k": 3})`` too; the sources below are grouped already."""
+        return _grouped(data) if isinstance(data, dict) else data
 
     @classmethod
     def settings_customise_sources(
@@ -330,20 +400,126 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = InitSettingsSource(settings_cls, _read_toml(config_path(), settings_cls))
-        return (init_settings, env_settings, toml, file_secret_settings)
+        # Every source hands over grouped values, so pydantic-settings' deep merge keeps the
+        # precedence per setting: a keyword `top_k` overrides the environment's top_k and
+        # nothing else of the retrieval group.
+        assert isinstance(init_settings, InitSettingsSource)
+        keywords = InitSettingsSource(settings_cls, _grouped(init_settings.init_kwargs))
+        toml = InitSettingsSource(settings_cls, _read_toml(config_path()))
+        return (keywords, _FlatEnvSource(settings_cls), toml)
 
     @property
     def index_dir(self) -> Path:
-        return self.data_dir / self.collection
+        return self.index.data_dir / self.index.collection
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (flat names or groups) applied and validated.
+
+        ``model_copy(update=...)`` would neither route flat names to their group nor check
+        the values.
+        """
+        updates: dict[str, _Group] = {}
+        for group, values in _grouped(changes).items():
+            model = _GROUPS[group]
+            if isinstance(values, BaseModel):
+                updates[group] = model.model_validate(values)
+            else:
+                updates[group] = model.model_validate(getattr(self, group).model_dump() | values)
+        return self.model_copy(update=updates)
+
+
+_GROUPS: dict[str, type[_Group]] = {
+    name: typing.cast("type[_Group]", field.annotation)
+    for name, field in Settings.model_fields.items()
+}
+
+
+def _flat_names() -> dict[str, tuple[str, str]]:
+    flat: dict[str, tuple[str, str]] = {}
+    for group, model in _GROUPS.items():
+        for field in model.model_fields:
+            name = _RENAMED.get((group, field), field)
+            if name in flat:  # the environment could not tell the two apart
+                raise TypeError(f"settings {flat[name]} and {(group, field)} share a flat name")
+            flat[name] = (group, field)
+    return flat
+
+
+_FLAT = _flat_names()
+_FLAT_OF = {where: name for name, where in _FLAT.items()}
+
+
+def _grouped(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with each flat name moved into its group; an unknown name is an error."""
+    out: dict[str, Any] = {}
+    flat: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        if key in _GROUPS and isinstance(value, dict | BaseModel):
+            out[key] = value
+        elif key in _FLAT:
+            group, field = _FLAT[key]
+            flat.setdefault(group, {})[field] = value
+        else:
+            raise _unknown(f"'{key}' is not a ragserve setting", key, [*_FLAT, *_GROUPS])
+    for group, values in flat.items():
+        given = out.get(group, {})
+        if isinstance(given, BaseModel):
+            given = given.model_dump(exclude_unset=True)
+        for field in values.keys() & given.keys():
+            raise SettingsError(
+                f"'{_FLAT_OF[group, field]}' is given twice: flat and in '{group}'.",
+                hint="Give each setting once.",
+            )
+        out[group] = {**given, **values}
+    return out
+
+
+def _unknown(what: str, key: str, known: list[str], *, hint: str | None = None) -> SettingsError:
+    close = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
+    suggestion = f" Did you mean '{close[0]}'?" if close else ""
+    return SettingsError(
+        f"{what}.{suggestion}",
+        hint=hint or "The settings and their defaults are the fields of ragserve/config.py.",
+    )
+
+
+class _FlatEnvSource(PydanticBaseSettingsSource):
+    """``RAGSERVE_<FLAT NAME>`` (any case) for each setting, grouped."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the environment itself
+
+    def __call__(self) -> dict[str, Any]:
+        env = {name.upper(): value for name, value in os.environ.items()}
+        out: dict[str, dict[str, Any]] = {}
+        for name, (group, field) in _FLAT.items():
+            var = f"{_ENV_PREFIX}{name.upper()}"
+            if var not in env:
+                continue
+            value: Any = env[var]
+            if _is_structured(_GROUPS[group].model_fields[field].annotation):
+                try:  # lists are JSON, as pydantic-settings reads them
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    raise SettingsError(
+                        f"{var} is not JSON: {value!r}.",
+                        hint=f'Write a list as JSON, e.g. {var}=\'["a", "b"]\'.',
+                    ) from None
+            out.setdefault(group, {})[field] = value
+        return out
+
+
+def _is_structured(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (list, dict)
 
 
 def config_path() -> Path:
     return Path(os.environ.get("RAGSERVE_CONFIG", "ragserve.toml"))
 
 
-def _read_toml(path: Path, settings_cls: type[BaseSettings]) -> dict[str, Any]:
-    """The file's settings; a missing default file is none, anything else wrong is an error."""
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The file's settings, grouped; a missing default file is none, anything else wrong is
+    an error."""
     if not path.is_file():
         if "RAGSERVE_CONFIG" in os.environ:
             raise SettingsError(
@@ -360,20 +536,50 @@ def _read_toml(path: Path, settings_cls: type[BaseSettings]) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise SettingsError(f"Cannot read {path}: {exc.strerror}.") from None
-    _reject_unknown_keys(data, path, list(settings_cls.model_fields))
-    return data
+    return _group_toml(data, path)
 
 
-def _reject_unknown_keys(data: dict[str, Any], path: Path, known: list[str]) -> None:
-    for key in data:
-        if key in known:
-            continue
-        close = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
-        suggestion = f" Did you mean '{close[0]}'?" if close else ""
-        raise SettingsError(
-            f"{path}: '{key}' is not a ragserve setting.{suggestion}",
-            hint="The settings and their defaults are the fields of ragserve/config.py.",
-        )
+def _group_toml(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Flat keys and ``[group]`` tables, both checked against the settings."""
+    out: dict[str, dict[str, Any]] = {}
+    where: dict[tuple[str, str], str] = {}  # (group, field) -> how the file spelled it
+
+    def put(group: str, field: str, value: Any, spelled: str) -> None:
+        if (group, field) in where:
+            raise SettingsError(
+                f"{path}: '{_FLAT_OF[group, field]}' is set twice "
+                f"({where[group, field]} and {spelled}).",
+                hint="Keep one of them.",
+            )
+        where[group, field] = spelled
+        out.setdefault(group, {})[field] = value
+
+    for key, value in data.items():
+        if key in _GROUPS and isinstance(value, dict):
+            fields = _GROUPS[key].model_fields
+            for name, item in value.items():
+                field = name if name in fields else None
+                if field is None and _FLAT.get(name, ("", ""))[0] == key:
+                    field = _FLAT[name][1]  # the flat name in its own table: [rerank] rerank
+                if field is not None:
+                    put(key, field, item, f"[{key}] {name}")
+                elif name in _FLAT:
+                    home = _FLAT[name][0]
+                    raise SettingsError(
+                        f"{path}: '{name}' is not in [{key}]; it belongs in [{home}].",
+                        hint=f"Move it under [{home}], or to the top of the file.",
+                    )
+                else:
+                    raise _unknown(
+                        f"{path}: '{name}' in [{key}] is not a ragserve setting",
+                        name,
+                        list(fields),
+                    )
+        elif key in _FLAT:
+            put(*_FLAT[key], value, key)
+        else:
+            raise _unknown(f"{path}: '{key}' is not a ragserve setting", key, [*_FLAT, *_GROUPS])
+    return out
 
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
@@ -397,17 +603,24 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(_describe(e) for e in exc.errors())
-        names = sorted({str(e["loc"][0]).upper() for e in exc.errors() if e["loc"]})
-        sources = [f"RAGSERVE_{n}" for n in names] + [str(config_path())]
+        names = sorted({_flat_name(e["loc"]).upper() for e in exc.errors() if e["loc"]})
+        sources = [f"{_ENV_PREFIX}{n}" for n in names] + [str(config_path())]
         raise SettingsError(
             f"Invalid settings: {problems}.",
             hint=f"Fix it where it is set: {', '.join(sources)} or the command's options.",
         ) from None
 
 
+def _flat_name(loc: tuple[int | str, ...]) -> str:
+    """The flat name of the setting at ``loc`` (``('retrieval', 'top_k')`` -> top_k)."""
+    return _FLAT_OF.get((str(loc[0]), str(loc[1])), str(loc[-1])) if len(loc) > 1 else str(loc[0])
+
+
 def _describe(error: Any) -> str:
-    name = ".".join(str(p) for p in error["loc"]) or "settings"
+    loc = error["loc"]
+    name = ".".join(str(p) for p in loc) or "settings"
     message = str(error["msg"]).removeprefix("Value error, ")
-    if any(word in name for word in ("key", "dsn")) or not error["loc"]:
-        return f"{name}: {message}"  # never echo a secret, nor a whole-model input
+    leaf = str(loc[-1]) if loc else ""
+    if any(word in leaf for word in ("key", "dsn")) or len(loc) < 2:
+        return f"{name}: {message}"  # never echo a secret, nor a whole-group input
     return f"{name} = {error['input']}: {message}"

@@ -222,10 +222,10 @@ class SentenceTransformerEmbedder:
     @classmethod
     def from_settings(cls, settings: Settings) -> SentenceTransformerEmbedder:
         return cls(
-            settings.embedding_model,
-            batch_size=settings.embedding_batch_size,
-            runtime=settings.embedding_runtime,
-            threads=settings.embedding_threads,
+            settings.ingest.embedding_model,
+            batch_size=settings.ingest.embedding_batch_size,
+            runtime=settings.ingest.embedding_runtime,
+            threads=settings.ingest.embedding_threads,
         )
 
     # --- loading ------------------------------------------------------------------------------

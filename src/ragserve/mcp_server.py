@@ -183,7 +183,7 @@ def build_server(
         ),
         log_level="WARNING",
     )
-    tools = _Tools(get_pipeline, settings, limiter or anyio.CapacityLimiter(settings.workers))
+    tools = _Tools(get_pipeline, settings, limiter or anyio.CapacityLimiter(settings.api.workers))
     tools.register(server)
     return server
 
@@ -200,8 +200,8 @@ class _Tools:
         self.limiter = limiter
 
     def register(self, server: MCPServer) -> None:
-        limit = self.settings.max_query_chars
-        turns = 2 * self.settings.max_history_turns
+        limit = self.settings.api.max_query_chars
+        turns = 2 * self.settings.api.max_history_turns
         query_t = _text_argument(limit, "What to look for, in natural language")
         k_t = Annotated[
             int,
@@ -405,7 +405,7 @@ def run_stdio(settings: Settings) -> None:
         pipeline = RagPipeline(settings)
         pipeline.warm_up()
     server = build_server(lambda: pipeline, settings)
-    log.info("serving MCP over stdio: collection '%s'", settings.collection)
+    log.info("serving MCP over stdio: collection '%s'", settings.index.collection)
     try:
         anyio.run(server.run_stdio_async)
     finally:
@@ -426,14 +426,14 @@ class AppState(Protocol):
 
 
 def mount_mcp(app: "FastAPI", state: AppState) -> None:
-    """Mount the MCP endpoint at ``/mcp`` when ``settings.mcp_enabled``.
+    """Mount the MCP endpoint at ``/mcp`` when ``settings.api.mcp_enabled``.
 
     Tool calls share the app's worker pool and its models. Requests need the chat API key
     (when one is set) and a Host header naming the configured host, and count against the
     chat rate limit. The SDK's session manager runs inside the app's lifespan, which this wraps.
     """
     settings = state.settings
-    if not settings.mcp_enabled:
+    if not settings.api.mcp_enabled:
         return
     from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
     from mcp.server.transport_security import TransportSecuritySettings
@@ -442,7 +442,7 @@ def mount_mcp(app: "FastAPI", state: AppState) -> None:
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         allowed_hosts=[p for h in hosts for p in (h, f"{h}:*")],
-        allowed_origins=[*settings.cors_origins, *(f"http://{h}:*" for h in hosts)],
+        allowed_origins=[*settings.api.cors_origins, *(f"http://{h}:*" for h in hosts)],
     )
     server = build_server(
         lambda: state.pipeline if state.ready else None, settings, limiter=state.cpu_pool
@@ -450,8 +450,8 @@ def mount_mcp(app: "FastAPI", state: AppState) -> None:
     server.streamable_http_app(
         streamable_http_path="/mcp",
         transport_security=security,
-        host=settings.host,
-        max_request_body_size=settings.max_body_bytes,
+        host=settings.api.host,
+        max_request_body_size=settings.api.max_body_bytes,
     )
     sessions = server.session_manager
     guarded = _Guard(StreamableHTTPASGIApp(sessions), settings, hosts, state.rate)
@@ -470,8 +470,8 @@ _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 
 def _allowed_hosts(settings: Settings) -> list[str]:
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    names = [host, *settings.mcp_allowed_hosts]
+    host = f"[{settings.api.host}]" if ":" in settings.api.host else settings.api.host
+    names = [host, *settings.api.mcp_allowed_hosts]
     if host in _LOOPBACK:
         names += [n for n in _LOOPBACK if n != host]
     return names
@@ -496,7 +496,7 @@ class _Guard:
         from ragserve.api.security import RateLimitedError, check_key
 
         request = Request(scope)
-        key = self.settings.chat_api_key
+        key = self.settings.api.chat_api_key
         try:
             self._check_host(request.headers.get("host", ""))
             check_key(request, key.get_secret_value() if key else None, "MCP")

@@ -99,9 +99,9 @@ class RagPipeline:
         self.index: DocumentIndex = index or open_index(self.settings)
         s = self.settings
         self.query_processor = RuleBasedQueryProcessor(
-            condense_history=s.condense_history,
-            expansion=s.query_expansion,
-            intent_detection=s.intent_detection,
+            condense_history=s.retrieval.condense_history,
+            expansion=s.retrieval.query_expansion,
+            intent_detection=s.retrieval.intent_detection,
         )
         self.retriever = HybridRetriever.from_settings(self.index, self.embedder, s)
         self.reranker: Reranker | None = reranker
@@ -129,7 +129,7 @@ class RagPipeline:
     def _warm_retrieval(self) -> None:
         self.embedder.warm_up()
         open_index_with(self.index, self.embedder)
-        if self.reranker is None and self.settings.rerank:
+        if self.reranker is None and self.settings.rerank.enabled:
             from ragserve.rerank import CrossEncoderReranker
 
             self.reranker = CrossEncoderReranker.from_settings(self.settings)
@@ -141,7 +141,7 @@ class RagPipeline:
         from ragserve.generation import build_generator
 
         s = self.settings
-        if self.judge is None and s.answerability:
+        if self.judge is None and s.generation.answerability:
             from ragserve.answerability import AnswerabilityJudge
 
             self.judge = AnswerabilityJudge.from_settings(s)
@@ -150,24 +150,24 @@ class RagPipeline:
         generator = self.generator or build_generator(s)
         generator.warm_up()
         self.generator = generator
-        style = s.context_style
+        style = s.generation.context_style
         if style == "auto":
-            style = "compact" if s.generator == "llama" else "full"
+            style = "compact" if s.generation.generator == "llama" else "full"
         if style == "compact":
             self.assembler = CompactContextAssembler(
                 generator.count_tokens,
-                budget=s.context_budget,
-                max_sources=s.context_sources,
+                budget=s.generation.context_budget,
+                max_sources=s.generation.context_sources,
                 context_window=generator.context_window,
             )
         else:
             self.assembler = ContextAssembler(
                 generator.count_tokens,
                 context_window=generator.context_window,
-                system=s.budget_system,
-                context=s.budget_context,
-                query=s.budget_query,
-                response=s.budget_response,
+                system=s.generation.budget_system,
+                context=s.generation.budget_context,
+                query=s.generation.budget_query,
+                response=s.generation.budget_response,
             )
 
     def ingest(
@@ -203,7 +203,7 @@ class RagPipeline:
 
     @property
     def refusal_threshold(self) -> float:
-        t = self.settings.refusal_threshold
+        t = self.settings.generation.refusal_threshold
         return DEFAULT_REFUSAL_THRESHOLD if t is None else t
 
     # --- stages 1-3 ---------------------------------------------------------------------------
@@ -216,7 +216,7 @@ class RagPipeline:
     ) -> list[Hit]:
         """Retrieve and re-rank; cached per (query, index version)."""
         timer = timer or _Timer()
-        top_k = top_k or self.settings.top_k
+        top_k = top_k or self.settings.retrieval.top_k
         key = (query.text, query.expansions, top_k, self.index.version())
         with self._lock:
             cached = self._cache.get(key)
@@ -225,7 +225,7 @@ class RagPipeline:
                 self.cache_hits += 1
                 return list(cached)
             self.cache_misses += 1
-        candidates = self.settings.rerank_candidates if self.reranker else top_k
+        candidates = self.settings.rerank.rerank_candidates if self.reranker else top_k
         with timer.stage("retrieve"):
             hits = self.retriever.retrieve(query, max(candidates, top_k))
         if self.reranker is not None:
@@ -257,12 +257,12 @@ class RagPipeline:
                 return True
         else:
             dense = [h.scores["dense"] for h in hits if "dense" in h.scores]
-            if dense and max(dense) < self.settings.dense_refusal_threshold:
+            if dense and max(dense) < self.settings.generation.dense_refusal_threshold:
                 return True
-        minimum = self.settings.min_support
+        minimum = self.settings.generation.min_support
         if minimum <= 0:
             return False
-        best = hits[: self.settings.support_sources]
+        best = hits[: self.settings.generation.support_sources]
         return self.support.best(query, [h.chunk.text for h in best]) < minimum
 
     def _judge_answerability(self, query: str, hits: list[Hit]) -> list[Hit]:
@@ -272,7 +272,7 @@ class RagPipeline:
         the gold paragraph first less often than retrieval did (0.79 vs 0.83).
         """
         assert self.judge is not None
-        n = self.settings.answerability_candidates
+        n = self.settings.generation.answerability_candidates
         probs = self.judge.score(query, [h.chunk.searchable_text for h in hits[:n]])
         # Not with_score: that would make the judge's probability the ranking score.
         scored = [
@@ -326,7 +326,7 @@ class RagPipeline:
             return
         with timer.stage("context"):
             context = self.assembler.assemble(
-                processed.text, hits, list(history)[-2 * self.settings.history_turns :]
+                processed.text, hits, list(history)[-2 * self.settings.generation.history_turns :]
             )
         base.context_tokens = context.tokens
         yield from self._generate(processed, context, history, base, timer, started)
@@ -357,7 +357,12 @@ class RagPipeline:
             # Extractive answers are source sentences by construction; only a model's own
             # words need checking against the sources.
             quoted = getattr(self.generator, "name", "") == "extractive"
-            if self.settings.verify_grounding and not quoted and text and not is_refusal(text):
+            if (
+                self.settings.generation.verify_grounding
+                and not quoted
+                and text
+                and not is_refusal(text)
+            ):
                 text, citations = self._grounded(processed.text, text, citations, context)
         base.sources = context.sources
         base.text, base.citations, base.invalid_citations = text, citations, invalid

@@ -315,14 +315,14 @@ class CrossEncoderReranker:
     @classmethod
     def from_settings(cls, settings: Settings) -> CrossEncoderReranker:
         return cls(
-            settings.reranker_model,
-            max_length=settings.rerank_max_length,
-            batch_size=settings.rerank_batch_size,
-            fusion=settings.rerank_fusion,
-            rrf_k=settings.rrf_k,
-            alpha=settings.rerank_alpha,
-            runtime=settings.rerank_runtime,
-            window=settings.rerank_window,
+            settings.rerank.reranker_model,
+            max_length=settings.rerank.rerank_max_length,
+            batch_size=settings.rerank.rerank_batch_size,
+            fusion=settings.rerank.rerank_fusion,
+            rrf_k=settings.retrieval.rrf_k,
+            alpha=settings.rerank.rerank_alpha,
+            runtime=settings.rerank.rerank_runtime,
+            window=settings.rerank.rerank_window,
         )
 
     @property

@@ -1,6 +1,6 @@
 """Stage 2: hybrid retrieval — dense and sparse each over-fetch, then one fused ranking.
 
-Two fusions, chosen by ``Settings.fusion``:
+Two fusions, chosen by ``settings.retrieval.fusion``:
 
 * ``convex`` (default): each side's scores are min-max normalised over its candidates and
   combined as ``alpha * dense + (1 - alpha) * sparse``; a chunk one side did not return gets 0
@@ -161,13 +161,13 @@ class HybridRetriever:
             index,
             embedder,
             mode=mode,
-            fusion=fusion or settings.fusion,
-            alpha=settings.fusion_alpha,
-            depth=settings.fusion_depth,
-            overfetch=settings.overfetch,
-            rrf_k=settings.rrf_k,
-            feedback_docs=settings.dense_feedback_docs if feedback else 0,
-            feedback_weight=settings.dense_feedback_weight,
+            fusion=fusion or settings.retrieval.fusion,
+            alpha=settings.retrieval.fusion_alpha,
+            depth=settings.retrieval.fusion_depth,
+            overfetch=settings.retrieval.overfetch,
+            rrf_k=settings.retrieval.rrf_k,
+            feedback_docs=settings.retrieval.dense_feedback_docs if feedback else 0,
+            feedback_weight=settings.retrieval.dense_feedback_weight,
         )
 
     def retrieve(self, query: ProcessedQuery, k: int) -> list[Hit]:

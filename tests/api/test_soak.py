@@ -151,13 +151,13 @@ def server(tmp_path: Path, sample_corpus: Path, embedder) -> Iterator[Server]:  
 
     settings = Settings(data_dir=tmp_path / "data", collection="soak")
     index = LocalIndex.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    index.open(settings.ingest.embedding_model, embedder.dimension)
     Ingestor(settings, index, embedder).ingest_paths([sample_corpus], progress=False)
     index.close()
     port = _free_port()
     env = {
         **os.environ,
-        "RAGSERVE_DATA_DIR": str(settings.data_dir),
+        "RAGSERVE_DATA_DIR": str(settings.index.data_dir),
         "RAGSERVE_COLLECTION": "soak",
         "RAGSERVE_ADMIN_API_KEY": ADMIN["Authorization"].split()[1],
         "RAGSERVE_RATE_LIMIT_PER_MINUTE": "0",
@@ -311,7 +311,7 @@ def _check_index(settings: Settings, run: Run, sample_count: int, embedder) -> N
     from ragserve.stores.local import LocalIndex
 
     index = LocalIndex.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    index.open(settings.ingest.embedding_model, embedder.dimension)
     try:
         assert index.check() == [], index.check()
         ids = {d.doc_id for d in index.documents()}

@@ -41,7 +41,7 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path, emb
     data_dir = tmp_path_factory.mktemp("mcp-index")
     settings = Settings(data_dir=data_dir)
     index = LocalIndex.from_settings(settings)
-    index.open(settings.embedding_model, embedder.dimension)
+    index.open(settings.ingest.embedding_model, embedder.dimension)
     summary = Ingestor(settings, index, embedder).ingest_paths([sample_corpus], progress=False)
     assert not summary.failed, summary.failed
     index.close()

@@ -31,7 +31,7 @@ def test_a_valid_file_is_read_and_the_environment_wins(monkeypatch: pytest.Monke
     _toml('port = 9000\ngenerator = "llama"\ntop_k = 7\n')
     monkeypatch.setenv("RAGSERVE_TOP_K", "3")
     s = load_settings()
-    assert (s.port, s.generator, s.top_k) == (9000, "llama", 3)
+    assert (s.api.port, s.generation.generator, s.retrieval.top_k) == (9000, "llama", 3)
 
 
 def test_a_misspelled_key_names_the_key_the_file_and_the_closest_setting() -> None:
@@ -70,7 +70,7 @@ def test_ragserve_config_must_name_a_file(monkeypatch: pytest.MonkeyPatch) -> No
 def test_ragserve_config_points_at_another_file(monkeypatch: pytest.MonkeyPatch) -> None:
     Path("other.toml").write_text("top_k = 9\n")
     monkeypatch.setenv("RAGSERVE_CONFIG", "other.toml")
-    assert load_settings().top_k == 9
+    assert load_settings().retrieval.top_k == 9
 
 
 def test_environment_variables_that_are_not_settings_are_left_alone(
@@ -79,7 +79,7 @@ def test_environment_variables_that_are_not_settings_are_left_alone(
     monkeypatch.setenv("RAGSERVE_NO_PROGRESS", "1")
     monkeypatch.setenv("RAGSERVE_SOMETHING_ELSE", "x")
     monkeypatch.setenv("RAGSERVE_PORT", "8123")
-    assert load_settings().port == 8123
+    assert load_settings().api.port == 8123
 
 
 @pytest.mark.parametrize(
@@ -123,7 +123,7 @@ def test_a_secret_is_never_echoed() -> None:
 
 
 def test_defaults_are_valid() -> None:
-    assert Settings().port == 8000
+    assert Settings().api.port == 8000
 
 
 @pytest.mark.parametrize("command", [["serve"], ["ask", "q"], ["ingest", "docs"], ["list"]])

@@ -3,7 +3,7 @@
 ``create_app`` only wires the parts together: the lifespan that loads the models, middleware,
 error handlers and one router per concern (``ragserve.api.routes``). Routes get the pipeline
 and the shared state through FastAPI dependencies (``ragserve.api.state``). The CPU-bound
-pipeline runs in a bounded thread pool (``settings.workers``) so the event loop stays free for
+pipeline runs in a bounded thread pool (``settings.api.workers``) so the event loop stays free for
 health checks and open streams.
 """
 
@@ -52,7 +52,7 @@ def create_app(
     app.state.ragserve = state
     app.add_middleware(
         CORSMiddleware,
-        allow_origins=settings.cors_origins,
+        allow_origins=settings.api.cors_origins,
         allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
         allow_headers=["content-type", "authorization", "x-api-key", "x-request-id"],
         expose_headers=["x-request-id", "retry-after"],
@@ -64,7 +64,7 @@ def create_app(
         app.include_router(module.router)
     # Further surfaces mount here, one call each: after the routers so they see the same
     # state, inside the same middleware and handlers.
-    if settings.mcp_enabled:  # MCP tools at /mcp (streamable HTTP); see ragserve.mcp_server
+    if settings.api.mcp_enabled:  # MCP tools at /mcp (streamable HTTP); see ragserve.mcp_server
         from ragserve.mcp_server import mount_mcp  # the SDK loads only when asked for
 
         mount_mcp(app, state)
@@ -82,7 +82,11 @@ def _lifespan(
         state.pipeline = pipeline
         state.ingestor = Ingestor(settings, pipeline.index, pipeline.embedder)
         state.ready = True
-        log.info("ready: collection '%s', generator '%s'", settings.collection, settings.generator)
+        log.info(
+            "ready: collection '%s', generator '%s'",
+            settings.index.collection,
+            settings.generation.generator,
+        )
         try:
             yield
         finally:

@@ -33,7 +33,7 @@ def _too_large(request: Request, state: AppState) -> PayloadTooLargeError | None
     """Refused from the declared length, before a byte of the body is read."""
     settings = state.settings
     is_upload = request.url.path.startswith("/documents")
-    limit = settings.max_upload_bytes if is_upload else settings.max_body_bytes
+    limit = settings.api.max_upload_bytes if is_upload else settings.api.max_body_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         return PayloadTooLargeError(int(length), limit)

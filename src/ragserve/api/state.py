@@ -47,8 +47,8 @@ class AppState:
         self.metrics = Metrics()
         # Bounds how many CPU-bound pipeline calls (answers, streams, ingestion) run at once;
         # anyio's default pool would let 40 of them fight over two cores.
-        self.cpu_pool = anyio.CapacityLimiter(settings.workers)
-        self.rate = RateLimiter(settings.rate_limit_per_minute)
+        self.cpu_pool = anyio.CapacityLimiter(settings.api.workers)
+        self.rate = RateLimiter(settings.api.rate_limit_per_minute)
         self.ready = False
         # One writer at a time from this process; the Ingestor's file lock covers other ones.
         self.write_lock = threading.Lock()
@@ -92,7 +92,7 @@ def secret(value: SecretStr | None) -> str | None:
 
 
 def require_admin(request: Request, state: StateDep) -> None:
-    key = secret(state.settings.admin_api_key)
+    key = secret(state.settings.api.admin_api_key)
     if key is None:
         raise ForbiddenError(
             "Admin routes are disabled because no admin API key is configured.",
@@ -107,7 +107,7 @@ AdminDep = Annotated[None, Depends(require_admin)]
 def guard_chat(state: AppState, request: Request, query: str, history: list[Message]) -> None:
     """Key, rate limit and size limits of every chat route, in that order."""
     settings = state.settings
-    check_key(request, secret(settings.chat_api_key), "chat")
+    check_key(request, secret(settings.api.chat_api_key), "chat")
     client = request.client.host if request.client else "unknown"
     try:
         state.rate.check(client)
@@ -116,14 +116,14 @@ def guard_chat(state: AppState, request: Request, query: str, history: list[Mess
         raise
     if not query.strip():
         raise EmptyQueryError()
-    if len(query) > settings.max_query_chars:
+    if len(query) > settings.api.max_query_chars:
         raise BadRequestError(
-            f"The query is {len(query)} characters; the limit is {settings.max_query_chars}.",
+            f"The query is {len(query)} characters; the limit is {settings.api.max_query_chars}.",
             hint="Ask a shorter question.",
         )
-    if len(history) > 2 * settings.max_history_turns:
+    if len(history) > 2 * settings.api.max_history_turns:
         raise BadRequestError(
             f"The history has {len(history)} messages; the limit is "
-            f"{2 * settings.max_history_turns}.",
+            f"{2 * settings.api.max_history_turns}.",
             hint="Send only the most recent turns.",
         )

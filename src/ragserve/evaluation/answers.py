@@ -135,12 +135,12 @@ def evaluate_answers(
         raise DatasetError(f"Missing {corpus}", hint="The QA file's folder must hold corpus.jsonl.")
     questions = _load_questions(qa_file, n, seed)[: limit or None]
     name = re.sub(r"[^A-Za-z0-9_-]", "-", qa_file.parent.name)[:40]
-    main = RagPipeline(settings.model_copy(update={"collection": f"eval-{name}"}))
+    main = RagPipeline(settings.replace(collection=f"eval-{name}"))
     main.warm_up()
     _index_corpus(main, corpus, progress)
     present = _run(main, questions, progress, "answers")
     absent = RagPipeline(
-        settings.model_copy(update={"collection": f"eval-{name}-absent"}),
+        settings.replace(collection=f"eval-{name}-absent"),
         embedder=main.embedder,
         reranker=main.reranker,
         judge=main.judge,
@@ -194,8 +194,10 @@ def _summary(
         "total_p95_ms": round(float(np.percentile([r["total"] for r in present], 95)), 1),
         "prompt_tokens_p50": _p50(present, "context_tokens"),
         "questions": len(present),
-        "generator": settings.generator,
-        "model": settings.llm_model_path if settings.generator == "llama" else None,
+        "generator": settings.generation.generator,
+        "model": settings.generation.llm_model_path
+        if settings.generation.generator == "llama"
+        else None,
     }
 
 

@@ -63,13 +63,15 @@ def configured_stage(settings: Settings) -> str:
     """The ablation stage that is what the configured pipeline runs."""
     stage = (
         "hybrid"
-        + ("+expansion" if settings.query_expansion else "")
-        + ("+rerank" if settings.rerank else "")
+        + ("+expansion" if settings.retrieval.query_expansion else "")
+        + ("+rerank" if settings.rerank.enabled else "")
     )
-    feedback = settings.dense_feedback_docs > 0 and settings.dense_feedback_weight > 0
+    feedback = (
+        settings.retrieval.dense_feedback_docs > 0 and settings.retrieval.dense_feedback_weight > 0
+    )
     if stage == "hybrid" and not feedback:
         # Without feedback the pipeline's retrieval is its fusion alone, run under that name.
-        stage = f"hybrid-{settings.fusion}"
+        stage = f"hybrid-{settings.retrieval.fusion}"
     return stage
 
 
@@ -95,7 +97,7 @@ def estimate_seconds(
         for m in modes
     )
     reranks = sum("rerank" in s for s in stages)
-    per_query += reranks * settings.rerank_candidates * _rerank_ms_per_pair(settings)
+    per_query += reranks * settings.rerank.rerank_candidates * _rerank_ms_per_pair(settings)
     return documents * INGEST_MS_PER_DOC / 1000, queries * per_query / 1000
 
 
@@ -103,13 +105,17 @@ def _rerank_ms_per_pair(settings: Settings) -> float:
     from ragserve.cpu import cpu_flags
     from ragserve.rerank_onnx import preferred_precision
 
-    runtime: str = settings.rerank_runtime
+    runtime: str = settings.rerank.rerank_runtime
     if runtime == "auto":
         runtime = f"onnx-{preferred_precision(cpu_flags())}"
     per_pair = RERANK_MS_PER_PAIR.get(runtime, RERANK_MS_PER_PAIR["torch"])
-    window = settings.rerank_window
+    window = settings.rerank.rerank_window
     # Attention and padding make cost grow a little faster than length; linear is close enough.
-    length = min(window, settings.rerank_max_length) if window else settings.rerank_max_length
+    length = (
+        min(window, settings.rerank.rerank_max_length)
+        if window
+        else settings.rerank.rerank_max_length
+    )
     return per_pair * length / 256
 
 
@@ -170,7 +176,7 @@ def evaluate_retrieval(
 
     _check_stages(stages)
     wants_rerank = any("rerank" in s for s in stages)
-    pipeline = RagPipeline(settings.model_copy(update={"rerank": wants_rerank and settings.rerank}))
+    pipeline = RagPipeline(settings.replace(rerank=wants_rerank and settings.rerank.enabled))
     pipeline.warm_up(generation=False)
     _index_corpus(pipeline, dataset, progress)
     run = _StageRunner(pipeline, settings, stages, wants_rerank)
@@ -226,7 +232,7 @@ class _StageRunner:
         if self.reranker is None and wants_rerank:
             self.reranker = CrossEncoderReranker.from_settings(settings)
             self.reranker.warm_up()
-        self.n_rerank = settings.rerank_candidates
+        self.n_rerank = settings.rerank.rerank_candidates
         self.plain = RuleBasedQueryProcessor(
             condense_history=False, expansion=False, intent_detection=False
         )
@@ -271,7 +277,7 @@ class _StageRunner:
 
 def _retrievers(pipeline: Any, settings: Settings) -> dict[str, HybridRetriever]:
     # overfetch 1: every side fetches DEPTH (or fusion_depth, if deeper) candidates.
-    eval_settings = settings.model_copy(update={"overfetch": 1})
+    eval_settings = settings.replace(overfetch=1)
     return {
         name: HybridRetriever.from_settings(
             pipeline.index,

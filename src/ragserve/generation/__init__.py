@@ -1,4 +1,4 @@
-"""Stage 5: generation. Three backends behind one protocol, chosen by ``settings.generator``."""
+"""Stage 5: generation. Three backends behind one protocol, chosen by ``settings.generation.generator``."""
 
 from __future__ import annotations
 
@@ -26,26 +26,26 @@ __all__ = [
 
 
 def build_generator(settings: Settings) -> Generator:
-    if settings.generator == "llama":
+    if settings.generation.generator == "llama":
         return LlamaCppGenerator(
-            settings.llm_model_path,
-            n_ctx=min(settings.llm_context_window, 8192),
-            n_threads=settings.llm_threads,
-            temperature=settings.llm_temperature,
-            max_tokens=settings.llm_max_tokens,
-            prompt_style=settings.llm_prompt_style,
-            completion_sources=settings.llm_completion_sources,
-            timeout_s=settings.llm_timeout_s,
-            max_waiting=settings.llm_max_waiting,
+            settings.generation.llm_model_path,
+            n_ctx=min(settings.generation.llm_context_window, 8192),
+            n_threads=settings.generation.llm_threads,
+            temperature=settings.generation.llm_temperature,
+            max_tokens=settings.generation.llm_max_tokens,
+            prompt_style=settings.generation.llm_prompt_style,
+            completion_sources=settings.generation.llm_completion_sources,
+            timeout_s=settings.generation.llm_timeout_s,
+            max_waiting=settings.generation.llm_max_waiting,
         )
-    if settings.generator == "openai":
+    if settings.generation.generator == "openai":
         return OpenAICompatibleGenerator(
-            settings.openai_base_url,
-            settings.openai_model,
-            settings.openai_api_key,
-            timeout_s=settings.llm_timeout_s,
-            context_window=settings.llm_context_window,
-            temperature=settings.llm_temperature,
-            max_tokens=settings.budget_response,
+            settings.generation.openai_base_url,
+            settings.generation.openai_model,
+            settings.generation.openai_api_key,
+            timeout_s=settings.generation.llm_timeout_s,
+            context_window=settings.generation.llm_context_window,
+            temperature=settings.generation.llm_temperature,
+            max_tokens=settings.generation.budget_response,
         )
     return ExtractiveGenerator()

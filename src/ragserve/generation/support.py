@@ -2,7 +2,7 @@
 
 One scorer serves two stages: the extractive answerer quotes the best-supported sentences, and
 the pipeline's refusal gate declines to answer (with any backend) when even the best sentence
-covers too little of the question (``Settings.min_support``). On held-out SQuAD questions this
+covers too little of the question (``settings.generation.min_support``). On held-out SQuAD questions this
 lexical support separates "the answer is in the sources" from "its paragraph was removed" far
 better than the best dense cosine (ROC AUC 0.83 vs 0.63; ``benchmarks/calibrate_refusal.py``).
 

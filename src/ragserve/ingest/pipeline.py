@@ -103,7 +103,7 @@ class Ingestor:
         self.index = index
         self.embedder = embedder
         # None: the setting (RAGSERVE_INGEST_BATCH_CHUNKS); a default of 512 here hid it.
-        self.batch_chunks = batch_chunks or settings.ingest_batch_chunks
+        self.batch_chunks = batch_chunks or settings.ingest.ingest_batch_chunks
         self._chunker: Any = None
 
     def warm_up(self) -> None:
@@ -112,20 +112,20 @@ class Ingestor:
         self.embedder.warm_up()
         s = self.settings
         self._chunker = build_chunker(
-            s.chunker,
+            s.ingest.chunker,
             self.embedder.tokenizer,
-            size=s.chunk_size,
-            overlap=s.chunk_overlap,
+            size=s.ingest.chunk_size,
+            overlap=s.ingest.chunk_overlap,
             max_tokens=self.embedder.max_tokens,
             embed=self.embedder.embed,
-            percentile=s.semantic_percentile,
+            percentile=s.ingest.semantic_percentile,
         )
 
     @property
     def fingerprint(self) -> str:
         """Settings that change chunks: a change re-chunks files even if their bytes did not."""
         s = self.settings
-        return f"{s.chunker}:{s.chunk_size}:{s.chunk_overlap}:{s.semantic_percentile}:v1"
+        return f"{s.ingest.chunker}:{s.ingest.chunk_size}:{s.ingest.chunk_overlap}:{s.ingest.semantic_percentile}:v1"
 
     # --- public entry points ------------------------------------------------------------------
 
@@ -146,7 +146,7 @@ class Ingestor:
                         str(path),
                         "failed",
                         error=(
-                            f"{path} is outside the allowed ingest root {self.settings.ingest_root}"
+                            f"{path} is outside the allowed ingest root {self.settings.ingest.ingest_root}"
                         ),
                     )
                 )
@@ -242,7 +242,7 @@ class Ingestor:
     # --- internals ----------------------------------------------------------------------------
 
     def _allowed(self, path: Path) -> bool:
-        root = self.settings.ingest_root
+        root = self.settings.ingest.ingest_root
         if root is None:
             return True
         try:
@@ -265,10 +265,10 @@ class Ingestor:
             summary.results.append(result)
             try:
                 size = path.stat().st_size
-                if size > self.settings.max_file_bytes:
+                if size > self.settings.ingest.max_file_bytes:
                     raise IngestError(
                         f"{path.name} is {size / 1e6:.1f} MB, over the "
-                        f"{self.settings.max_file_bytes / 1e6:.0f} MB limit.",
+                        f"{self.settings.ingest.max_file_bytes / 1e6:.0f} MB limit.",
                         hint="Split the file or raise RAGSERVE_MAX_FILE_BYTES.",
                     )
                 file_hash = content_hash(self.fingerprint.encode() + b"\x00" + path.read_bytes())
@@ -282,7 +282,7 @@ class Ingestor:
                 docs = load_file(
                     path,
                     root=Path.cwd() if not doc_id.startswith("/") else None,
-                    max_bytes=self.settings.max_file_bytes,
+                    max_bytes=self.settings.ingest.max_file_bytes,
                 )
             except RagServeError as exc:
                 result.status, result.error = "failed", str(exc)

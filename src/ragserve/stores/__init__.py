@@ -1,6 +1,6 @@
 """Index backends: the vector store, the sparse index and the manifest, kept as one unit.
 
-Backends register a factory here by name (``settings.store``). The registry lives in the
+Backends register a factory here by name (``settings.index.store``). The registry lives in the
 package, not in ``base.py``, so importing the protocol never imports a backend: the embedded
 store pulls in Chroma and PostgreSQL pulls in psycopg, and neither should load for the other.
 """
@@ -31,7 +31,7 @@ _BACKENDS: dict[str, BackendFactory] = {}
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
-    """Make ``settings.store == name`` open an index through ``factory`` (last one wins)."""
+    """Make ``settings.index.store == name`` open an index through ``factory`` (last one wins)."""
     _BACKENDS[name] = factory
 
 
@@ -40,12 +40,12 @@ def backends() -> list[str]:
 
 
 def open_index(settings: Settings) -> DocumentIndex:
-    """The backend named by ``settings.store`` (not yet opened)."""
+    """The backend named by ``settings.index.store`` (not yet opened)."""
     try:
-        factory = _BACKENDS[settings.store]
+        factory = _BACKENDS[settings.index.store]
     except KeyError:
         raise ValueError(
-            f"unknown index backend '{settings.store}' (known: {', '.join(backends())})"
+            f"unknown index backend '{settings.index.store}' (known: {', '.join(backends())})"
         ) from None
     return factory(settings)
 

@@ -154,9 +154,9 @@ class LocalIndex:
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalIndex:
         tokenizer = Bm25Tokenizer(
-            stemming=settings.bm25_stemming, stopwords=settings.bm25_stopwords
+            stemming=settings.retrieval.bm25_stemming, stopwords=settings.retrieval.bm25_stopwords
         )
-        return cls(settings.index_dir, settings.collection, bm25_tokenizer=tokenizer)
+        return cls(settings.index_dir, settings.index.collection, bm25_tokenizer=tokenizer)
 
     # --- lifecycle ----------------------------------------------------------------------------
 

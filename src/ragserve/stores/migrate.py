@@ -59,11 +59,11 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(
                     "--from and --to must be 'chroma' and 'postgres', different."
                 )
-            src = open_index(base.model_copy(update={"store": source}))
-            dst = open_index(base.model_copy(update={"store": target}))
-            src.open(base.embedding_model, _dimension(src, base))
+            src = open_index(base.replace(store=source))
+            dst = open_index(base.replace(store=target))
+            src.open(base.ingest.embedding_model, _dimension(src, base))
             info = src.info()
-            dst.open(info.embedding_model or base.embedding_model, info.dimension or 0)
+            dst.open(info.embedding_model or base.ingest.embedding_model, info.dimension or 0)
             try:
                 n = copy_index(src, dst)
             finally:
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
                 dst.close()
             typer.echo(
                 f"copied {n} documents ({info.chunks} chunks in source) from {source} to "
-                f"{target}, collection '{base.collection}'",
+                f"{target}, collection '{base.index.collection}'",
                 err=True,
             )
 

@@ -203,19 +203,19 @@ class PostgresIndex:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PostgresIndex:
-        if settings.postgres_dsn is None:
+        if settings.index.postgres_dsn is None:
             raise StoreError(
                 "RAGSERVE_STORE=postgres needs a PostgreSQL DSN.",
                 hint="Set RAGSERVE_POSTGRES_DSN=postgresql://user:password@host:5432/dbname.",
             )
-        read = settings.postgres_read_dsn
+        read = settings.index.postgres_read_dsn
         return cls(
-            settings.postgres_dsn.get_secret_value(),
-            settings.collection,
+            settings.index.postgres_dsn.get_secret_value(),
+            settings.index.collection,
             read_dsn=read.get_secret_value() if read is not None else None,
-            m=settings.hnsw_m,
-            ef_construction=settings.hnsw_ef_construction,
-            ef_search=settings.hnsw_ef_search,
+            m=settings.index.hnsw_m,
+            ef_construction=settings.index.hnsw_ef_construction,
+            ef_search=settings.index.hnsw_ef_search,
         )
 
     # --- connections --------------------------------------------------------------------------

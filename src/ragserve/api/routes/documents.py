@@ -40,7 +40,7 @@ async def upload(
     try:
         (index_dir / "uploads").mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=index_dir) as tmp:
-            staged, refused = await _stage(files, Path(tmp), state.settings.max_upload_bytes)
+            staged, refused = await _stage(files, Path(tmp), state.settings.api.max_upload_bytes)
             summary = await anyio.to_thread.run_sync(
                 _ingest_staged, state, staged, limiter=state.cpu_pool
             )

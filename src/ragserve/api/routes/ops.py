@@ -37,7 +37,7 @@ async def ready(state: StateDep) -> ReadyOut:
         collection=info.collection,
         documents=info.documents,
         chunks=info.chunks,
-        generator=state.settings.generator,
+        generator=state.settings.generation.generator,
     )
 
 

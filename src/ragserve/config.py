@@ -455,6 +455,10 @@ def _grouped(data: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
         if key in _GROUPS and isinstance(value, dict | BaseModel):
+            fields = list(_GROUPS[key].model_fields)
+            for name in value if isinstance(value, dict) else ():
+                if name not in fields:
+                    raise _unknown(f"'{name}' in '{key}' is not a ragserve setting", name, fields)
             out[key] = value
         elif key in _FLAT:
             group, field = _FLAT[key]

@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from ragserve.cli import app as cli
-from ragserve.config import Settings, SettingsError, load_settings
+from ragserve.config import _FLAT, _GROUPS, RerankSettings, Settings, SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -124,6 +125,128 @@ def test_a_secret_is_never_echoed() -> None:
 
 def test_defaults_are_valid() -> None:
     assert Settings().api.port == 8000
+
+
+def test_flat_keywords_go_to_their_groups() -> None:
+    s = Settings(top_k=3, generator="extractive", rerank=True, port=9001, data_dir="x")
+    assert s.retrieval.top_k == 3 and s.generation.generator == "extractive"
+    assert s.rerank.enabled is True and s.api.port == 9001 and s.index_dir == Path("x/default")
+
+
+def test_grouped_keywords_work_too_and_keep_the_group_defaults() -> None:
+    s = Settings(retrieval={"top_k": 4}, rerank=RerankSettings(enabled=True), fusion="rrf")
+    assert (s.retrieval.top_k, s.retrieval.fusion, s.retrieval.rrf_k) == (4, "rrf", 60)
+    assert s.rerank.enabled is True
+
+
+def test_a_setting_given_flat_and_grouped_is_an_error() -> None:
+    with pytest.raises(SettingsError, match="'top_k' is given twice"):
+        Settings(top_k=3, retrieval={"top_k": 4})
+
+
+def test_an_unknown_keyword_names_the_closest_setting() -> None:
+    with pytest.raises(
+        SettingsError, match=r"'top_kk' is not a ragserve setting\. Did you mean 'top_k'"
+    ):
+        load_settings(top_kk=3)
+    with pytest.raises(SettingsError, match=r"'top_kk' in 'retrieval'.*Did you mean 'top_k'"):
+        Settings(retrieval={"top_kk": 3})
+
+
+def test_each_setting_has_one_flat_name() -> None:
+    fields = {(g, f) for g, model in _GROUPS.items() for f in model.model_fields}
+    assert set(_FLAT.values()) == fields and len(_FLAT) == len(fields)
+    assert _FLAT["rerank"] == ("rerank", "enabled")
+
+
+def test_environment_variables_keep_their_flat_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGSERVE_TOP_K", "7")
+    monkeypatch.setenv("RAGSERVE_RERANK", "true")
+    monkeypatch.setenv("RAGSERVE_DATA_DIR", "/srv/idx")
+    monkeypatch.setenv("RAGSERVE_CORS_ORIGINS", '["https://a.example"]')
+    monkeypatch.setenv("ragserve_generator", "openai")  # any case, as before
+    s = load_settings()
+    assert (s.retrieval.top_k, s.rerank.enabled, s.index.data_dir) == (7, True, Path("/srv/idx"))
+    assert s.api.cors_origins == ["https://a.example"]
+    assert s.generation.generator == "openai"
+
+
+def test_a_list_variable_must_be_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGSERVE_CORS_ORIGINS", "https://a.example")
+    with pytest.raises(SettingsError, match="RAGSERVE_CORS_ORIGINS is not JSON"):
+        load_settings()
+
+
+def test_precedence_is_per_setting_not_per_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    _toml('[retrieval]\ntop_k = 9\nfusion = "rrf"\nrrf_k = 10\n')
+    monkeypatch.setenv("RAGSERVE_FUSION", "convex")
+    monkeypatch.setenv("RAGSERVE_RRF_K", "20")
+    s = load_settings(top_k=2, retrieval={"rrf_k": 30})
+    assert (s.retrieval.top_k, s.retrieval.fusion, s.retrieval.rrf_k) == (2, "convex", 30)
+
+
+def test_a_grouped_file_is_read() -> None:
+    _toml(
+        'generator = "extractive"\n'  # flat keys and tables in one file
+        "[retrieval]\ntop_k = 3\n"
+        "[rerank]\nenabled = true\nrerank_candidates = 30\n"
+        "[api]\nport = 9100\n"
+    )
+    s = load_settings()
+    assert (s.retrieval.top_k, s.rerank.enabled, s.rerank.rerank_candidates) == (3, True, 30)
+    assert (s.api.port, s.generation.generator) == (9100, "extractive")
+
+
+def test_a_flat_file_is_read() -> None:
+    _toml('rerank = true\ntop_k = 3\ndata_dir = "d"\nadmin_api_key = "k"\n')
+    s = load_settings()
+    assert (s.rerank.enabled, s.retrieval.top_k, s.index.data_dir) == (True, 3, Path("d"))
+    assert s.api.admin_api_key is not None and s.api.admin_api_key.get_secret_value() == "k"
+
+
+def test_a_misspelled_key_in_a_table_names_the_closest_key_in_it() -> None:
+    _toml("[retrieval]\ntop_kk = 3\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    message = err.value.message
+    assert "ragserve.toml" in message and "'top_kk' in [retrieval]" in message
+    assert "Did you mean 'top_k'?" in message
+
+
+def test_a_key_in_the_wrong_table_names_its_table() -> None:
+    _toml("[api]\ntop_k = 3\n")
+    with pytest.raises(
+        SettingsError, match=r"'top_k' is not in \[api\]; it belongs in \[retrieval\]"
+    ):
+        load_settings()
+
+
+def test_a_setting_set_twice_in_the_file_is_an_error() -> None:
+    _toml("top_k = 3\n[retrieval]\ntop_k = 4\n")
+    with pytest.raises(
+        SettingsError, match=r"'top_k' is set twice \(top_k and \[retrieval\] top_k\)"
+    ):
+        load_settings()
+
+
+def test_an_out_of_range_value_in_a_table_names_the_variable_and_the_file() -> None:
+    _toml("[api]\nport = 70000\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "api.port = 70000" in err.value.message
+    assert "RAGSERVE_PORT" in (err.value.hint or "") and "ragserve.toml" in (err.value.hint or "")
+
+
+def test_replace_routes_flat_names_and_validates() -> None:
+    s = Settings()
+    t = s.replace(top_k=3, store="postgres", rerank=True, generation={"min_support": 0.0})
+    assert (t.retrieval.top_k, t.index.store, t.rerank.enabled) == (3, "postgres", True)
+    assert t.generation.min_support == 0.0 and t.retrieval.fusion == s.retrieval.fusion
+    assert (s.retrieval.top_k, s.index.store, s.rerank.enabled) == (5, "chroma", False)
+    with pytest.raises(ValidationError, match="top_k"):
+        s.replace(top_k=0)
+    with pytest.raises(SettingsError, match="Did you mean 'overfetch'"):
+        s.replace(overfech=1)
 
 
 @pytest.mark.parametrize("command", [["serve"], ["ask", "q"], ["ingest", "docs"], ["list"]])

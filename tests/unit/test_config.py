@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -247,6 +248,15 @@ def test_replace_routes_flat_names_and_validates() -> None:
         s.replace(top_k=0)
     with pytest.raises(SettingsError, match="Did you mean 'overfetch'"):
         s.replace(overfech=1)
+
+
+def test_the_readme_example_file_is_valid() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"```toml\n# ragserve.toml\n(.*?)```", readme, re.S)
+    assert match, "the README lost its ragserve.toml example"
+    _toml(match.group(1))
+    s = load_settings()
+    assert s.rerank.enabled and s.generation.generator == "llama" and s.api.admin_api_key
 
 
 @pytest.mark.parametrize("command", [["serve"], ["ask", "q"], ["ingest", "docs"], ["list"]])

@@ -370,8 +370,8 @@ class ApiSettings(_Group):
     )
 
 
-# Flat name -> (group, field). The flat name is the field's name, except where the field is
-# named after its group's on-off switch.
+# A setting's flat name is its field name, except for the re-ranker's switch: its flat name
+# `rerank` (RAGSERVE_RERANK) is taken by the group inside Settings, so the field is `enabled`.
 _RENAMED = {("rerank", "enabled"): "rerank"}
 
 
@@ -454,12 +454,16 @@ def _grouped(data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     flat: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
-        if key in _GROUPS and isinstance(value, dict | BaseModel):
-            fields = list(_GROUPS[key].model_fields)
-            for name in value if isinstance(value, dict) else ():
-                if name not in fields:
-                    raise _unknown(f"'{name}' in '{key}' is not a ragserve setting", name, fields)
+        if key in _GROUPS and isinstance(value, BaseModel):
             out[key] = value
+        elif key in _GROUPS and isinstance(value, dict):
+            out[key] = {}
+            for name, item in value.items():
+                field = _field_in(key, name)
+                if field is None:
+                    fields = list(_GROUPS[key].model_fields)
+                    raise _unknown(f"'{name}' in '{key}' is not a ragserve setting", name, fields)
+                out[key][field] = item
         elif key in _FLAT:
             group, field = _FLAT[key]
             flat.setdefault(group, {})[field] = value
@@ -478,12 +482,21 @@ def _grouped(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _unknown(what: str, key: str, known: list[str], *, hint: str | None = None) -> SettingsError:
+def _field_in(group: str, name: str) -> str | None:
+    """The field ``name`` means in ``group``: a field's name, or the flat name of one of the
+    group's fields (``rerank`` in the rerank group is its field ``enabled``)."""
+    if name in _GROUPS[group].model_fields:
+        return name
+    home, field = _FLAT.get(name, ("", ""))
+    return field if home == group else None
+
+
+def _unknown(what: str, key: str, known: list[str]) -> SettingsError:
     close = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
     suggestion = f" Did you mean '{close[0]}'?" if close else ""
     return SettingsError(
         f"{what}.{suggestion}",
-        hint=hint or "The settings and their defaults are the fields of ragserve/config.py.",
+        hint="The settings and their defaults are the fields of ragserve/config.py.",
     )
 
 
@@ -560,11 +573,8 @@ def _group_toml(data: dict[str, Any], path: Path) -> dict[str, Any]:
 
     for key, value in data.items():
         if key in _GROUPS and isinstance(value, dict):
-            fields = _GROUPS[key].model_fields
             for name, item in value.items():
-                field = name if name in fields else None
-                if field is None and _FLAT.get(name, ("", ""))[0] == key:
-                    field = _FLAT[name][1]  # the flat name in its own table: [rerank] rerank
+                field = _field_in(key, name)
                 if field is not None:
                     put(key, field, item, f"[{key}] {name}")
                 elif name in _FLAT:
@@ -577,7 +587,7 @@ def _group_toml(data: dict[str, Any], path: Path) -> dict[str, Any]:
                     raise _unknown(
                         f"{path}: '{name}' in [{key}] is not a ragserve setting",
                         name,
-                        list(fields),
+                        list(_GROUPS[key].model_fields),
                     )
         elif key in _FLAT:
             put(*_FLAT[key], value, key)

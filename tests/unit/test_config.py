@@ -138,6 +138,7 @@ def test_grouped_keywords_work_too_and_keep_the_group_defaults() -> None:
     s = Settings(retrieval={"top_k": 4}, rerank=RerankSettings(enabled=True), fusion="rrf")
     assert (s.retrieval.top_k, s.retrieval.fusion, s.retrieval.rrf_k) == (4, "rrf", 60)
     assert s.rerank.enabled is True
+    assert Settings(rerank={"rerank": True}).rerank.enabled is True  # a flat name in its group
 
 
 def test_a_setting_given_flat_and_grouped_is_an_error() -> None:

@@ -301,6 +301,7 @@ class GenerationSettings(_Group):
     budget_query: int = Field(200, ge=1, le=_MAX_TOKENS)
     budget_response: int = Field(2000, ge=1, le=_MAX_TOKENS)
     history_turns: int = Field(6, ge=0, le=1000)
+    # --- refusal gates (whether the reader answers at all) ----------------------------------
     refusal_threshold: float | None = Field(
         None, description="Minimum best re-rank score to answer; None uses the calibrated default."
     )

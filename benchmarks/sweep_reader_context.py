@@ -2,10 +2,12 @@
 
 On a 2-core CPU the reader's time to first token is its prompt: Qwen2.5-Coder-1.5B reads
 roughly 75 tokens a second. This sweep runs the default pipeline (retrieval, answerability
-judge, compact context, the local LLM) on the first N questions of the fixed SQuAD sample for
-several compact-context budgets and plots containment and token F1 against the prompt's
-context tokens and against TTFT. The chosen default (``Settings.context_budget``) is read off
-this curve.
+refusal gates, compact context, the local LLM) on N seeded questions from the SQuAD
+*training* articles (the default is chosen here, so the held-out evaluation sample is never
+read) for several compact-context budgets, and plots containment and token F1 against the
+prompt's context tokens and against TTFT. The chosen default (``Settings.context_budget``) is
+read off this curve. TTFT is only meaningful on an otherwise idle machine: the load average is
+printed with each row.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sweep_reader_context.py \
         --qa ../shared/datasets/squad-v1.1-dev/qa.jsonl --limit 40 --budgets 120,180,240,360 \
@@ -16,29 +18,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ragserve.config import Settings
 from ragserve.context import CompactContextAssembler
-from ragserve.evaluation.answers import _index_corpus, _load_questions, _run
+from ragserve.cpu import cpu_flags as _cpu_flags
+from ragserve.evaluation.answers import _index_corpus, _load_questions, _run, subsample
 from ragserve.pipeline import RagPipeline
 
 
 def cpu_flags() -> str:
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
-    except (OSError, IndexError):
-        return platform.processor()
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
-    return " ".join(f for f in wanted if f" {f} " in f" {flags} ")
+    return " ".join(f for f in wanted if f in _cpu_flags())
 
 
-def sweep(qa: Path, limit: int, budgets: list[int]) -> list[dict[str, float]]:
-    settings = Settings(collection=f"eval-{qa.parent.name}"[:63])
-    questions = _load_questions(qa, 300, 7)[:limit]
+def sweep(qa: Path, limit: int, budgets: list[int], articles: str) -> list[dict[str, float]]:
+    name = "".join(c if c.isalnum() or c in "_-" else "-" for c in qa.parent.name)
+    settings = Settings(collection=f"eval-{name}"[:63])
+    questions = subsample(_load_questions(qa, 300, 7, articles), limit, 7)
     rows = []
     with RagPipeline(settings) as pipe:
         pipe.warm_up()
@@ -61,6 +61,8 @@ def sweep(qa: Path, limit: int, budgets: list[int]) -> list[dict[str, float]]:
                     "f1": float(np.mean([r["f1"] for r in out])),
                     "ttft_p50_ms": float(np.median([r["ttft"] for r in out])),
                     "total_p50_ms": float(np.median([r["total"] for r in out])),
+                    "refusal": float(np.mean([r["refused"] for r in out])),
+                    "load_avg_1m": os.getloadavg()[0],
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
@@ -109,11 +111,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--budgets", default="120,180,240,360")
     ap.add_argument("--out", type=Path, default=Path("docs/reader"))
+    ap.add_argument("--articles", choices=("train", "eval"), default="train")
     a = ap.parse_args()
     budgets = [int(b) for b in a.budgets.split(",")]
     print(f"CPU flags: {cpu_flags()}")
-    rows = sweep(a.qa, a.limit, budgets)
-    title = f"Reader context budget, first {a.limit} SQuAD sample questions ({cpu_flags()})"
+    rows = sweep(a.qa, a.limit, budgets, a.articles)
+    title = f"Reader context budget, {a.limit} SQuAD {a.articles}-article questions ({cpu_flags()})"
     print(plot(rows, a.out, title))
 
 

@@ -150,3 +150,22 @@ def test_compact_context_does_not_starve_a_lower_source_that_holds_the_exact_ter
         "How do I configure retries for clients?", hits
     )
     assert "retries=1" in ctx.texts[2], ctx.texts
+
+
+def test_compact_context_anchors_on_the_sentence_that_introduces_code_among_equals() -> None:
+    from ragserve.context import CompactContextAssembler
+
+    # Both prose sentences cover the question's terms; only the second is followed by the
+    # code that answers it, and a small share cannot hold both.
+    doc = (
+        "HTTP/2 support is not enabled by default in the client. "
+        "HTTP/1.1 is mature and well tested. It is robust in production. "
+        "It may change in a future version. Many users never need more. "
+        "To get a client with HTTP/2 support enabled:\n\n"
+        "```python\nclient = httpx.Client(http2=True)\n```\n\n"
+        "Servers must support it too."
+    )
+    ctx = CompactContextAssembler(words, budget=16, max_sources=1).assemble(
+        "How do I enable HTTP/2 support?", [hit(0, doc)]
+    )
+    assert "http2=True" in ctx.texts[0], ctx.texts

@@ -72,7 +72,7 @@ def test_stream_yields_tokens_then_done(pipeline: RagPipeline) -> None:
 
 def test_refusal_gate_skips_generation_for_unrelated_questions(pipeline: RagPipeline) -> None:
     a = pipeline.answer("What is the capital city of Mongolia and its population in 1950?")
-    assert a.refused and a.text == REFUSAL_TEXT
+    assert a.refused and a.text == REFUSAL_TEXT and a.refusal_reason == "low_support"
     assert "generate" not in a.timings
 
 
@@ -100,6 +100,49 @@ def test_chitchat_and_out_of_scope(pipeline: RagPipeline) -> None:
     assert hello.intent is Intent.CHITCHAT and not hello.sources and "retrieve" not in hello.timings
     poem = pipeline.answer("write me a poem about the sea")
     assert poem.intent is Intent.OUT_OF_SCOPE and poem.refused
+    assert poem.refusal_reason == "out_of_scope" and hello.refusal_reason is None
+
+
+class _ScriptedGenerator:
+    """Says one fixed thing whatever the sources: stands in for a model that invents or
+    declines, to check what the pipeline does after generation."""
+
+    name = "scripted"
+    context_window = 4096
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+
+    def warm_up(self) -> None:
+        pass
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def stream(self, query: str, context: object, history: object) -> Iterator[str]:
+        yield self.reply
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        ("Set retries with httpx.Client(retries=3) and a zebra backoff [1].", "unsupported"),
+        ("I don't know.", "model"),
+        ("Pass timeout=10.0 to httpx.Client [1].", None),
+    ],
+)
+def test_refusal_reason_says_which_check_declined(
+    pipeline: RagPipeline, embedder, reply: str, reason: str | None
+) -> None:  # type: ignore[no-untyped-def]
+    scripted = RagPipeline(
+        pipeline.settings,
+        index=pipeline.index,
+        embedder=embedder,
+        generator=_ScriptedGenerator(reply),
+    )
+    a = scripted.answer("How do I set a timeout on an httpx client?")
+    assert "generate" in a.timings, "the gate passed: the generator was called"
+    assert a.refused is (reason is not None) and a.refusal_reason == reason, a.text
 
 
 def test_follow_up_is_condensed(pipeline: RagPipeline) -> None:

@@ -196,14 +196,25 @@ class CompactContextAssembler:
 
     def _anchors(self, query: str, texts: list[str]) -> list[tuple[int, float]]:
         """For each source, its best sentence's position and the share of the question's
-        IDF-weighted terms it covers (code and headings count: a how-to's answer sits there)."""
-        best: dict[int, tuple[float, int]] = {}
-        for sentence in self.support.rank(query, texts, answers_only=False):
-            key = (-sentence.overlap, sentence.position)
+        IDF-weighted terms it covers (code and headings count: a how-to's answer sits there).
+
+        Among equally good sentences the one that introduces code wins, then the earliest:
+        docs name a feature in prose first ("HTTP/2 is not enabled by default") and show how
+        later ("a client with HTTP/2 enabled:" + code), and the window grows from its anchor.
+        """
+        ranked = self.support.rank(query, texts, answers_only=False)
+        code_after = {(s.source, s.position - 1) for s in ranked if s.text.startswith("```")}
+        best: dict[int, tuple[float, bool, int]] = {}
+        for sentence in ranked:
+            key = (
+                -round(sentence.overlap, 6),
+                (sentence.source, sentence.position) not in code_after,
+                sentence.position,
+            )
             if sentence.source not in best or key < best[sentence.source]:
                 best[sentence.source] = key
         return [
-            (best[n][1], -best[n][0]) if n in best else (0, 0.0) for n in range(1, len(texts) + 1)
+            (best[n][2], -best[n][0]) if n in best else (0, 0.0) for n in range(1, len(texts) + 1)
         ]
 
     def _window(self, text: str, anchor: int, limit: int) -> str:

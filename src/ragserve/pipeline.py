@@ -309,6 +309,7 @@ class RagPipeline:
                 CHITCHAT_REPLY if processed.intent is Intent.CHITCHAT else OUT_OF_SCOPE_REPLY
             )
             base.refused = processed.intent is Intent.OUT_OF_SCOPE
+            base.refusal_reason = "out_of_scope" if base.refused else None
             yield StreamEvent("token", text=base.text)
             yield self._done(base, timer, started)
             return
@@ -321,6 +322,7 @@ class RagPipeline:
             from ragserve.generation.citations import REFUSAL_TEXT
 
             base.text, base.refused = REFUSAL_TEXT, True
+            base.refusal_reason = "low_support" if hits else "no_sources"
             yield StreamEvent("token", text=base.text)
             yield self._done(base, timer, started)
             return
@@ -352,6 +354,7 @@ class RagPipeline:
                 yield StreamEvent("token", text=piece)
         timer.timings["generate"] = (time.perf_counter() - gen_started) * 1000
         raw = "".join(pieces).strip()
+        reason = "model" if not raw or is_refusal(raw) else None
         with timer.stage("citations"):
             text, citations, invalid = validate_citations(raw, context)
             # Extractive answers are source sentences by construction; only a model's own
@@ -364,10 +367,12 @@ class RagPipeline:
                 and not is_refusal(text)
             ):
                 text, citations = self._grounded(processed.text, text, citations, context)
+                reason = None if text else "unsupported"
         base.sources = context.sources
         base.text, base.citations, base.invalid_citations = text, citations, invalid
         if not text or is_refusal(text):
             base.text, base.refused, base.citations = REFUSAL_TEXT, True, []
+            base.refusal_reason = reason or "model"
         yield self._done(base, timer, started)
 
     @staticmethod

@@ -184,3 +184,7 @@ class Answer:
     invalid_citations: list[int] = field(default_factory=list)
     context_tokens: int = 0
     """Tokens of source text the generator read (0 when it was not called)."""
+    refusal_reason: str | None = None
+    """Why ``refused``: 'out_of_scope', 'no_sources', 'low_support' (the sources cover too
+    little of the question, so the generator was not called), 'model' (the generator said the
+    sources do not answer) or 'unsupported' (its answer's words are in no source)."""

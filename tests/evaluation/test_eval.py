@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ragserve.config import Settings
 from ragserve.errors import DatasetError
-from ragserve.evaluation.answers import normalize_answer, squad_f1
+from ragserve.evaluation.answers import normalize_answer, squad_f1, subsample
 from ragserve.evaluation.beir import load_beir
 from ragserve.evaluation.retrieval import (
     ALL_STAGES,
@@ -225,3 +225,14 @@ def test_gold_removed_index_is_corrected_not_reused(tmp_path: Path) -> None:
     assert dst.dense_search(np.eye(4, dtype=np.float32)[2], 1)[0][0] == "p3-0"
     src.close()
     dst.close()
+
+
+@pytest.mark.fast
+def test_a_limited_answer_eval_spreads_over_the_sample_not_its_first_articles() -> None:
+    # The sample is sorted by id and SQuAD ids group by article.
+    questions = [{"id": f"{a:02d}-{i:02d}", "article": a} for a in range(10) for i in range(30)]
+    picked = subsample(questions, 30, seed=7)
+    assert len(picked) == 30 and picked == sorted(picked, key=lambda q: q["id"])
+    assert len({q["article"] for q in picked}) >= 7
+    assert picked == subsample(questions, 30, seed=7), "the same questions every run"
+    assert subsample(questions, None, seed=7) == questions

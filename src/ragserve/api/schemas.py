@@ -64,6 +64,10 @@ class ChatResponse(BaseModel):
     citations: list[CitationOut] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict, description="Milliseconds per stage.")
     refused: bool = False
+    refusal_reason: str | None = Field(
+        None,
+        description="Why refused: out_of_scope, no_sources, low_support, model or unsupported.",
+    )
     intent: str = "question"
     standalone_query: str | None = None
     invalid_citations: list[int] = Field(default_factory=list)
@@ -99,6 +103,7 @@ class ChatResponse(BaseModel):
             ],
             timings=answer.timings,
             refused=answer.refused,
+            refusal_reason=answer.refusal_reason,
             intent=str(answer.intent),
             standalone_query=answer.standalone_query,
             invalid_citations=answer.invalid_citations,

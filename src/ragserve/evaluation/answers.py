@@ -28,7 +28,7 @@ import numpy as np
 from ragserve.config import Settings
 from ragserve.errors import DatasetError
 
-__all__ = ["evaluate_answers", "normalize_answer", "squad_f1"]
+__all__ = ["evaluate_answers", "normalize_answer", "squad_f1", "subsample"]
 
 REPO = Path(__file__).resolve().parents[3]
 SPLIT_FILE = REPO / "data" / "squad_article_split.json"
@@ -82,13 +82,18 @@ def _is_squad(qa_file: Path) -> bool:
     return qa_file.parent.name.lower().startswith("squad")
 
 
-def _load_questions(qa_file: Path, n: int, seed: int) -> list[dict[str, Any]]:
+def _load_questions(
+    qa_file: Path, n: int, seed: int, articles: str = "eval"
+) -> list[dict[str, Any]]:
     rows = _read_qa(qa_file)
     squad = _is_squad(qa_file)
     if squad and SPLIT_FILE.exists():
-        held_out = set(json.loads(SPLIT_FILE.read_text())["eval_articles"])
-        rows = [r for r in rows if r.get("title") in held_out]
+        chosen_articles = set(json.loads(SPLIT_FILE.read_text())[f"{articles}_articles"])
+        rows = [r for r in rows if r.get("title") in chosen_articles]
     by_id = {r["id"]: r for r in rows}
+    # Only the held-out articles' sample is fixed on disk; a tuning sample from the training
+    # articles is drawn afresh (same seed, same questions) and never replaces it.
+    squad = squad and articles == "eval"
     if squad and SAMPLE_FILE.exists():
         sample = json.loads(SAMPLE_FILE.read_text())
         if (
@@ -126,21 +131,28 @@ def evaluate_answers(
     limit: int | None = None,
     progress: bool = True,
     report: Path | None = None,
+    articles: str = "eval",
 ) -> dict[str, Any]:
-    """Score the configured reader on ``n`` seeded questions (the first ``limit`` of them)."""
+    """Score the configured reader on ``n`` seeded questions (``limit`` of them, spread over
+    the sample).
+
+    ``articles="train"`` draws SQuAD questions from the training articles instead of the
+    held-out ones: for tuning the reader without reading the evaluation sample.
+    """
     from ragserve.pipeline import RagPipeline
 
     corpus = qa_file.parent / "corpus.jsonl"
     if not corpus.is_file():
         raise DatasetError(f"Missing {corpus}", hint="The QA file's folder must hold corpus.jsonl.")
-    questions = _load_questions(qa_file, n, seed)[: limit or None]
+    questions = subsample(_load_questions(qa_file, n, seed, articles), limit, seed)
     name = re.sub(r"[^A-Za-z0-9_-]", "-", qa_file.parent.name)[:40]
     main = RagPipeline(settings.replace(collection=f"eval-{name}"))
     main.warm_up()
     _index_corpus(main, corpus, progress)
+    suffix = "" if articles == "eval" else f"-{articles}"
     present = _run(main, questions, progress, "answers")
     absent = RagPipeline(
-        settings.replace(collection=f"eval-{name}-absent"),
+        settings.replace(collection=f"eval-{name}-absent{suffix}"),
         embedder=main.embedder,
         reranker=main.reranker,
         judge=main.judge,
@@ -155,6 +167,20 @@ def evaluate_answers(
     if report is not None:
         _write_report(report, present, missing, result)
     return result
+
+
+def subsample(
+    questions: list[dict[str, Any]], limit: int | None, seed: int
+) -> list[dict[str, Any]]:
+    """``limit`` of the questions, drawn across the whole sample (seeded), in sample order.
+
+    The sample is sorted by id, and SQuAD ids group by article: its first N questions would
+    come from two or three articles and say little about the rest.
+    """
+    if not limit or limit >= len(questions):
+        return questions
+    keep = set(random.Random(seed).sample(range(len(questions)), limit))
+    return [q for i, q in enumerate(questions) if i in keep]
 
 
 def _index_corpus(pipeline: Any, corpus: Path, progress: bool) -> None:
@@ -218,6 +244,11 @@ def _run(
         }
         out.append(
             {
+                "id": q["id"],
+                "question": q["question"],
+                "gold": q["answers"],
+                "answer": answer.text,
+                "refusal_reason": answer.refusal_reason,
                 "contained": (not answer.refused)
                 and any(normalize_answer(g) in normalize_answer(text) for g in q["answers"]),
                 "f1": 0.0 if answer.refused else max(squad_f1(text, g) for g in q["answers"]),
@@ -285,6 +316,11 @@ def _write_report(
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "answers.json").write_text(json.dumps(result, indent=2) + "\n")
+    # Every question's answer, for reading what went wrong rather than only how often.
+    with (out / "answers.jsonl").open("w", encoding="utf-8") as fh:
+        for gold_indexed, rows in ((True, present), (False, missing)):
+            for row in rows:
+                fh.write(json.dumps({**row, "gold_in_index": gold_indexed}) + "\n")
     targets = {
         "containment": 0.80,
         "f1": 0.45,

@@ -113,12 +113,20 @@ def answers(
     ] = None,
     n: Annotated[int, typer.Option(help="Questions in the fixed seeded sample.")] = 300,
     limit: Annotated[
-        int | None, typer.Option(help="Use only the first N of the sample (slow backends).")
+        int | None, typer.Option(help="Use only N of the sample, drawn across it (slow backends).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     report: Annotated[
-        Path | None, typer.Option(help="Write answers.json and answers.png here.")
+        Path | None,
+        typer.Option(help="Write answers.json, answers.jsonl (every answer) and answers.png here."),
     ] = None,
+    articles: Annotated[
+        str,
+        typer.Option(
+            help="SQuAD only: 'eval' (the held-out articles' fixed sample) or 'train' (a sample "
+            "of the training articles, for tuning without reading the evaluation sample)."
+        ),
+    ] = "eval",
 ) -> None:
     """Containment, token F1, citation accuracy, refusal with the answer absent and present,
     time to first token and to the whole answer."""
@@ -128,7 +136,15 @@ def answers(
     overrides: dict[str, object] = {"generator": generator}
     if model:
         overrides["llm_model_path"] = model
+    if articles not in ("eval", "train"):
+        raise typer.BadParameter(f"--articles must be 'eval' or 'train', not {articles!r}.")
     result = evaluate_answers(
-        load_settings(**overrides), qa, n=n, limit=limit, progress=not as_json, report=report
+        load_settings(**overrides),
+        qa,
+        n=n,
+        limit=limit,
+        progress=not as_json,
+        report=report,
+        articles=articles,
     )
     typer.echo(json.dumps(result, indent=2 if as_json else None))

@@ -285,9 +285,9 @@ def _drive(run: Run, docs: list[list[tuple[str, str]]]) -> None:
         t.join(timeout=120)
 
 
-def _p95(run: Run, phase: str) -> tuple[float, int]:
+def _p95(run: Run, phase: str, q: float = 95) -> tuple[float, int]:
     ms = [1000 * (r.finished - r.started) for r in run.chats if r.phase == phase]
-    return float(np.percentile(ms, 95)) if ms else float("nan"), len(ms)
+    return float(np.percentile(ms, q)) if ms else float("nan"), len(ms)
 
 
 def _citation_problems(run: Run, sample_names: set[str]) -> list[str]:
@@ -336,9 +336,11 @@ def test_chat_under_uploads_and_deletes(
     during, n_during = _p95(run, "uploads")
     uploaded = [u for u in run.uploads.values() if u.doc_id]
     deleted = [u for u in uploaded if u.deleted_at is not None]
+    p50s = f"{_p95(run, 'alone', 50)[0]:.0f}/{_p95(run, 'uploads', 50)[0]:.0f}"
     print(
         f"\nsoak: chat alone p95 {alone:.0f} ms over {n_alone} answers ({BASELINE_S:.0f} s); "
         f"during uploads p95 {during:.0f} ms over {n_during} answers ({SOAK_S:.0f} s); "
+        f"p50 alone/during {p50s} ms; "
         f"ratio {during / alone:.2f}; {len(uploaded)} uploads, {len(deleted)} deletes, "
         f"{run.scrapes} metrics scrapes"
     )

@@ -30,11 +30,16 @@ from ragserve.types import Chunk, Document, DocumentRecord, content_hash
 if TYPE_CHECKING:
     from ragserve.config import Settings
     from ragserve.embedding import SentenceTransformerEmbedder
+    from ragserve.priority import ForegroundGate
     from ragserve.stores.base import DocumentIndex
 
 __all__ = ["FileResult", "IngestSummary", "Ingestor", "document_id_for"]
 
 log = logging.getLogger("ragserve.ingest")
+
+# Chunks per embedding call while yielding to answers: MiniLM embeds ~XX full (254-token)
+# chunks a second on two cores, so a batch is ~YY ms, the most an answer waits behind one.
+_YIELD_BATCH = 4
 
 Status = Literal["ingested", "unchanged", "failed", "deleted", "skipped"]
 
@@ -98,12 +103,15 @@ class Ingestor:
         embedder: SentenceTransformerEmbedder,
         *,
         batch_chunks: int | None = None,
+        foreground: ForegroundGate | None = None,
     ) -> None:
         self.settings = settings
         self.index = index
         self.embedder = embedder
         # None: the setting (RAGSERVE_INGEST_BATCH_CHUNKS); a default of 512 here hid it.
         self.batch_chunks = batch_chunks or settings.ingest_batch_chunks
+        # The server's answers in flight (RagPipeline.foreground): embedding yields to them.
+        self.foreground = foreground
         self._chunker: Any = None
 
     def warm_up(self) -> None:
@@ -383,7 +391,7 @@ class Ingestor:
             if group and (w is None or size >= self.batch_chunks):
                 texts = [c.searchable_text for g in group for c in g.chunks]
                 t0 = time.perf_counter()
-                vectors = self.embedder.embed(texts)
+                vectors = self._embed(texts)
                 rate = len(texts) / max(time.perf_counter() - t0, 1e-9)
                 out, offset = [], 0
                 for g in group:
@@ -397,6 +405,19 @@ class Ingestor:
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(chunks=len(texts), rate=f"{rate:.0f} chunks/s", refresh=False)
                 group, size = [], 0
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """Embed ``texts``; in a server, in small batches, each started only once no answer
+        is in flight or after ``ingest_yield_seconds``, whichever comes first. A small batch
+        (~0.1 s of CPU) is the longest an answer that arrives meanwhile waits for the CPU."""
+        wait = self.settings.ingest_yield_seconds
+        if self.foreground is None or wait <= 0:
+            return self.embedder.embed(texts)
+        parts = []
+        for start in range(0, len(texts), _YIELD_BATCH):
+            self.foreground.wait_idle(wait)
+            parts.append(self.embedder.embed(texts[start : start + _YIELD_BATCH]))
+        return np.concatenate(parts) if parts else self.embedder.embed(texts)
 
     def _prune(self, dirs: list[Path], seen: set[str], summary: IngestSummary) -> None:
         prefixes = [document_id_for(d).rstrip("/") + "/" for d in dirs]

@@ -46,7 +46,7 @@ class AppState:
         self.pipeline: RagPipeline | None = None
         self.ingestor: Any = None
         self.metrics = Metrics()
-        # Bounds how many CPU-bound pipeline calls (answers, streams, ingestion) run at once;
+        # Bounds how many CPU-bound pipeline calls (answers, streams) run at once;
         # anyio's default pool would let 40 of them fight over two cores.
         self.cpu_pool = anyio.CapacityLimiter(settings.workers)
         # Uploads and deletes run on their own lowered thread, not in cpu_pool: an answer never

@@ -37,9 +37,10 @@ __all__ = ["FileResult", "IngestSummary", "Ingestor", "document_id_for"]
 
 log = logging.getLogger("ragserve.ingest")
 
-# Chunks per embedding call while yielding to answers: MiniLM embeds ~XX full (254-token)
-# chunks a second on two cores, so a batch is ~YY ms, the most an answer waits behind one.
-_YIELD_BATCH = 4
+# Chunks per embedding call while yielding to answers. PyTorch MiniLM embeds about 13-20 full
+# (254-token) chunks a second on this 2-core machine (README, ingest benchmarks), so a batch
+# is ~0.1-0.15 s: the longest an answer that arrives meanwhile shares the CPU with one.
+_YIELD_BATCH = 2
 
 Status = Literal["ingested", "unchanged", "failed", "deleted", "skipped"]
 

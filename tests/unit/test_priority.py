@@ -137,13 +137,14 @@ class _CountingEmbedder:
 
 
 class _RecordingGate(ForegroundGate):
-    def __init__(self) -> None:
+    def __init__(self, idle: bool = True) -> None:
         super().__init__()
+        self.idle = idle
         self.waits: list[float] = []
 
     def wait_idle(self, timeout: float) -> bool:
         self.waits.append(timeout)
-        return True
+        return self.idle
 
 
 def _ingestor(tmp_path: Path, gate: ForegroundGate | None, yield_s: float) -> Ingestor:
@@ -152,13 +153,21 @@ def _ingestor(tmp_path: Path, gate: ForegroundGate | None, yield_s: float) -> In
 
 
 def test_ingestion_embeds_in_small_batches_each_after_a_wait(tmp_path: Path) -> None:
-    gate = _RecordingGate()
+    gate = _RecordingGate(idle=False)
     ingestor = _ingestor(tmp_path, gate, 0.5)
     vectors = ingestor._embed([f"chunk {i}" for i in range(10)])
     calls = ingestor.embedder.calls  # type: ignore[attr-defined]
     assert vectors.shape == (10, 3)
-    assert sum(calls) == 10 and max(calls) < 10
+    assert sum(calls) == 10 and max(calls) <= 2
     assert gate.waits == [0.5] * len(calls)
+
+
+def test_with_no_answer_in_flight_ingestion_embeds_bigger_batches(tmp_path: Path) -> None:
+    gate = _RecordingGate(idle=True)
+    ingestor = _ingestor(tmp_path, gate, 0.5)
+    assert ingestor._embed([f"chunk {i}" for i in range(40)]).shape == (40, 3)
+    calls = ingestor.embedder.calls  # type: ignore[attr-defined]
+    assert sum(calls) == 40 and 2 < max(calls) < 40
 
 
 @pytest.mark.parametrize("with_gate", [False, True])

@@ -37,10 +37,11 @@ __all__ = ["FileResult", "IngestSummary", "Ingestor", "document_id_for"]
 
 log = logging.getLogger("ragserve.ingest")
 
-# Chunks per embedding call while yielding to answers. PyTorch MiniLM embeds about 13-20 full
-# (254-token) chunks a second on this 2-core machine (README, ingest benchmarks), so a batch
-# is ~0.1-0.15 s: the longest an answer that arrives meanwhile shares the CPU with one.
+# Chunks per embedding call in a server: few while an answer is in flight, so one that arrives
+# shares the CPU with a short call; more when none is, because PyTorch pays per call (on this
+# 2-core machine beside other jobs, 2-chunk calls embedded 2-3.5 chunks/s, 16-chunk ones 5.8).
 _YIELD_BATCH = 2
+_IDLE_BATCH = 16
 
 Status = Literal["ingested", "unchanged", "failed", "deleted", "skipped"]
 
@@ -408,17 +409,18 @@ class Ingestor:
                 group, size = [], 0
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        """Embed ``texts``; in a server, in small batches, each started only once no answer
-        is in flight or after ``ingest_yield_seconds``, whichever comes first. A small batch
-        (~0.1 s of CPU) is the longest an answer that arrives meanwhile waits for the CPU."""
+        """Embed ``texts``; in a server, call by call, each started once no answer is in
+        flight or after ``ingest_yield_seconds``, whichever comes first, and small if an
+        answer still is."""
         wait = self.settings.ingest_yield_seconds
-        if self.foreground is None or wait <= 0:
+        if self.foreground is None or wait <= 0 or not texts:
             return self.embedder.embed(texts)
-        parts = []
-        for start in range(0, len(texts), _YIELD_BATCH):
-            self.foreground.wait_idle(wait)
-            parts.append(self.embedder.embed(texts[start : start + _YIELD_BATCH]))
-        return np.concatenate(parts) if parts else self.embedder.embed(texts)
+        parts, start = [], 0
+        while start < len(texts):
+            size = _IDLE_BATCH if self.foreground.wait_idle(wait) else _YIELD_BATCH
+            parts.append(self.embedder.embed(texts[start : start + size]))
+            start += size
+        return np.concatenate(parts)
 
     def _prune(self, dirs: list[Path], seen: set[str], summary: IngestSummary) -> None:
         prefixes = [document_id_for(d).rstrip("/") + "/" for d in dirs]

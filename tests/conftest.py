@@ -24,8 +24,11 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The suite runs against ragserve's defaults: a developer's own ragserve.toml in the checkout, or
 # RAGSERVE_* in their shell, must not change it (a test that needs a setting passes it).
+# (RAGSERVE_SOAK_* and RAGSERVE_DATASETS are knobs of the tests themselves, not settings.)
+_TEST_KNOBS = ("RAGSERVE_SOAK_", "RAGSERVE_DATASETS")
 for _name in [n for n in os.environ if n.startswith("RAGSERVE_")]:
-    del os.environ[_name]
+    if not _name.startswith(_TEST_KNOBS):
+        del os.environ[_name]
 _NO_CONFIG = Path(tempfile.mkdtemp(prefix="ragserve-tests-")) / "ragserve.toml"
 _NO_CONFIG.touch()
 os.environ["RAGSERVE_CONFIG"] = str(_NO_CONFIG)

@@ -151,6 +151,23 @@ class IngestSettings(_Group):
         le=100_000,
         description="Chunks embedded and written per step; bounds ingestion memory.",
     )
+    ingest_yield_seconds: float = Field(
+        0.25,
+        ge=0.0,
+        le=60.0,
+        description="Server: before each small embedding batch, an upload waits up to this "
+        "long for answers in flight to finish, so uploads slow chat down less; 0: no waiting. "
+        "Longer waits slow uploads under steady chat (1.0 s cost a third of 0.25 s's uploads "
+        "in the soak test) for little gain in chat latency.",
+    )
+    ingest_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Server: added to the nice value of the thread that runs uploads and "
+        "deletes (Linux, per thread; at most 19), so chat gets the CPU first; 0: the server's "
+        "own priority.",
+    )
     max_file_bytes: int = Field(100 * _MiB, ge=1, description="Files larger than this are refused.")
     ingest_root: Path | None = Field(
         None, description="If set, only paths under this directory may be ingested."

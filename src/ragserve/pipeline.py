@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ragserve.config import Settings
 from ragserve.embedding import SentenceTransformerEmbedder, open_index_with
 from ragserve.generation.support import SentenceSupport
+from ragserve.priority import ForegroundGate
 from ragserve.query import RuleBasedQueryProcessor
 from ragserve.retrieval import HybridRetriever
 from ragserve.stores import open_index
@@ -112,6 +113,8 @@ class RagPipeline:
         self._ingestor: Ingestor | None = None
         self._warm = False
         self._lock = threading.Lock()
+        # Answers and searches in flight: ingestion in the same process yields to them.
+        self.foreground = ForegroundGate()
         self._cache: OrderedDict[tuple[Any, ...], list[Hit]] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
@@ -215,7 +218,10 @@ class RagPipeline:
         self, query: ProcessedQuery, timer: _Timer | None = None, *, top_k: int | None = None
     ) -> list[Hit]:
         """Retrieve and re-rank; cached per (query, index version)."""
-        timer = timer or _Timer()
+        with self.foreground.foreground():
+            return self._search(query, timer or _Timer(), top_k)
+
+    def _search(self, query: ProcessedQuery, timer: _Timer, top_k: int | None) -> list[Hit]:
         top_k = top_k or self.settings.retrieval.top_k
         key = (query.text, query.expansions, top_k, self.index.version())
         with self._lock:
@@ -291,6 +297,13 @@ class RagPipeline:
 
     def stream(self, query: str, history: Sequence[Message] = ()) -> Iterator[StreamEvent]:
         """Token events as generation produces them, then one 'done' event with the Answer."""
+        # The count drops when the generator finishes or is closed (streaming closes it when
+        # the client goes away); a dropped, never-closed generator leaves it up only until
+        # it is collected, and the gate's waits are bounded either way.
+        with self.foreground.foreground():
+            yield from self._stream(query, history)
+
+    def _stream(self, query: str, history: Sequence[Message]) -> Iterator[StreamEvent]:
         if self.assembler is None:
             self.warm_up()
         started = time.perf_counter()

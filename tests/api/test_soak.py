@@ -15,8 +15,10 @@ document counts from the start of its upload request until its DELETE response. 
 run the server is stopped and the index must be consistent (manifest ids = vector ids = BM25
 ids, ``LocalIndex.check()``) and hold exactly the sample corpus plus the surviving uploads.
 
-Chat p95 during uploads is compared with chat alone; the ratio is printed, and asserted only
-under ``RAGSERVE_SOAK_MAX_P95_RATIO`` (see ``MAX_P95_RATIO``).
+Chat p95 during uploads is compared with chat alone; the ratio is printed and asserted to be
+at most ``RAGSERVE_SOAK_MAX_P95_RATIO`` (1.5; ``0`` turns the check off, see ``MAX_P95_RATIO``).
+``RAGSERVE_SOAK_SERVER_ENV`` (a JSON object) adds settings to the server's environment, to
+measure a variant, e.g. ``{"RAGSERVE_INGEST_NICE": "0"}``.
 """
 
 from __future__ import annotations
@@ -47,14 +49,15 @@ CHAT_CLIENTS = 8
 UPLOADERS = 2
 BASELINE_S = float(os.environ.get("RAGSERVE_SOAK_BASELINE_SECONDS", "30"))
 SOAK_S = float(os.environ.get("RAGSERVE_SOAK_SECONDS", "60"))
-# Chat p95 during uploads over chat p95 alone. The target is 1.5, not reached yet on this
-# shared 2-core machine: 3.4 and 4.9 with the default 2 workers, 1.9 with RAGSERVE_WORKERS=4
-# (before issue 22: 2.8 either way), swinging with the machine's other load. With the index
-# stalls gone, what is left is upload embedding competing for the CPU and for the worker pool,
-# which uploads share with chat. So it is asserted only when RAGSERVE_SOAK_MAX_P95_RATIO
-# names a bound.
-_RATIO = os.environ.get("RAGSERVE_SOAK_MAX_P95_RATIO")
-MAX_P95_RATIO = float(_RATIO) if _RATIO else None
+# Chat p95 during uploads over chat p95 alone; the target is 1.5. Before uploads were put
+# below chat it was 2.6-2.9 (3.4 and 4.9 earlier, 1.9 with RAGSERVE_WORKERS=4): upload
+# embedding took half the CPU. Now uploads run on their own thread at nice 10 and embed in
+# small batches that first wait up to 0.25 s for answers in flight (ragserve.priority): 1.12
+# and 1.13 on this 2-core machine beside other jobs (load average 9-12), with 47-52 uploads a
+# minute instead of 110-150 (chat comes first, and these 8 clients never pause). The ratio
+# swings when other load changes between the two phases; 0 turns the check off.
+_RATIO = float(os.environ.get("RAGSERVE_SOAK_MAX_P95_RATIO", "1.5"))
+MAX_P95_RATIO = _RATIO if _RATIO > 0 else None
 
 QUESTIONS = [
     "How do I set a timeout on an httpx client?",
@@ -161,6 +164,7 @@ def server(tmp_path: Path, sample_corpus: Path, embedder) -> Iterator[Server]:  
         "RAGSERVE_COLLECTION": "soak",
         "RAGSERVE_ADMIN_API_KEY": ADMIN["Authorization"].split()[1],
         "RAGSERVE_RATE_LIMIT_PER_MINUTE": "0",
+        **json.loads(os.environ.get("RAGSERVE_SOAK_SERVER_ENV", "{}")),
     }
     cmd = [sys.executable, "-m", "ragserve.cli", "serve", "--host", "127.0.0.1"]
     log = (tmp_path / "server.log").open("w")
@@ -285,9 +289,9 @@ def _drive(run: Run, docs: list[list[tuple[str, str]]]) -> None:
         t.join(timeout=120)
 
 
-def _p95(run: Run, phase: str) -> tuple[float, int]:
+def _p95(run: Run, phase: str, q: float = 95) -> tuple[float, int]:
     ms = [1000 * (r.finished - r.started) for r in run.chats if r.phase == phase]
-    return float(np.percentile(ms, 95)) if ms else float("nan"), len(ms)
+    return float(np.percentile(ms, q)) if ms else float("nan"), len(ms)
 
 
 def _citation_problems(run: Run, sample_names: set[str]) -> list[str]:
@@ -336,9 +340,11 @@ def test_chat_under_uploads_and_deletes(
     during, n_during = _p95(run, "uploads")
     uploaded = [u for u in run.uploads.values() if u.doc_id]
     deleted = [u for u in uploaded if u.deleted_at is not None]
+    p50s = f"{_p95(run, 'alone', 50)[0]:.0f}/{_p95(run, 'uploads', 50)[0]:.0f}"
     print(
         f"\nsoak: chat alone p95 {alone:.0f} ms over {n_alone} answers ({BASELINE_S:.0f} s); "
         f"during uploads p95 {during:.0f} ms over {n_during} answers ({SOAK_S:.0f} s); "
+        f"p50 alone/during {p50s} ms; "
         f"ratio {during / alone:.2f}; {len(uploaded)} uploads, {len(deleted)} deletes, "
         f"{run.scrapes} metrics scrapes"
     )

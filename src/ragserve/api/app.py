@@ -80,7 +80,8 @@ def _lifespan(
         pipeline = pipeline_factory(settings)
         await anyio.to_thread.run_sync(pipeline.warm_up)
         state.pipeline = pipeline
-        state.ingestor = Ingestor(settings, pipeline.index, pipeline.embedder)
+        gate = getattr(pipeline, "foreground", None)  # test fakes have none
+        state.ingestor = Ingestor(settings, pipeline.index, pipeline.embedder, foreground=gate)
         state.ready = True
         log.info(
             "ready: collection '%s', generator '%s'",
@@ -92,6 +93,7 @@ def _lifespan(
         finally:
             state.ready = False
             await _drain_streams(state)
+            await anyio.to_thread.run_sync(state.writer.shutdown)  # a write in progress ends
             pipeline.close()
 
     return lifespan

@@ -22,6 +22,7 @@ from ragserve.api.security import ForbiddenError, RateLimitedError, RateLimiter,
 from ragserve.config import Settings
 from ragserve.errors import BadRequestError, EmptyQueryError
 from ragserve.pipeline import RagPipeline
+from ragserve.priority import BackgroundWorker
 from ragserve.types import Answer, Message
 
 __all__ = [
@@ -45,9 +46,12 @@ class AppState:
         self.pipeline: RagPipeline | None = None
         self.ingestor: Any = None
         self.metrics = Metrics()
-        # Bounds how many CPU-bound pipeline calls (answers, streams, ingestion) run at once;
+        # Bounds how many CPU-bound pipeline calls (answers, streams) run at once;
         # anyio's default pool would let 40 of them fight over two cores.
         self.cpu_pool = anyio.CapacityLimiter(settings.api.workers)
+        # Uploads and deletes run on their own lowered thread, not in cpu_pool: an answer never
+        # waits behind an upload for a slot, and the OS prefers chat's threads for the CPU.
+        self.writer = BackgroundWorker(nice=settings.ingest.ingest_nice, name="writer")
         self.rate = RateLimiter(settings.api.rate_limit_per_minute)
         self.ready = False
         # One writer at a time from this process; the Ingestor's file lock covers other ones.

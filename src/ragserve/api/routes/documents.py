@@ -41,9 +41,7 @@ async def upload(
         (index_dir / "uploads").mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=index_dir) as tmp:
             staged, refused = await _stage(files, Path(tmp), state.settings.api.max_upload_bytes)
-            summary = await anyio.to_thread.run_sync(
-                _ingest_staged, state, staged, limiter=state.cpu_pool
-            )
+            summary = await state.writer.run(_ingest_staged, state, staged)
     except OSError as exc:
         raise storage_error(exc, index_dir) from exc
     except StoreError as exc:
@@ -66,7 +64,7 @@ async def delete_doc(
         with state.write_lock:
             return pipeline.index.delete([doc_id])
 
-    if await anyio.to_thread.run_sync(delete, limiter=state.cpu_pool) == 0:
+    if await state.writer.run(delete) == 0:
         raise DocumentNotFoundError(
             f"No document with id '{doc_id}'.", hint="GET /documents lists the ids."
         )

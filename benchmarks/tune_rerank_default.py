@@ -343,12 +343,17 @@ def print_table(results: dict[str, dict[str, dict[str, float]]], grid: list) -> 
         print(f"| {label(cfg)} | " + " | ".join(cells) + " |")
 
 
-def probe_latency(settings: Any, spec: dict[str, Any], n: int) -> None:
+def probe_latency(settings: Any, spec: dict[str, Any], n: int, threads: int = 0) -> None:
     """Stage timings of ``RagPipeline.search`` (the default pipeline's stages 1-3) on the first
     ``n`` queries, with the process CPU time the re-rank stage used: on a loaded machine the
     wall time says more about the neighbours than about the stage, the CPU time does not."""
+    import ragserve.rerank
     from ragserve.pipeline import RagPipeline, _Timer
 
+    if threads:
+        # One intra-op thread: no spin-waiting, so CPU time is the work itself (an idle
+        # machine's wall time with both cores is about this over 1.6-1.9).
+        ragserve.rerank.physical_cores = lambda: threads  # type: ignore[attr-defined]
     pipeline = RagPipeline(settings.model_copy(update={"collection": spec["collection"]}))
     pipeline.warm_up(generation=False)
     reranker = pipeline.reranker
@@ -376,7 +381,7 @@ def probe_latency(settings: Any, spec: dict[str, Any], n: int) -> None:
     pct = {k: (np.percentile(v, 50), np.percentile(v, 95)) for k, v in wall.items()}
     c = settings.rerank_candidates
     print(
-        f"  pipeline probe ({n} q, load {min(loads):.1f}-{max(loads):.1f}): retrieve p50/p95 "
+        f"  pipeline probe ({n} q, {threads or 'default'} threads, load {min(loads):.1f}-{max(loads):.1f}): retrieve p50/p95 "
         f"{pct['retrieve'][0]:.0f}/{pct['retrieve'][1]:.0f} ms; rerank p50/p95 "
         f"{pct['rerank'][0]:.0f}/{pct['rerank'][1]:.0f} ms wall, CPU p50/p95 "
         f"{np.percentile(cpu, 50):.0f}/{np.percentile(cpu, 95):.0f} ms ({c} candidates: "
@@ -410,7 +415,7 @@ def test(args: argparse.Namespace, settings: Any) -> None:
         spec = load_set(name, True, 0)
         load0 = os.getloadavg()
         if args.probe:
-            probe_latency(chosen, spec, args.probe)
+            probe_latency(chosen, spec, args.probe, args.probe_threads)
         if args.probe_only:
             continue
         if spec["beir"] is not None:
@@ -464,6 +469,7 @@ def main() -> None:
     ap.add_argument("--test", action="store_true")
     ap.add_argument("--probe", type=int, default=0, help="--test: time N pipeline searches first")
     ap.add_argument("--probe-only", action="store_true")
+    ap.add_argument("--probe-threads", type=int, default=0, help="onnxruntime threads in --probe")
     ap.add_argument("--fusion", default="interpolate")
     ap.add_argument("--alpha", type=float, default=0.5)
     args = ap.parse_args()

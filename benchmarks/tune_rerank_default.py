@@ -139,14 +139,20 @@ def retrieve(settings: Any, spec: dict[str, Any], keep: int, path: Path) -> dict
 
 
 def score(
-    settings: Any, cands: dict[str, Any], window: int, keep: int, path: Path, order: list[str]
+    settings: Any,
+    cands: dict[str, Any],
+    window: int,
+    keep: int,
+    path: Path,
+    order: list[str],
+    offline: bool = False,
 ) -> dict[str, Any]:
     """Cross-encoder probabilities of each query's first ``keep`` candidates (cached, resumable)."""
     from ragserve.rerank import CrossEncoderReranker
 
     done: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     todo = [q for q in order if q not in done]
-    if not todo:
+    if not todo or offline:
         return done
     reranker = CrossEncoderReranker.from_settings(
         settings.model_copy(update={"rerank_window": window})
@@ -301,7 +307,9 @@ def tune(args: argparse.Namespace, settings: Any) -> None:
         if args.max_queries:
             order = order[: args.max_queries]
         probs = {
-            w: score(settings, cands, w, keep, args.cache / f"{name}-dev-w{w}.json", order)
+            w: score(
+                settings, cands, w, keep, args.cache / f"{name}-dev-w{w}.json", order, args.offline
+            )
             for w in args.windows
         }
         subsets = {name: order}
@@ -309,6 +317,8 @@ def tune(args: argparse.Namespace, settings: Any) -> None:
             subsets = {f"{name}-heldout": spec["heldout"], f"{name}-all": order}
         for sub, qids in subsets.items():
             qids = [q for q in qids if all(q in probs[w] for w in args.windows)]
+            if sub.endswith("-all") and set(qids) <= set(spec["heldout"] or ()):
+                continue
             qrels = {q: spec["qrels"][q] for q in qids}
             results[f"{sub} ({len(qids)})"] = {
                 label(c): evaluate(cands, probs, qrels, c) for c in grid
@@ -466,6 +476,7 @@ def main() -> None:
     ap.add_argument(
         "--refusal", default="", help="fusion,alpha,N,window: print the refusal gate's effect"
     )
+    ap.add_argument("--offline", action="store_true", help="evaluate only what is cached")
     ap.add_argument("--test", action="store_true")
     ap.add_argument("--probe", type=int, default=0, help="--test: time N pipeline searches first")
     ap.add_argument("--probe-only", action="store_true")

@@ -4,9 +4,10 @@ The default hybrid retriever (the eval's own, ``evaluation.retrieval._retrievers
 fusion + dense feedback, 100 candidates) runs once per query; the cross-encoder (the runtime
 ``rerank_runtime`` picks, e.g. int8 ONNX with VNNI) scores its top ``max(--candidates)`` chunks
 once per ``--windows`` size; both are cached on disk (``--cache``), so the grid is evaluated
-offline: ``rerank_fusion`` in {interpolate (``rerank_alpha`` 0.1..0.6, 0.8; alpha 0 is hybrid), rrf} x candidates x window,
-with nDCG@10 and R@10 from the eval's ranx code, and for SQuAD the share of questions whose gold
-paragraph is ranked first.
+offline: ``rerank_fusion`` in {interpolate (``rerank_alpha`` 0.1-0.6 and 0.8; alpha 0 is
+hybrid), rrf, none} x candidates x window, with nDCG@10 and R@10 from the eval's ranx code,
+and for SQuAD the share of questions whose gold paragraph is ranked first. ``--offline``
+evaluates what is cached; ``--refusal fusion,alpha,N,window`` adds the refusal gate's effect.
 
 Tuning sets (never a test split): SciFact train (``heldout``: the 80 queries the re-ranker's
 training held out, rebuilt from training/train_reranker.py's seeded shuffle; ``all``: all 809,

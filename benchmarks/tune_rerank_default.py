@@ -103,7 +103,7 @@ def open_pipeline(settings: Any, spec: dict[str, Any]) -> Any:
     from ragserve.pipeline import RagPipeline
 
     update = {"rerank": False, "collection": spec["collection"]}
-    pipeline = RagPipeline(settings.model_copy(update=update))
+    pipeline = RagPipeline(settings.replace(**update))
     pipeline.warm_up(generation=False)
     if spec["beir"] is not None:
         _index_corpus(pipeline, spec["beir"], True)
@@ -155,9 +155,7 @@ def score(
     todo = [q for q in order if q not in done]
     if not todo or offline:
         return done
-    reranker = CrossEncoderReranker.from_settings(
-        settings.model_copy(update={"rerank_window": window})
-    )
+    reranker = CrossEncoderReranker.from_settings(settings.replace(**{"rerank_window": window}))
     reranker.warm_up()
     print(f"  scoring {len(todo)} queries, window {window or 'off'}, form {reranker.form}")
     for i, qid in enumerate(todo, 1):
@@ -248,7 +246,7 @@ def refusal_table(
 
     support = SentenceSupport()
     fusion, alpha, n, _ = cfg
-    k, m = settings.top_k, settings.support_sources
+    k, m = settings.retrieval.top_k, settings.generation.support_sources
     rows: dict[str, list[tuple[bool, float, float]]] = {"present": [], "absent": []}
     base: dict[str, list[tuple[bool, bool]]] = {"present": [], "absent": []}
     for qid, gold in qrels.items():
@@ -266,22 +264,23 @@ def refusal_table(
             hyb = keep[:k]
             dense = [c["dense"][i] for i in hyb if c["dense"][i] is not None]
             low_sup = (
-                support.best(c["query"], [c["plain"][i] for i in hyb[:m]]) < settings.min_support
+                support.best(c["query"], [c["plain"][i] for i in hyb[:m]])
+                < settings.generation.min_support
             )
             base[case].append(
-                (bool(dense) and max(dense) < settings.dense_refusal_threshold, low_sup)
+                (bool(dense) and max(dense) < settings.generation.dense_refusal_threshold, low_sup)
             )
             order = reorder(sub, sp, n, fusion, alpha)[:k]
             top = [keep[i] for i in order]
             best_p = max(sp[i] for i in order)
             sup = support.best(c["query"], [c["plain"][i] for i in top[:m]])
-            rows[case].append((sup < settings.min_support, best_p, sup))
+            rows[case].append((sup < settings.generation.min_support, best_p, sup))
     print("\nrefusal gate on the SQuAD questions (share refused; absent = gold dropped)")
     for case in ("present", "absent"):
         d = np.array(base[case])
         print(
-            f"  {case:7} hybrid: dense<{settings.dense_refusal_threshold} {d[:, 0].mean():.3f}, "
-            f"support<{settings.min_support} {d[:, 1].mean():.3f}, either {d.any(axis=1).mean():.3f}"
+            f"  {case:7} hybrid: dense<{settings.generation.dense_refusal_threshold} {d[:, 0].mean():.3f}, "
+            f"support<{settings.generation.min_support} {d[:, 1].mean():.3f}, either {d.any(axis=1).mean():.3f}"
         )
         sup = np.array([r[0] for r in rows[case]])
         best = np.array([r[1] for r in rows[case]])
@@ -365,7 +364,7 @@ def probe_latency(settings: Any, spec: dict[str, Any], n: int, threads: int = 0)
         # One intra-op thread: no spin-waiting, so CPU time is the work itself (an idle
         # machine's wall time with both cores is about this over 1.6-1.9).
         ragserve.rerank.physical_cores = lambda: threads  # type: ignore[attr-defined]
-    pipeline = RagPipeline(settings.model_copy(update={"collection": spec["collection"]}))
+    pipeline = RagPipeline(settings.replace(**{"collection": spec["collection"]}))
     pipeline.warm_up(generation=False)
     reranker = pipeline.reranker
     assert reranker is not None
@@ -390,7 +389,7 @@ def probe_latency(settings: Any, spec: dict[str, Any], n: int, threads: int = 0)
         loads.append(os.getloadavg()[0])
     pipeline.close()
     pct = {k: (np.percentile(v, 50), np.percentile(v, 95)) for k, v in wall.items()}
-    c = settings.rerank_candidates
+    c = settings.rerank.rerank_candidates
     print(
         f"  pipeline probe ({n} q, {threads or 'default'} threads, load {min(loads):.1f}-{max(loads):.1f}): retrieve p50/p95 "
         f"{pct['retrieve'][0]:.0f}/{pct['retrieve'][1]:.0f} ms; rerank p50/p95 "
@@ -407,14 +406,12 @@ def test(args: argparse.Namespace, settings: Any) -> None:
     from ragserve.cpu import INT8_FLAGS, cpu_flags
     from ragserve.evaluation.retrieval import evaluate_retrieval
 
-    chosen = settings.model_copy(
-        update={
-            "rerank": True,
-            "rerank_fusion": args.fusion,
-            "rerank_alpha": args.alpha,
-            "rerank_candidates": args.candidates[0],
-            "rerank_window": args.windows[0],
-        }
+    chosen = settings.replace(
+        rerank=True,
+        rerank_fusion=args.fusion,
+        rerank_alpha=args.alpha,
+        rerank_candidates=args.candidates[0],
+        rerank_window=args.windows[0],
     )
     flags = cpu_flags()
     print(f"CPU: {sorted(flags & (INT8_FLAGS | {'avx2', 'avx512f'}))}")
@@ -431,7 +428,7 @@ def test(args: argparse.Namespace, settings: Any) -> None:
             continue
         if spec["beir"] is not None:
             res = evaluate_retrieval(
-                chosen.model_copy(update={"collection": spec["collection"]}),
+                chosen.replace(**{"collection": spec["collection"]}),
                 spec["beir"],
                 stages=("hybrid", "hybrid+rerank"),
                 progress=False,

@@ -153,6 +153,8 @@ def score(
 
     done: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     todo = [q for q in order if q not in done]
+    if offline and not done:
+        raise SystemExit(f"--offline: nothing cached in {path}; run once without --offline.")
     if not todo or offline:
         return done
     reranker = CrossEncoderReranker.from_settings(settings.replace(**{"rerank_window": window}))

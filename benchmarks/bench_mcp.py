@@ -36,19 +36,8 @@ from ragserve.ingest.pipeline import Ingestor
 from ragserve.stores.local import LocalIndex
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "samples" / "corpus"
-QUESTIONS = [
-    "How do I set a timeout on an httpx client?",
-    "What exceptions can httpx raise?",
-    "How do I enable HTTP/2?",
-    "How do I use a proxy with httpx?",
-    "How does basic authentication work?",
-    "How do I disable SSL verification?",
-    "What does deflate do in zlib?",
-    "How do I iterate over a directory with Boost.Filesystem?",
-    "Which environment variables does httpx use?",
-    "How do I make async requests?",
-]
+# The same corpus and questions as bench_chat, so the MCP and HTTP figures compare.
+from bench_chat import QUESTIONS, SAMPLES  # noqa: E402  (a sibling script, on sys.path)
 
 
 def _ingest(data_dir: Path) -> None:

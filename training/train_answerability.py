@@ -168,14 +168,7 @@ def train_bce(model, tokenizer, pairs: list[tuple[str, str, float]], args) -> fl
     bar = tqdm(batches, desc="training", dynamic_ncols=True, mininterval=5)
     running = None
     for batch in bar:
-        enc = tokenizer(
-            [pairs[i][0] for i in batch],
-            [pairs[i][1] for i in batch],
-            truncation=True,
-            max_length=args.max_length,
-            padding=True,
-            return_tensors="pt",
-        )
+        enc = encode(tokenizer, pairs, batch, args.max_length)
         labels = torch.tensor([pairs[i][2] for i in batch], dtype=torch.float32)
         loss = loss_fn(model(**enc).logits.view(-1), labels)
         loss.backward()
@@ -187,6 +180,18 @@ def train_bce(model, tokenizer, pairs: list[tuple[str, str, float]], args) -> fl
         bar.set_postfix(loss=f"{running:.3f}")
     model.eval()
     return time.time() - started
+
+
+def encode(tokenizer, pairs: Sequence[tuple], batch, max_length: int):
+    """The (question, passage) pairs at ``batch`` as one padded, truncated tensor batch."""
+    return tokenizer(
+        [pairs[i][0] for i in batch],
+        [pairs[i][1] for i in batch],
+        truncation=True,
+        max_length=max_length,
+        padding=True,
+        return_tensors="pt",
+    )
 
 
 def freeze_lower_layers(model, n: int) -> None:
@@ -212,14 +217,7 @@ def predict_logits(model, tokenizer, pairs: Sequence[tuple[str, str]], args) -> 
     with torch.inference_mode():
         for start in range(0, len(order), 32):
             batch = order[start : start + 32]
-            enc = tokenizer(
-                [pairs[i][0] for i in batch],
-                [pairs[i][1] for i in batch],
-                truncation=True,
-                max_length=args.max_length,
-                padding=True,
-                return_tensors="pt",
-            )
+            enc = encode(tokenizer, pairs, batch, args.max_length)
             out[batch] = model(**enc).logits.view(-1).float().numpy()
     return out
 

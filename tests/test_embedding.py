@@ -55,11 +55,17 @@ def test_auto_runtime_follows_the_cpu(auto_embedder: SentenceTransformerEmbedder
     assert auto_embedder.fingerprint == f"builtin:all-MiniLM-L6-v2@{expected}"
 
 
-def test_default_runtime_is_pytorch(embedder: SentenceTransformerEmbedder) -> None:
-    # The index fingerprint of the default stays the bare model name, so indexes built
-    # before the ONNX runtime existed still open.
-    assert embedder.runtime == "torch-fp32"
-    assert embedder.fingerprint == "builtin:all-MiniLM-L6-v2"
+def test_default_runtime_is_the_cpus_fastest(embedder: SentenceTransformerEmbedder) -> None:
+    expected = "onnx-int8" if has_int8_dot_product() else "onnx-fp32"
+    assert Settings().ingest.embedding_runtime == "auto"
+    # Falls back to PyTorch only when the export disagrees, which a test below covers.
+    assert embedder.runtime == expected
+
+
+def test_pytorch_keeps_the_bare_fingerprint(torch_embedder: SentenceTransformerEmbedder) -> None:
+    # Indexes built before the ONNX runtime existed recorded the bare model name: they open.
+    assert torch_embedder.runtime == "torch-fp32"
+    assert torch_embedder.fingerprint == "builtin:all-MiniLM-L6-v2"
 
 
 def test_choose_runtime_from_cpu_flags() -> None:
@@ -191,7 +197,6 @@ def test_disagreeing_export_is_rejected_once_and_never_used(
 
 def test_index_built_on_one_runtime_refuses_another(
     tmp_path: Path,
-    auto_embedder: SentenceTransformerEmbedder,
     torch_embedder: SentenceTransformerEmbedder,
 ) -> None:
     from ragserve.stores.local import LocalIndex
@@ -200,13 +205,44 @@ def test_index_built_on_one_runtime_refuses_another(
     index = LocalIndex.from_settings(settings)
     open_index_with(index, torch_embedder)
     index.close()
+    explicit = SentenceTransformerEmbedder(runtime="onnx-fp32")
     other = LocalIndex.from_settings(settings)
     with pytest.raises(EmbedderMismatchError) as info:
-        open_index_with(other, auto_embedder)
+        open_index_with(other, explicit)
     assert "ragserve reindex" in (info.value.hint or "")
     assert "RAGSERVE_EMBEDDING_RUNTIME=torch" in (info.value.hint or "")
-    assert auto_embedder.runtime in info.value.message
+    assert explicit.runtime in info.value.message
     other.close()
+
+
+def test_auto_keeps_an_existing_index_on_its_runtime(
+    tmp_path: Path, torch_embedder: SentenceTransformerEmbedder
+) -> None:
+    """Flipping the default to ONNX must not send indexes built on PyTorch to a re-embed."""
+    from ragserve.stores.local import LocalIndex
+
+    settings = Settings(data_dir=tmp_path)
+    index = LocalIndex.from_settings(settings)
+    open_index_with(index, torch_embedder)
+    index.close()
+
+    auto = SentenceTransformerEmbedder(runtime="auto")
+    auto.warm_up()
+    assert auto.runtime != "torch-fp32" or not has_int8_dot_product()
+    auto.embed_query(TEXTS[0])  # cached on the preferred runtime; must not survive the switch
+    reopened = LocalIndex.from_settings(settings)
+    open_index_with(reopened, auto)
+    assert auto.runtime == "torch-fp32" and auto.fingerprint == torch_embedder.fingerprint
+    assert np.allclose(auto.embed_query(TEXTS[0]), torch_embedder.embed([TEXTS[0]])[0], atol=1e-5)
+    reopened.close()
+
+    # Re-indexing does not adopt: it is how the index moves to the preferred runtime.
+    fresh = SentenceTransformerEmbedder(runtime="auto")
+    again = LocalIndex.from_settings(settings)
+    if fresh.runtime != "torch-fp32":
+        with pytest.raises(EmbedderMismatchError):
+            open_index_with(again, fresh, adopt=False)
+    again.close()
 
 
 def test_probe_set_covers_truncation_and_padding() -> None:

@@ -261,7 +261,8 @@ def reindex(collection: CollectionOpt = None, data_dir: DataDirOpt = None) -> No
     embedder.warm_up()
     index = open_index(settings)
     try:
-        open_index_with(index, embedder)
+        # No adopting: re-embedding is how an index moves to the configured runtime.
+        open_index_with(index, embedder, adopt=False)
     except EmbedderMismatchError as exc:
         typer.echo(f"re-embedding: {exc.message}", err=True)
     try:

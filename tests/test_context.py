@@ -169,3 +169,61 @@ def test_compact_context_anchors_on_the_sentence_that_introduces_code_among_equa
         "How do I enable HTTP/2 support?", [hit(0, doc)]
     )
     assert "http2=True" in ctx.texts[0], ctx.texts
+
+
+def test_focused_context_keeps_the_best_supported_sentences_across_sources() -> None:
+    from ragserve.context import FocusedContextAssembler
+
+    other = "The museum opened in 1793. It was a royal palace before. Kings lived there."
+    hits = [hit(0, other), hit(1, LONG), hit(2, other)]
+    ctx = FocusedContextAssembler(words, sentences=2, grow=0).assemble(
+        "Who designed the glass pyramid?", hits
+    )
+    # Only sources that hold a kept sentence are shown, renumbered in retrieval order.
+    assert ctx.sources[0].chunk.id == "c1"
+    assert "designed by I. M. Pei" in ctx.texts[0]
+    assert "380,000" not in " ".join(ctx.texts), "sentences that miss the question stay out"
+    assert "[Source 1: doc1.pdf]" in ctx.text and ctx.text.count("[Source") == len(ctx.sources)
+    assert sum(ctx.text.count(s) for s in (". ", ".\n")) <= 4
+
+
+def test_focused_context_brings_the_code_a_sentence_introduces() -> None:
+    from ragserve.context import FocusedContextAssembler
+
+    doc = (
+        "Retries are off by default. Other settings live on the client. "
+        "To retry failed connections, pass a transport with retries:\n\n"
+        "```python\ntransport = httpx.HTTPTransport(retries=1)\n```\n\n"
+        "Servers are unaffected."
+    )
+    ctx = FocusedContextAssembler(words, sentences=1, grow=0).assemble(
+        "How do I retry failed connections?", [hit(0, doc)]
+    )
+    assert "retries=1" in ctx.texts[0], ctx.texts
+    assert "Servers are unaffected" not in ctx.texts[0]
+
+
+def test_focused_context_respects_its_budget() -> None:
+    from ragserve.context import FocusedContextAssembler
+
+    hits = [hit(i, LONG) for i in range(3)]
+    ctx = FocusedContextAssembler(words, sentences=5, budget=25).assemble(
+        "How many objects does the collection hold and who designed the pyramid?", hits
+    )
+    assert 0 < sum(words(t) for t in ctx.texts) <= 25
+    one = "word " * 500 + "end."
+    cut = FocusedContextAssembler(words, budget=30).assemble("word", [hit(0, one)])
+    assert 0 < words(cut.texts[0]) <= 30
+
+
+def test_focused_context_grows_each_sentence_with_its_neighbours() -> None:
+    from ragserve.context import FocusedContextAssembler
+
+    bare = FocusedContextAssembler(words, sentences=1, grow=0).assemble(
+        "Who designed the glass pyramid?", [hit(0, LONG)]
+    )
+    grown = FocusedContextAssembler(words, sentences=1, grow=25).assemble(
+        "Who designed the glass pyramid?", [hit(0, LONG)]
+    )
+    assert "designed by I. M. Pei" in bare.texts[0] and "designed by I. M. Pei" in grown.texts[0]
+    assert words(bare.texts[0]) < words(grown.texts[0]) <= 25

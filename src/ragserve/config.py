@@ -135,12 +135,12 @@ class IngestSettings(_Group):
     )
     embedding_batch_size: int = Field(64, ge=1, le=4096)
     embedding_runtime: Literal["auto", "torch", "onnx-fp32", "onnx-int8"] = Field(
-        "torch",
+        "auto",
         description="Where the embedder runs. 'auto': onnxruntime with int8 weights on CPUs with "
-        "int8 dot-product instructions (VNNI/AMX), onnxruntime fp32 elsewhere; the export is "
-        "made once into the user cache and checked against PyTorch, which is the fallback. "
-        "The default stays PyTorch until the int8 form's retrieval quality is measured on the "
-        "full test splits. The index records the runtime: changing it needs `ragserve reindex`.",
+        "int8 dot-product instructions (VNNI/AMX), onnxruntime fp32 elsewhere, exported once "
+        "into the user cache and checked against PyTorch, which is the fallback; an existing "
+        "index keeps the runtime it was built with. An explicit runtime must match the index's "
+        "(`ragserve reindex` moves an index to the configured runtime).",
     )
     embedding_threads: int | None = Field(
         None, ge=1, le=1024, description="Threads for one embedding call; default: physical cores."
@@ -279,16 +279,33 @@ class GenerationSettings(_Group):
         description="Refuse an answer whose own words no source holds, and cite the source "
         "that does hold them when the model cited another.",
     )
-    context_style: Literal["auto", "compact", "full"] = Field(
+    context_style: Literal["auto", "focused", "compact", "full"] = Field(
         "auto",
-        description="'compact': the best few sources cut to sentence windows around what the "
-        "question asks (the local reader's latency is its prompt); 'full': whole chunks up to "
-        "budget_context; 'auto': compact for the local model, full for the others.",
+        description="'focused': the context_sentences best-supported sentences across the best "
+        "few sources (with the code a sentence introduces); 'compact': those sources cut to "
+        "sentence windows around what the question asks; 'full': whole chunks up to "
+        "budget_context. 'auto': compact for the local model (its latency is its prompt), "
+        "full for the others.",
     )
     context_budget: int = Field(
-        240, ge=32, le=8000, description="Tokens of source text in a compact context."
+        240,
+        ge=32,
+        le=8000,
+        description="Most tokens of source text in a focused or compact context.",
     )
-    context_sources: int = Field(3, ge=1, le=20, description="Sources in a compact context.")
+    context_sources: int = Field(
+        3, ge=1, le=20, description="Sources a focused or compact context draws from."
+    )
+    context_sentences: int = Field(
+        2, ge=1, le=20, description="Sentences (with what they introduce) in a focused context."
+    )
+    context_grow: int = Field(
+        80,
+        ge=0,
+        le=2000,
+        description="Tokens each sentence of a focused context may grow to with its neighbours "
+        "(next first); 0 keeps the sentence and what it introduces only.",
+    )
     llm_context_window: int = Field(4096, ge=512, le=_MAX_TOKENS)
     llm_prompt_style: Literal["auto", "chat", "completion"] = Field(
         "auto",

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from ragserve.ingest.chunking import split_sentences
 from ragserve.types import Hit, Message
 
-__all__ = ["AssembledContext", "CompactContextAssembler", "ContextAssembler", "source_label"]
+__all__ = [
+    "AssembledContext",
+    "CompactContextAssembler",
+    "ContextAssembler",
+    "FocusedContextAssembler",
+    "source_label",
+]
 
 
 @dataclass(slots=True)
@@ -219,25 +225,152 @@ class CompactContextAssembler:
 
     def _window(self, text: str, anchor: int, limit: int) -> str:
         spans = split_sentences(text) or [(0, len(text))]
-        anchor = min(anchor, len(spans) - 1)
-        lo = hi = anchor
-        used = self.count_tokens(text[spans[anchor][0] : spans[anchor][1]])
-        grew = True
-        while grew:
-            grew = False
-            for step in (hi + 1, lo - 1):
-                if not 0 <= step < len(spans) or lo <= step <= hi:
-                    continue
-                cost = self.count_tokens(text[spans[step][0] : spans[step][1]])
-                if used + cost > limit:
-                    continue
-                used += cost
-                lo, hi = min(lo, step), max(hi, step)
-                grew = True
+        lo, hi, used = _grow(text, spans, min(anchor, len(spans) - 1), limit, self.count_tokens)
         window = text[spans[lo][0] : spans[hi][1]].strip()
         if used > limit:  # one sentence longer than the whole share: cut it at a word
             window = _cut_words(window, limit, self.count_tokens)
         return window
+
+
+def _grow(
+    text: str, spans: list[tuple[int, int]], anchor: int, limit: int, count: Callable[[str], int]
+) -> tuple[int, int, int]:
+    """The sentences around ``anchor`` that fit ``limit`` tokens, next sentence first (how-to
+    prose is usually followed by its code): first and last span index, tokens used."""
+    lo = hi = anchor
+    used = count(text[spans[anchor][0] : spans[anchor][1]])
+    grew = True
+    while grew:
+        grew = False
+        for step in (hi + 1, lo - 1):
+            if not 0 <= step < len(spans) or lo <= step <= hi:
+                continue
+            cost = count(text[spans[step][0] : spans[step][1]])
+            if used + cost > limit:
+                continue
+            used += cost
+            lo, hi = min(lo, step), max(hi, step)
+            grew = True
+    return lo, hi, used
+
+
+class FocusedContextAssembler:
+    """The few sentences that best cover the question, wherever they sit in the best sources.
+
+    Where the compact context gives each of the best sources a window, this keeps only the
+    ``sentences`` best-supported spans across them (the extractive answerer's pick), each with
+    what it introduces (the code after a sentence ending in ":", the sentence after a heading)
+    and grown to ``grow`` tokens with its neighbours. Fewer sentences that do not hold the
+    answer means fewer to copy a wrong one from, and a shorter prompt: on 100 SQuAD
+    training-article questions with the 1.5B reader, 2 sentences grown to 80 tokens (~153
+    tokens) gave containment 0.700 / F1 0.462 in 2.9 s against the compact context's 0.670 /
+    0.431 in ~4.5 s. Not the default: on how-to docs the sentence that names the feature and
+    the code that shows it are often further apart than that (see the README).
+    """
+
+    def __init__(
+        self,
+        count_tokens: Callable[[str], int],
+        *,
+        sentences: int = 2,
+        budget: int = 240,
+        max_sources: int = 3,
+        context_window: int = 4096,
+        grow: int = 80,
+    ) -> None:
+        from ragserve.generation.support import SentenceSupport
+
+        self.count_tokens = count_tokens
+        self.sentences = sentences
+        self.grow = grow
+        self.budget = budget
+        self.max_sources = max_sources
+        self.support = SentenceSupport()
+        self._history = ContextAssembler(count_tokens, context_window=context_window)
+
+    def assemble(
+        self, query: str, hits: Sequence[Hit], history: Sequence[Message] = ()
+    ) -> AssembledContext:
+        chosen = list(hits[: self.max_sources])
+        texts = [h.chunk.text for h in chosen]
+        picks = self._picks(query, texts)
+        numbered = [n for n in range(len(chosen)) if n in picks]
+        pieces = [self._join(texts[n], picks[n]) for n in numbered]
+        sources = [chosen[n] for n in numbered]
+        blocks = [
+            f"{source_label(hit, i)}\n<<<\n{_fence(text)}\n>>>"
+            for i, (hit, text) in enumerate(zip(sources, pieces, strict=True), 1)
+        ]
+        packed = "\n\n".join(blocks)
+        return AssembledContext(
+            sources=sources,
+            text=packed,
+            tokens=self.count_tokens(packed),
+            dropped=max(0, len(hits) - len(sources)),
+            history=self._history.trim_history(history, self.budget),
+            texts=pieces,
+        )
+
+    def _picks(self, query: str, texts: list[str]) -> dict[int, list[tuple[int, int]]]:
+        """Per source (0-based), the character ranges kept: best-supported spans first."""
+        spans = [split_sentences(t) or [(0, len(t))] for t in texts]
+        picks: dict[int, list[tuple[int, int]]] = {}
+        used = kept = 0
+        ranked = self.support.rank(query, texts, answers_only=False)
+        code_after = {(s.source, s.position - 1) for s in ranked if s.text.startswith("```")}
+        # As in the compact context: among sentences that cover the question equally, the one
+        # that introduces code wins ("a client with HTTP/2 enabled:" + code), then the better
+        # source, then the earlier sentence.
+        ranked.sort(
+            key=lambda s: (
+                -round(s.overlap, 3),
+                (s.source, s.position) not in code_after,
+                s.source,
+                s.position,
+            )
+        )
+        for sentence in ranked:
+            if kept == self.sentences or (kept and sentence.overlap <= 0):
+                break  # a sentence that covers none of the question is only noise
+            n = sentence.source - 1
+            lo, hi = self._extent(texts[n], spans[n], sentence.position)
+            if self.grow:
+                first, last, _ = _grow(
+                    texts[n], spans[n], sentence.position, self.grow, self.count_tokens
+                )
+                lo, hi = min(lo, spans[n][first][0]), max(hi, spans[n][last][1])
+            if any(a <= lo and hi <= b for a, b in picks.get(n, [])):
+                continue  # already inside an earlier pick's extent
+            cost = self.count_tokens(texts[n][lo:hi])
+            if kept and used + cost > self.budget:
+                continue
+            picks.setdefault(n, []).append((lo, hi))
+            used, kept = used + cost, kept + 1
+        return picks
+
+    @staticmethod
+    def _extent(text: str, spans: list[tuple[int, int]], position: int) -> tuple[int, int]:
+        """A span plus what it introduces: a heading's next span, a colon's code block."""
+        last = min(position, len(spans) - 1)
+        while last + 1 < len(spans):
+            here = text[spans[last][0] : spans[last][1]].strip()
+            following = text[spans[last + 1][0] : spans[last + 1][1]].lstrip()
+            if not (here.startswith("#") or here.endswith(":") or following.startswith("```")):
+                break
+            last += 1
+        return spans[min(position, len(spans) - 1)][0], spans[last][1]
+
+    def _join(self, text: str, ranges: list[tuple[int, int]]) -> str:
+        merged: list[list[int]] = []
+        for lo, hi in sorted(ranges):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        joined = " … ".join(text[lo:hi].strip() for lo, hi in merged)
+        if self.count_tokens(joined) > self.budget:  # one span longer than the whole budget
+            joined = _cut_words(joined, self.budget, self.count_tokens)
+        return joined
 
 
 def _cut_words(text: str, limit: int, count: Callable[[str], int]) -> str:

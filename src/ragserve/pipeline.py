@@ -140,7 +140,11 @@ class RagPipeline:
             self.reranker.warm_up()
 
     def _warm_generation(self) -> None:
-        from ragserve.context import CompactContextAssembler, ContextAssembler
+        from ragserve.context import (
+            CompactContextAssembler,
+            ContextAssembler,
+            FocusedContextAssembler,
+        )
         from ragserve.generation import build_generator
 
         s = self.settings
@@ -156,7 +160,16 @@ class RagPipeline:
         style = s.generation.context_style
         if style == "auto":
             style = "compact" if s.generation.generator == "llama" else "full"
-        if style == "compact":
+        if style == "focused":
+            self.assembler = FocusedContextAssembler(
+                generator.count_tokens,
+                sentences=s.generation.context_sentences,
+                grow=s.generation.context_grow,
+                budget=s.generation.context_budget,
+                max_sources=s.generation.context_sources,
+                context_window=generator.context_window,
+            )
+        elif style == "compact":
             self.assembler = CompactContextAssembler(
                 generator.count_tokens,
                 budget=s.generation.context_budget,

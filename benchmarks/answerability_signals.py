@@ -42,9 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from calibrate_answerability import _auc as _auc_arrays  # benchmarks/ is on sys.path
 
 from ragserve.config import Settings
-from ragserve.context import AssembledContext, _fence, source_label
+from ragserve.context import AssembledContext, source_block
 from ragserve.evaluation.answers import (
     _copy_without,
     _index_corpus,
@@ -124,7 +125,7 @@ class Reader:
 def reversed_context(ctx: AssembledContext) -> AssembledContext:
     """The same numbered sources, written in the opposite order."""
     blocks = [
-        f"{source_label(hit, n)}\n<<<\n{_fence(text)}\n>>>"
+        source_block(hit, n, text)
         for n, (hit, text) in enumerate(zip(ctx.sources, ctx.texts, strict=True), 1)
     ]
     return dataclasses.replace(ctx, text="\n\n".join(reversed(blocks)))
@@ -204,14 +205,9 @@ def collect(qa: Path, limit: int, articles: str, out: Path) -> None:
 
 
 def _auc(positive: Sequence[float], negative: Sequence[float]) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    labels = [1] * len(positive) + [0] * len(negative)
-    return (
-        float(roc_auc_score(labels, [*positive, *negative]))
-        if positive and negative
-        else float("nan")
-    )
+    if not positive or not negative:
+        return float("nan")
+    return _auc_arrays(np.asarray(positive, dtype=float), np.asarray(negative, dtype=float))
 
 
 def analyze(path: Path, gate: float) -> None:

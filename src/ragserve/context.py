@@ -14,15 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ragserve.ingest.chunking import split_sentences
 from ragserve.types import Hit, Message
+
+if TYPE_CHECKING:
+    from ragserve.generation.support import ScoredSentence
 
 __all__ = [
     "AssembledContext",
     "CompactContextAssembler",
     "ContextAssembler",
     "FocusedContextAssembler",
+    "source_block",
     "source_label",
 ]
 
@@ -48,6 +53,40 @@ def source_label(hit: Hit, number: int) -> str:
 def _fence(text: str) -> str:
     # Stop a document from closing the fence early and smuggling text outside it.
     return text.replace("<<<", "‹‹‹").replace(">>>", "›››")
+
+
+def source_block(hit: Hit, number: int, text: str) -> str:
+    """One source as the model reads it: its label, then its text fenced as data."""
+    return f"{source_label(hit, number)}\n<<<\n{_fence(text)}\n>>>"
+
+
+def _in_order(
+    count_tokens: Callable[[str], int],
+    sources: Sequence[Hit],
+    texts: Sequence[str],
+    *,
+    dropped: int,
+    history: list[Message],
+) -> AssembledContext:
+    """Sources numbered 1..n and written in that order (the compact and focused contexts)."""
+    packed = "\n\n".join(
+        source_block(hit, n, text)
+        for n, (hit, text) in enumerate(zip(sources, texts, strict=True), 1)
+    )
+    return AssembledContext(
+        sources=list(sources),
+        text=packed,
+        tokens=count_tokens(packed),
+        dropped=dropped,
+        history=history,
+        texts=list(texts),
+    )
+
+
+def _introduces_code(ranked: Sequence[ScoredSentence]) -> set[tuple[int, int]]:
+    """(source, position) of each sentence followed by a code block: among sentences that
+    cover the question equally, the one that shows how wins ("a client with HTTP/2 enabled:")."""
+    return {(s.source, s.position - 1) for s in ranked if s.text.startswith("```")}
 
 
 class ContextAssembler:
@@ -96,11 +135,7 @@ class ContextAssembler:
             chosen.append((hit, text))
             used += tokens + block_overhead
         order = self._lost_in_the_middle_order(len(chosen))
-        blocks = []
-        for i in order:
-            hit, text = chosen[i]
-            blocks.append(f"{source_label(hit, i + 1)}\n<<<\n{_fence(text)}\n>>>")
-        packed = "\n\n".join(blocks)
+        packed = "\n\n".join(source_block(chosen[i][0], i + 1, chosen[i][1]) for i in order)
         return AssembledContext(
             sources=[h for h, _ in chosen],
             text=packed,
@@ -180,18 +215,12 @@ class CompactContextAssembler:
             self._window(hit.chunk.text, anchor, self._share(rank, len(chosen)))
             for rank, (hit, (anchor, _)) in enumerate(zip(chosen, anchors, strict=True))
         ]
-        blocks = [
-            f"{source_label(hit, n)}\n<<<\n{_fence(text)}\n>>>"
-            for n, (hit, text) in enumerate(zip(chosen, texts, strict=True), 1)
-        ]
-        packed = "\n\n".join(blocks)
-        return AssembledContext(
-            sources=chosen,
-            text=packed,
-            tokens=self.count_tokens(packed),
+        return _in_order(
+            self.count_tokens,
+            chosen,
+            texts,
             dropped=max(0, len(hits) - len(chosen)),
             history=self._history.trim_history(history, self.budget),
-            texts=texts,
         )
 
     def _share(self, rank: int, n: int) -> int:
@@ -209,7 +238,7 @@ class CompactContextAssembler:
         later ("a client with HTTP/2 enabled:" + code), and the window grows from its anchor.
         """
         ranked = self.support.rank(query, texts, answers_only=False)
-        code_after = {(s.source, s.position - 1) for s in ranked if s.text.startswith("```")}
+        code_after = _introduces_code(ranked)
         best: dict[int, tuple[float, bool, int]] = {}
         for sentence in ranked:
             key = (
@@ -296,19 +325,12 @@ class FocusedContextAssembler:
         picks = self._picks(query, texts)
         numbered = [n for n in range(len(chosen)) if n in picks]
         pieces = [self._join(texts[n], picks[n]) for n in numbered]
-        sources = [chosen[n] for n in numbered]
-        blocks = [
-            f"{source_label(hit, i)}\n<<<\n{_fence(text)}\n>>>"
-            for i, (hit, text) in enumerate(zip(sources, pieces, strict=True), 1)
-        ]
-        packed = "\n\n".join(blocks)
-        return AssembledContext(
-            sources=sources,
-            text=packed,
-            tokens=self.count_tokens(packed),
-            dropped=max(0, len(hits) - len(sources)),
+        return _in_order(
+            self.count_tokens,
+            [chosen[n] for n in numbered],
+            pieces,
+            dropped=max(0, len(hits) - len(numbered)),
             history=self._history.trim_history(history, self.budget),
-            texts=pieces,
         )
 
     def _picks(self, query: str, texts: list[str]) -> dict[int, list[tuple[int, int]]]:
@@ -317,10 +339,9 @@ class FocusedContextAssembler:
         picks: dict[int, list[tuple[int, int]]] = {}
         used = kept = 0
         ranked = self.support.rank(query, texts, answers_only=False)
-        code_after = {(s.source, s.position - 1) for s in ranked if s.text.startswith("```")}
-        # As in the compact context: among sentences that cover the question equally, the one
-        # that introduces code wins ("a client with HTTP/2 enabled:" + code), then the better
-        # source, then the earlier sentence.
+        code_after = _introduces_code(ranked)
+        # As in the compact context: equal coverage goes to the sentence that introduces code,
+        # then to the better source, then to the earlier sentence.
         ranked.sort(
             key=lambda s: (
                 -round(s.overlap, 3),

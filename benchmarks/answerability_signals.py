@@ -47,15 +47,13 @@ from calibrate_answerability import _auc as _auc_arrays  # benchmarks/ is on sys
 from ragserve.config import Settings
 from ragserve.context import AssembledContext, source_block
 from ragserve.evaluation.answers import (
-    _copy_without,
-    _index_corpus,
     _load_questions,
     normalize_answer,
+    paired_pipelines,
     squad_f1,
     subsample,
 )
 from ragserve.generation.prompts import build_messages
-from ragserve.ingest.chunking import split_sentences
 from ragserve.pipeline import RagPipeline
 
 SIGNALS = (
@@ -131,25 +129,6 @@ def reversed_context(ctx: AssembledContext) -> AssembledContext:
     return dataclasses.replace(ctx, text="\n\n".join(reversed(blocks)))
 
 
-def answer_coverage(pipe: RagPipeline, question: str, answer: str, texts: Sequence[str]) -> float:
-    """Share of the question's terms in the window around the sentence holding the answer."""
-    asked = {w.lower() for w in _WORD.findall(question)}
-    words = [w.lower() for w in _WORD.findall(answer) if w.lower() not in asked]
-    if not words:
-        return 0.0
-    best, window = -1.0, ""
-    for text in texts:
-        spans = split_sentences(text)
-        for i, (a, b) in enumerate(spans):
-            vocab = {w.lower() for w in _WORD.findall(text[a:b])}
-            share = sum(w in vocab for w in words) / len(words)
-            if share > best:
-                lo, hi = spans[max(0, i - 1)][0], spans[min(len(spans) - 1, i + 1)][1]
-                best, window = share, text[lo:hi]
-    q_terms = set(pipe.support.terms(question))
-    return len(q_terms & set(pipe.support.terms(window))) / len(q_terms) if q_terms else 0.0
-
-
 def measure(pipe: RagPipeline, reader: Reader, q: dict[str, Any]) -> dict[str, Any]:
     processed = pipe.process(q["question"])
     hits = pipe.search(processed)
@@ -170,7 +149,7 @@ def measure(pipe: RagPipeline, reader: Reader, q: dict[str, Any]) -> dict[str, A
         **confidence,
         "self_check": self_check,
         "reorder_agree": squad_f1(_MARKER.sub("", again).strip(), bare),
-        "answer_coverage": answer_coverage(pipe, processed.text, bare, ctx.texts),
+        "answer_coverage": pipe.support.answer_coverage(processed.text, bare, ctx.texts),
         "answer": text,
         "contained": any(normalize_answer(g) in normalize_answer(bare) for g in q["answers"]),
         "gold_first": bool(hits) and hits[0].chunk.doc_id == q["context_id"],
@@ -180,20 +159,9 @@ def measure(pipe: RagPipeline, reader: Reader, q: dict[str, Any]) -> dict[str, A
 def collect(qa: Path, limit: int, articles: str, out: Path) -> None:
     from tqdm.auto import tqdm
 
-    name = re.sub(r"[^A-Za-z0-9_-]", "-", qa.parent.name)[:40]
     settings = Settings(min_support=0.0, dense_refusal_threshold=0.0)
     questions = subsample(_load_questions(qa, 300, 7, articles), limit, 7)
-    main = RagPipeline(settings.replace(collection=f"eval-{name}"))
-    main.warm_up()
-    _index_corpus(main, qa.parent / "corpus.jsonl", True)
-    suffix = "" if articles == "eval" else f"-{articles}"
-    absent = RagPipeline(
-        settings.replace(collection=f"eval-{name}-absent{suffix}"),
-        embedder=main.embedder,
-        generator=main.generator,
-    )
-    absent.warm_up()
-    _copy_without(main, absent, {q["context_id"] for q in questions})
+    main, absent = paired_pipelines(settings, qa, questions, articles)
     # A measurement probe reaches past the generator's streaming API to the model's logits.
     reader = Reader(main.generator._llm)  # type: ignore[attr-defined]
     with out.open("w") as fh:

@@ -152,6 +152,20 @@ def test_compact_context_does_not_starve_a_lower_source_that_holds_the_exact_ter
     assert "retries=1" in ctx.texts[2], ctx.texts
 
 
+def test_compact_context_gives_its_last_slot_to_the_lower_source_that_covers_the_question() -> None:
+    from ragserve.context import CompactContextAssembler
+
+    topic = "Clients keep connections open. Clients can verify certificates. " * 3
+    exact = "For retries pass a transport: transport = httpx.HTTPTransport(retries=1)."
+    hits = [hit(0, topic), hit(1, topic), hit(2, topic), hit(3, exact), hit(4, topic)]
+    ctx = CompactContextAssembler(words, budget=60, max_sources=3).assemble(
+        "How do I configure retries for clients?", hits
+    )
+    # The best two stay whatever they cover; the third is the one that holds "retries".
+    assert [h.chunk.id for h in ctx.sources] == ["c0", "c1", "c3"], ctx.sources
+    assert "retries=1" in ctx.texts[2] and ctx.dropped == 2
+
+
 def test_compact_context_anchors_on_the_sentence_that_introduces_code_among_equals() -> None:
     from ragserve.context import CompactContextAssembler
 

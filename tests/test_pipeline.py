@@ -123,16 +123,33 @@ class _ScriptedGenerator:
         yield self.reply
 
 
+TIMEOUT = "How do I set a timeout on an httpx client?"
+RETRIES = "How do I configure retries in httpx?"
+
+
 @pytest.mark.parametrize(
-    ("reply", "reason"),
+    ("question", "reply", "reason"),
     [
-        ("Set retries with httpx.Client(retries=3) and a zebra backoff [1].", "unsupported"),
-        ("I don't know.", "model"),
-        ("Pass timeout=10.0 to httpx.Client [1].", None),
+        (
+            TIMEOUT,
+            "Set retries with httpx.Client(retries=3) and a zebra backoff [1].",
+            "unsupported",
+        ),
+        (TIMEOUT, "I don't know.", "model"),
+        (TIMEOUT, "Pass timeout=10.0 to httpx.Client [1].", None),
+        # Framing words ("you can ... when creating") do not sink an answer its source holds.
+        (
+            RETRIES,
+            "You can pass the `retries` parameter when creating an `AsyncHTTPTransport`: "
+            "`transport = httpx.AsyncHTTPTransport(retries=1)` [3].",
+            None,
+        ),
+        # Every word is in a source (proxies.md), but that sentence is not about retries.
+        (RETRIES, "Pass the `proxy` parameter on client initialization [2].", "unverified"),
     ],
 )
 def test_refusal_reason_says_which_check_declined(
-    pipeline: RagPipeline, embedder, reply: str, reason: str | None
+    pipeline: RagPipeline, embedder, question: str, reply: str, reason: str | None
 ) -> None:  # type: ignore[no-untyped-def]
     scripted = RagPipeline(
         pipeline.settings,
@@ -140,7 +157,7 @@ def test_refusal_reason_says_which_check_declined(
         embedder=embedder,
         generator=_ScriptedGenerator(reply),
     )
-    a = scripted.answer("How do I set a timeout on an httpx client?")
+    a = scripted.answer(question)
     assert "generate" in a.timings, "the gate passed: the generator was called"
     assert a.refused is (reason is not None) and a.refusal_reason == reason, a.text
 

@@ -57,12 +57,11 @@ def test_a_question_the_corpus_cannot_answer_is_refused(pipeline: RagPipeline) -
     assert answer.refused and not answer.citations
 
 
-def test_retries_are_never_answered_with_code_the_sources_do_not_show(
-    pipeline: RagPipeline,
-) -> None:
-    # The sources show retries only on a transport (async.md); the 1.5B model "knows" an
-    # httpx.Client(retries=...) that does not exist. Grounding must not let that through.
+def test_retries_are_answered_from_the_transport_the_sources_show(pipeline: RagPipeline) -> None:
+    # Only async.md shows retries (on a transport; 4th by retrieval), and the 1.5B model
+    # "knows" an httpx.Client(retries=...) that does not exist. The answer must come from
+    # async.md's code, and grounding must keep the invented form out.
     answer = pipeline.answer("How do I configure retries in httpx?")
-    if not answer.refused:
-        assert "Client(retries" not in answer.text, answer.text
-        assert "async.md" in {Path(c.source).name for c in answer.citations}, answer.text
+    assert not answer.refused, answer.refusal_reason
+    assert "HTTPTransport(retries" in answer.text and "Client(retries" not in answer.text
+    assert "async.md" in {Path(c.source).name for c in answer.citations}, answer.text

@@ -209,8 +209,7 @@ class CompactContextAssembler:
     def assemble(
         self, query: str, hits: Sequence[Hit], history: Sequence[Message] = ()
     ) -> AssembledContext:
-        chosen = list(hits[: self.max_sources])
-        anchors = self._anchors(query, [h.chunk.text for h in chosen])
+        chosen, anchors = self._choose(query, hits)
         texts = [
             self._window(hit.chunk.text, anchor, self._share(rank, len(chosen)))
             for rank, (hit, (anchor, _)) in enumerate(zip(chosen, anchors, strict=True))
@@ -222,6 +221,25 @@ class CompactContextAssembler:
             dropped=max(0, len(hits) - len(chosen)),
             history=self._history.trim_history(history, self.budget),
         )
+
+    def _choose(self, query: str, hits: Sequence[Hit]) -> tuple[list[Hit], list[tuple[int, float]]]:
+        """The sources to read, with their anchors: the best ``max_sources - 1`` in retrieval
+        order, and the last slot for whichever of the rest covers the question best.
+
+        Below its top two, retrieval's order is close to a tie, and a term only one lower
+        source holds decides the answer ("retries" appears once in the httpx docs, in
+        async.md's code, 4th by retrieval). On SQuAD the gold paragraph was among the sources
+        read for 0.890 of 300 training-article questions against 0.887 for the top 3 (0.943 vs
+        0.933 on the held-out sample, measured afterwards); taking all 3 by coverage lost (0.877).
+        """
+        fixed = max(self.max_sources - 1, 0)
+        if len(hits) <= self.max_sources or fixed == 0:
+            chosen = list(hits[: self.max_sources])
+            return chosen, self._anchors(query, [h.chunk.text for h in chosen])
+        anchors = self._anchors(query, [h.chunk.text for h in hits])
+        last = min(range(fixed, len(hits)), key=lambda i: (-round(anchors[i][1], 6), i))
+        keep = [*range(fixed), last]
+        return [hits[i] for i in keep], [anchors[i] for i in keep]
 
     def _share(self, rank: int, n: int) -> int:
         """Tokens for the source at ``rank``: half the budget for the best, the rest split."""

@@ -386,20 +386,33 @@ class RagPipeline:
             # Extractive answers are source sentences by construction; only a model's own
             # words need checking against the sources.
             quoted = getattr(self.generator, "name", "") == "extractive"
-            if (
-                self.settings.generation.verify_grounding
-                and not quoted
-                and text
-                and not is_refusal(text)
-            ):
-                text, citations = self._grounded(processed.text, text, citations, context)
-                reason = None if text else "unsupported"
+            if not quoted and text and not is_refusal(text):
+                text, citations, reason = self._verified(processed.text, text, citations, context)
         base.sources = context.sources
         base.text, base.citations, base.invalid_citations = text, citations, invalid
         if not text or is_refusal(text):
             base.text, base.refused, base.citations = REFUSAL_TEXT, True, []
             base.refusal_reason = reason or "model"
         yield self._done(base, timer, started)
+
+    def _verified(
+        self, question: str, text: str, citations: list[Citation], context: AssembledContext
+    ) -> tuple[str, list[Citation], str | None]:
+        """A model's answer after the two checks on its words, with the reason if refused.
+
+        Grounding: its words must come from a source. Verification: the source sentence they
+        come from must be about this question (an on-topic source answers a neighbouring one).
+        """
+        generation = self.settings.generation
+        if generation.verify_grounding:
+            text, citations = self._grounded(question, text, citations, context)
+            if not text:
+                return "", [], "unsupported"
+        minimum = generation.min_answer_coverage
+        bare = re.sub(r"\s*\[\d+\]", "", text)
+        if minimum > 0 and self.support.answer_coverage(question, bare, context.texts) < minimum:
+            return "", [], "unverified"
+        return text, citations, None
 
     @staticmethod
     def _grounded(

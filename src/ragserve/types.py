@@ -187,4 +187,5 @@ class Answer:
     refusal_reason: str | None = None
     """Why ``refused``: 'out_of_scope', 'no_sources', 'low_support' (the sources cover too
     little of the question, so the generator was not called), 'model' (the generator said the
-    sources do not answer) or 'unsupported' (its answer's words are in no source)."""
+    sources do not answer), 'unsupported' (its answer's words are in no source) or
+    'unverified' (the source sentence its words come from is not about the question)."""

@@ -111,3 +111,16 @@ def test_ground_rejects_a_fact_no_source_states() -> None:
         ground("It was founded in 1762. [2]", texts, [2], question="When was the Louvre founded?")
         is None
     )
+
+
+def test_ground_does_not_count_function_words_as_unsupported() -> None:
+    from ragserve.generation.citations import ground
+
+    texts = ["For instance: transport = httpx.AsyncHTTPTransport(retries=1) for AsyncClient."]
+    question = "How do I configure retries in httpx?"
+    framed = "You can set it when you create it: `httpx.AsyncHTTPTransport(retries=1)` [1]."
+    assert ground(framed, texts, [1], question=question) == [1]
+    assert (
+        ground("You can set it with a backoff factor of 3 [1].", texts, [1], question=question)
+        is None
+    )

@@ -43,3 +43,20 @@ def test_nothing_usable_scores_zero(support: SentenceSupport) -> None:
     assert support.best("", SOURCES) == 0.0
     assert support.best("the of and", SOURCES) == 0.0
     assert support.best("Rollo treaty", ["## Heading", "too short"]) == 0.0
+
+
+def test_answer_coverage_is_high_when_the_answers_sentence_is_about_the_question(
+    support: SentenceSupport,
+) -> None:
+    question = "In what year did Rollo agree to the treaty?"
+    assert support.answer_coverage(question, "911", SOURCES) >= 0.75
+
+
+def test_answer_coverage_is_low_for_an_answer_taken_from_a_sentence_about_something_else(
+    support: SentenceSupport,
+) -> None:
+    # On-topic sources, no answer: a small model answers from the nearest sentence anyway.
+    question = "When did the Normans conquer Sicily?"
+    assert support.answer_coverage(question, "In 911 [2]", SOURCES) < 0.5
+    assert support.answer_coverage(question, "", SOURCES) == 0.0
+    assert support.answer_coverage("the of and", "Rollo", SOURCES) == 0.0

@@ -66,7 +66,8 @@ class ChatResponse(BaseModel):
     refused: bool = False
     refusal_reason: str | None = Field(
         None,
-        description="Why refused: out_of_scope, no_sources, low_support, model or unsupported.",
+        description="Why refused: out_of_scope, no_sources, low_support, model, unsupported or "
+        "unverified.",
     )
     intent: str = "question"
     standalone_query: str | None = None

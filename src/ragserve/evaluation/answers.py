@@ -139,18 +139,38 @@ def evaluate_answers(
     ``articles="train"`` draws SQuAD questions from the training articles instead of the
     held-out ones: for tuning the reader without reading the evaluation sample.
     """
-    from ragserve.pipeline import RagPipeline
-
     corpus = qa_file.parent / "corpus.jsonl"
     if not corpus.is_file():
         raise DatasetError(f"Missing {corpus}", hint="The QA file's folder must hold corpus.jsonl.")
     questions = subsample(_load_questions(qa_file, n, seed, articles), limit, seed)
+    main, absent = paired_pipelines(settings, qa_file, questions, articles, progress)
+    present = _run(main, questions, progress, "answers")
+    missing = _run(absent, questions, progress, "answers (gold removed)")
+    main.close()
+    absent.close()
+    result = _summary(present, missing, settings)
+    if report is not None:
+        _write_report(report, present, missing, result)
+    return result
+
+
+def paired_pipelines(
+    settings: Settings,
+    qa_file: Path,
+    questions: Sequence[dict[str, Any]],
+    articles: str = "eval",
+    progress: bool = True,
+) -> tuple[Any, Any]:
+    """Two warmed pipelines sharing their models: one over the QA file's whole corpus, one
+    over the same corpus without the questions' gold paragraphs (where the reader should
+    refuse). Each is a collection of its own, built once and then reused."""
+    from ragserve.pipeline import RagPipeline
+
     name = re.sub(r"[^A-Za-z0-9_-]", "-", qa_file.parent.name)[:40]
     main = RagPipeline(settings.replace(collection=f"eval-{name}"))
     main.warm_up()
-    _index_corpus(main, corpus, progress)
+    _index_corpus(main, qa_file.parent / "corpus.jsonl", progress)
     suffix = "" if articles == "eval" else f"-{articles}"
-    present = _run(main, questions, progress, "answers")
     absent = RagPipeline(
         settings.replace(collection=f"eval-{name}-absent{suffix}"),
         embedder=main.embedder,
@@ -160,13 +180,7 @@ def evaluate_answers(
     )
     absent.warm_up()
     _copy_without(main, absent, {q["context_id"] for q in questions})
-    missing = _run(absent, questions, progress, "answers (gold removed)")
-    main.close()
-    absent.close()
-    result = _summary(present, missing, settings)
-    if report is not None:
-        _write_report(report, present, missing, result)
-    return result
+    return main, absent
 
 
 def subsample(

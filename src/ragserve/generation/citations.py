@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from ragserve.context import AssembledContext
+from ragserve.generation.support import STOPWORDS
 from ragserve.ingest.chunking import split_sentences
 from ragserve.types import Citation
 
@@ -99,17 +100,22 @@ def attribute(
 
 
 def ground(
-    answer: str, texts: list[str], cited: list[int], *, question: str = "", min_share: float = 0.6
+    answer: str, texts: list[str], cited: list[int], *, question: str = "", min_share: float = 0.5
 ) -> list[int] | None:
     """Check that an answer's own words come from the sources; return the sources to cite.
 
     A small model asked for "the shortest answer" sometimes states a fact no source holds
-    (a date, a name) and cites a source anyway. The answer's words that the question did not
-    already contain must mostly occur in one source: the one it cited if that holds them,
-    else the one that does (citation corrected). ``None`` means no source supports it, and
-    the caller refuses rather than show an unsupported claim.
+    (a date, a name) and cites a source anyway. The answer's content words that the question
+    did not already contain must mostly occur in one source: the one it cited if that holds
+    them, else the one that does (citation corrected). ``None`` means no source supports it,
+    and the caller refuses rather than show an unsupported claim.
+
+    Function words are not evidence either way: counted, a how-to answer's "you can ... when"
+    framing sank a correct `AsyncHTTPTransport(retries=1)` answer below the bar. On 100 SQuAD
+    training-article questions, content words at 0.5 refused as many answers without the gold
+    paragraph as all words at 0.6 (0.58 vs 0.59) and fewer with it (0.11 vs 0.12).
     """
-    shares = _word_shares(answer, texts, question)
+    shares = _word_shares(answer, texts, question, content_only=True)
     if shares is None:
         return cited or None
     supported = [n for n in cited if 0 < n <= len(shares) and shares[n - 1] >= min_share]
@@ -119,12 +125,14 @@ def ground(
     return None if best is None else [best + 1]
 
 
-def _word_shares(answer: str, texts: list[str], question: str) -> list[float] | None:
+def _word_shares(
+    answer: str, texts: list[str], question: str, *, content_only: bool = False
+) -> list[float] | None:
     """Per source, the share of the answer's own words (not the question's) it contains;
     ``None`` when the answer has no words of its own."""
     asked = {w.lower() for w in _WORD.findall(question)}
     words = [w.lower() for w in _WORD.findall(re.sub(r"\[\d+\]", "", answer))]
-    words = [w for w in words if w not in asked]
+    words = [w for w in words if w not in asked and not (content_only and w in STOPWORDS)]
     if not words:
         return None
     shares = []

@@ -21,10 +21,13 @@ from typing import Any
 
 from ragserve.ingest.chunking import split_sentences
 
-__all__ = ["ScoredSentence", "SentenceSupport"]
+__all__ = ["STOPWORDS", "ScoredSentence", "SentenceSupport"]
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'_-]*")
-_STOP = frozenset(
+# Code identifiers and numbers as the citation check reads them: `AsyncHTTPTransport(retries=1)`
+# is the words AsyncHTTPTransport, retries and 1.
+_ANY_WORD = re.compile(r"\w+")
+STOPWORDS = frozenset(
     "a an the of to in on for and or but is are was were be been being by with as at from that "
     "this these those it its what which who whom whose when where why how do does did can could "
     "should would will shall may might must has have had not no yes i you he she they we me my "
@@ -64,7 +67,7 @@ class SentenceSupport:
             self.warm_up()
         assert self._stemmer is not None
         words = [w.lower() for w in _WORD.findall(text)]
-        return self._stemmer.stemWords([w for w in words if w not in _STOP])
+        return self._stemmer.stemWords([w for w in words if w not in STOPWORDS])
 
     def rank(
         self, query: str, texts: list[str], *, answers_only: bool = True
@@ -108,3 +111,41 @@ class SentenceSupport:
         """The best sentence's share of the question covered (0 when nothing is usable)."""
         ranked = self.rank(query, texts)
         return max((s.overlap for s in ranked), default=0.0)
+
+    def answer_coverage(self, question: str, answer: str, texts: list[str]) -> float:
+        """Share of the question's terms found around the source sentence the answer came from.
+
+        For each sentence of the answer, the source sentence holding most of its own content
+        words (those the question does not already contain), with one sentence either side; the best
+        of them counts, so an answer's second, looser sentence does not sink its first. When
+        the sources are on topic but do not hold the answer, a small model still answers, from
+        a sentence about something else ("What country currently has a group who call
+        themselves Huguenots?" "France", from a sentence on where they came from). That
+        sentence covers little of the question. 0 when the answer has no words of its own.
+        """
+        q_terms = set(self._terms(question))
+        if not q_terms:
+            return 0.0
+        asked = {w.lower() for w in _ANY_WORD.findall(question)}
+        best = 0.0
+        for a, b in split_sentences(answer):
+            words = [w.lower() for w in _ANY_WORD.findall(answer[a:b])]
+            words = [w for w in words if w not in asked and w not in STOPWORDS]
+            if words:
+                window = self._source_window(words, texts)
+                best = max(best, len(q_terms & set(self._terms(window))) / len(q_terms))
+        return best
+
+    @staticmethod
+    def _source_window(words: list[str], texts: list[str]) -> str:
+        """The source sentence holding the largest share of ``words``, with its neighbours."""
+        best, window = -1.0, ""
+        for text in texts:
+            spans = split_sentences(text)
+            for i, (a, b) in enumerate(spans):
+                vocab = {w.lower() for w in _ANY_WORD.findall(text[a:b])}
+                share = sum(w in vocab for w in words) / len(words)
+                if share > best:
+                    lo, hi = spans[max(0, i - 1)][0], spans[min(len(spans) - 1, i + 1)][1]
+                    best, window = share, text[lo:hi]
+        return window

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Install ragserve and its dependencies into .venv (what `make install` runs).
+#
+# llama-cpp-python, the local reader's backend, has no wheel on PyPI that runs here, so pip
+# compiles llama.cpp: about 4 minutes on 2 cores, most of a first install. Everything else is
+# downloads (PyTorch CPU, the 1.1 GB reader in 22 parts, ...), about 100 s. The compile runs
+# in the background while those download, instead of after them.
+#
+# Usage: scripts/install.sh [python]    (CMAKE_ARGS from the environment reach the compile)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${1:-python3}
+VENV=.venv
+PY=$VENV/bin/python
+
+test -x "$PY" || "$PYTHON" -m venv "$VENV"
+"$PY" -m pip install -q --upgrade pip==26.3
+
+# pyproject.toml stays the one list of dependencies: split it into the compiled one and the rest.
+mapfile -t LLAMA < <("$PY" - <<'EOF'
+import tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+print("\n".join(d for d in deps if d.startswith("llama-cpp-python")))
+EOF
+)
+mapfile -t OTHERS < <("$PY" - <<'EOF'
+import tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+print("\n".join(d for d in deps if not d.startswith(("llama-cpp-python", "torch"))))
+EOF
+)
+
+WHEELS=$VENV/wheels
+mkdir -p "$WHEELS"
+echo "install: compiling ${LLAMA[*]} in the background (about 3-4 minutes on 2 cores)"
+"$PY" -m pip wheel -q --no-deps -w "$WHEELS" "${LLAMA[@]}" >"$VENV/llama-build.log" 2>&1 &
+build=$!
+trap 'kill "$build" 2>/dev/null || true' EXIT  # a failed download stops the compile too
+
+# The compile is the critical path, so the installs below skip byte-compiling (thousands of
+# files in torch alone); Python compiles what is imported, once, on first use.
+# CPU torch first: asked for later by a dependency, pip would pull a multi-GB CUDA build.
+echo "install: PyTorch (CPU)"
+"$PY" -m pip install -q --no-compile torch==2.13.0
+echo "install: ${#OTHERS[@]} dependencies (the reader model's parts are 1.1 GB)"
+"$PY" -m pip install -q --no-compile "${OTHERS[@]}"
+
+echo "install: waiting for the llama.cpp compile"
+if ! wait "$build"; then
+    cat "$VENV/llama-build.log" >&2
+    echo "Building llama-cpp-python failed (log above); it needs a C/C++ compiler and CMake." >&2
+    exit 1
+fi
+"$PY" -m pip install -q --find-links "$WHEELS" -e .
+echo "install: done"

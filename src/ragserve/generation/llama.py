@@ -108,6 +108,7 @@ class LlamaCppGenerator:
         self.slots = GenerationSlots(max_waiting)
         self.system_role = True
         self._llm: Any = None
+        self._prefix_tokens: int | None = None
         self._load_lock = threading.Lock()
 
     def warm_up(self) -> None:
@@ -167,10 +168,36 @@ class LlamaCppGenerator:
     def _prime_system_prefix(self) -> None:
         # llama.cpp keeps the KV cache of the last prompt and reuses its longest common prefix:
         # evaluating the fixed system turn once at start means no question pays for it again.
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "."}]
         started = time.perf_counter()
-        self._llm.create_chat_completion(messages=messages, max_tokens=1, temperature=0.0)
-        log.info("system prompt cached in %.0f ms", (time.perf_counter() - started) * 1000)
+        seen = []
+        for user in (".", ","):  # two user turns: what they share is the system turn
+            messages = [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": user},
+            ]
+            self._llm.create_chat_completion(messages=messages, max_tokens=1, temperature=0.0)
+            seen.append(self._llm._input_ids.tolist())
+        self._prefix_tokens = next(
+            (i for i, (a, b) in enumerate(zip(*seen, strict=False)) if a != b),
+            min(map(len, seen)),
+        )
+        log.info(
+            "system prompt (%d tokens) cached in %.0f ms",
+            self._prefix_tokens,
+            (time.perf_counter() - started) * 1000,
+        )
+
+    def _from_system_prefix(self) -> None:
+        """Forget everything in the KV cache after the system turn.
+
+        Otherwise each question resumes from the longest prefix it shares with the previous
+        one, and where the prompt's evaluation starts changes its floating-point results: the
+        same question got a different greedy answer after a different question (the demo's
+        timeout answer was refused after a zlib question). Only a few tokens of the user turn's
+        opening are given up.
+        """
+        if self._prefix_tokens is not None:
+            self._llm.n_tokens = min(self._llm.n_tokens, self._prefix_tokens)
 
     def count_tokens(self, text: str) -> int:
         if self._llm is None:
@@ -188,6 +215,7 @@ class LlamaCppGenerator:
         messages = build_messages(query, context, history, system_role=self.system_role)
 
         def run() -> Iterator[str]:
+            self._from_system_prefix()
             for part in self._llm.create_chat_completion(
                 messages=messages,
                 stream=True,

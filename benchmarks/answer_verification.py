@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from ragserve.evaluation.answers import (
     paired_pipelines,
     subsample,
 )
+from ragserve.generation.citations import strip_markers
 from ragserve.pipeline import RagPipeline
 
 THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -42,7 +42,7 @@ THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 def measure(pipe: RagPipeline, q: dict[str, Any]) -> dict[str, Any]:
     answer = pipe.answer(q["question"])
-    bare = re.sub(r"\s*\[\d+\]", "", answer.text).strip()
+    bare = strip_markers(answer.text)
     coverage = None
     if not answer.refused:
         # The same (cached) hits and the same context the reader was given.

@@ -16,19 +16,18 @@ PY=$VENV/bin/python
 test -x "$PY" || "$PYTHON" -m venv "$VENV"
 "$PY" -m pip install -q --upgrade pip==26.3
 
-# pyproject.toml stays the one list of dependencies: split it into the compiled one and the rest.
-mapfile -t LLAMA < <("$PY" - <<'EOF'
-import tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-print("\n".join(d for d in deps if d.startswith("llama-cpp-python")))
-EOF
-)
-mapfile -t OTHERS < <("$PY" - <<'EOF'
-import tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-print("\n".join(d for d in deps if not d.startswith(("llama-cpp-python", "torch"))))
-EOF
-)
+# pyproject.toml stays the one list of dependencies: split it into the compiled one, torch
+# (installed first, below) and the rest.
+mapfile -t DEPS < <("$PY" -c 'import tomllib
+print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
+LLAMA=() OTHERS=()
+for dep in "${DEPS[@]}"; do
+    case $dep in
+        llama-cpp-python*) LLAMA+=("$dep") ;;
+        torch*) ;;
+        *) OTHERS+=("$dep") ;;
+    esac
+done
 
 WHEELS=$VENV/wheels
 mkdir -p "$WHEELS"

@@ -9,7 +9,6 @@ Models load once in ``warm_up``; every method after that is safe to call from wo
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -403,14 +402,17 @@ class RagPipeline:
         Grounding: its words must come from a source. Verification: the source sentence they
         come from must be about this question (an on-topic source answers a neighbouring one).
         """
+        from ragserve.generation.citations import strip_markers
+
         generation = self.settings.generation
         if generation.verify_grounding:
             text, citations = self._grounded(question, text, citations, context)
             if not text:
                 return "", [], "unsupported"
         minimum = generation.min_answer_coverage
-        bare = re.sub(r"\s*\[\d+\]", "", text)
-        if minimum > 0 and self.support.answer_coverage(question, bare, context.texts) < minimum:
+        if minimum > 0 and (
+            self.support.answer_coverage(question, strip_markers(text), context.texts) < minimum
+        ):
             return "", [], "unverified"
         return text, citations, None
 
@@ -419,7 +421,7 @@ class RagPipeline:
         question: str, text: str, citations: list[Citation], context: AssembledContext
     ) -> tuple[str, list[Citation]]:
         """The answer with citations to the sources that hold its words, or no answer."""
-        from ragserve.generation.citations import ground, validate_citations
+        from ragserve.generation.citations import ground, strip_markers, validate_citations
 
         cited = [c.number for c in citations]
         numbers = ground(text, context.texts, cited, question=question)
@@ -427,7 +429,7 @@ class RagPipeline:
             return "", []
         if numbers == cited:
             return text, citations
-        bare = re.sub(r"\s*\[\d+\]", "", text).strip()
+        bare = strip_markers(text)
         recited, fixed, _ = validate_citations(
             bare + " " + "".join(f"[{n}]" for n in numbers), context
         )

@@ -27,6 +27,7 @@ import numpy as np
 
 from ragserve.config import Settings
 from ragserve.errors import DatasetError
+from ragserve.generation.citations import strip_markers
 
 __all__ = ["evaluate_answers", "normalize_answer", "squad_f1", "subsample"]
 
@@ -250,7 +251,7 @@ def _run(
     for q in tqdm(questions, desc=label, disable=not progress, dynamic_ncols=True):
         answer = pipeline.answer(q["question"])
         # Citation markers are not part of the answer a person reads for its content.
-        text = re.sub(r"\s*\[\d+\]", "", answer.text).strip()
+        text = strip_markers(answer.text)
         cited = {
             answer.sources[c.number - 1].chunk.doc_id
             for c in answer.citations

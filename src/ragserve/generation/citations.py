@@ -5,11 +5,18 @@ from __future__ import annotations
 import re
 
 from ragserve.context import AssembledContext
-from ragserve.generation.support import STOPWORDS
+from ragserve.generation.support import own_words
 from ragserve.ingest.chunking import split_sentences
 from ragserve.types import Citation
 
-__all__ = ["REFUSAL_TEXT", "attribute", "ground", "is_refusal", "validate_citations"]
+__all__ = [
+    "REFUSAL_TEXT",
+    "attribute",
+    "ground",
+    "is_refusal",
+    "strip_markers",
+    "validate_citations",
+]
 
 REFUSAL_TEXT = "I couldn't find that in the documents."
 
@@ -24,6 +31,11 @@ _REFUSAL = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"\w+")
+
+
+def strip_markers(text: str) -> str:
+    """The answer as a person reads it for its content: without its ``[n]`` markers."""
+    return re.sub(r"\s*\[\d+\]", "", text).strip()
 
 
 def is_refusal(text: str) -> bool:
@@ -73,7 +85,7 @@ def validate_citations(
 
 
 def _best_span(source: str, citing: str) -> str:
-    target = {w.lower() for w in _WORD.findall(re.sub(r"\[\d+\]", "", citing))}
+    target = {w.lower() for w in _WORD.findall(strip_markers(citing))}
     best, best_score = "", -1.0
     for a, b in split_sentences(source) or [(0, len(source))]:
         words = {w.lower() for w in _WORD.findall(source[a:b])}
@@ -130,9 +142,7 @@ def _word_shares(
 ) -> list[float] | None:
     """Per source, the share of the answer's own words (not the question's) it contains;
     ``None`` when the answer has no words of its own."""
-    asked = {w.lower() for w in _WORD.findall(question)}
-    words = [w.lower() for w in _WORD.findall(re.sub(r"\[\d+\]", "", answer))]
-    words = [w for w in words if w not in asked and not (content_only and w in STOPWORDS)]
+    words = own_words(strip_markers(answer), question, content_only=content_only)
     if not words:
         return None
     shares = []

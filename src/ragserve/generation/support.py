@@ -21,7 +21,7 @@ from typing import Any
 
 from ragserve.ingest.chunking import split_sentences
 
-__all__ = ["STOPWORDS", "ScoredSentence", "SentenceSupport"]
+__all__ = ["STOPWORDS", "ScoredSentence", "SentenceSupport", "own_words"]
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'_-]*")
 # Code identifiers and numbers as the citation check reads them: `AsyncHTTPTransport(retries=1)`
@@ -33,6 +33,15 @@ STOPWORDS = frozenset(
     "should would will shall may might must has have had not no yes i you he she they we me my "
     "your his her their our there here than then so if into about also any some such".split()
 )
+
+
+def own_words(text: str, question: str, *, content_only: bool = True) -> list[str]:
+    """The words of ``text`` the question does not already contain (lowercased; code
+    identifiers and numbers count), without function words unless ``content_only`` is off.
+    What a source must hold for an answer to be grounded, and what traces it to a sentence."""
+    asked = {w.lower() for w in _ANY_WORD.findall(question)}
+    words = [w.lower() for w in _ANY_WORD.findall(text)]
+    return [w for w in words if w not in asked and not (content_only and w in STOPWORDS)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +135,9 @@ class SentenceSupport:
         q_terms = set(self._terms(question))
         if not q_terms:
             return 0.0
-        asked = {w.lower() for w in _ANY_WORD.findall(question)}
         best = 0.0
         for a, b in split_sentences(answer):
-            words = [w.lower() for w in _ANY_WORD.findall(answer[a:b])]
-            words = [w for w in words if w not in asked and w not in STOPWORDS]
+            words = own_words(answer[a:b], question)
             if words:
                 window = self._source_window(words, texts)
                 best = max(best, len(q_terms & set(self._terms(window))) / len(q_terms))

@@ -29,17 +29,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="first N documents only")
     ap.add_argument(
-        "--runtime", default="auto", choices=("auto", "torch", "onnx-fp32", "onnx-int8")
+        "--runtime",
+        default="auto",
+        choices=("auto", "torch", "onnx-fp32", "onnx-int8", "openvino-bf16"),
+    )
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=Settings().ingest.embedding_batch_size,
+        help="texts per embedding call (RAGSERVE_EMBEDDING_BATCH_SIZE; default: the setting's)",
     )
     args = ap.parse_args()
     docs = list(itertools.islice(iter_beir_corpus(CORPUS), args.limit))
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
     print(f"CPU flags: {' '.join(flags)}")
     t0 = time.perf_counter()
-    embedder = SentenceTransformerEmbedder(runtime=args.runtime)
+    embedder = SentenceTransformerEmbedder(runtime=args.runtime, batch_size=args.batch_size)
     embedder.warm_up()
     print(
-        f"embedder: {embedder.fingerprint} ({embedder.runtime}, {physical_cores()} threads), "
+        f"embedder: {embedder.fingerprint} ({embedder.runtime}, {physical_cores()} threads, "
+        f"batches of {args.batch_size}), "
         f"loaded in {time.perf_counter() - t0:.1f} s"
     )
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,7 @@ import pytest
 
 import ragserve.embedding as embedding
 from ragserve.config import Settings
-from ragserve.cpu import cpu_flags, has_int8_dot_product, physical_cores
+from ragserve.cpu import cpu_flags, has_bf16, has_int8_dot_product, physical_cores
 from ragserve.embedding import (
     MIN_AGREEMENT,
     PROBE_TEXTS,
@@ -50,13 +50,16 @@ def test_builtin_model_embeds_offline(embedder: SentenceTransformerEmbedder) -> 
 
 
 def test_auto_runtime_follows_the_cpu(auto_embedder: SentenceTransformerEmbedder) -> None:
-    expected = "onnx-int8" if has_int8_dot_product() else "onnx-fp32"
+    expected = choose_runtime("auto", cpu_flags())
+    assert expected == (
+        "openvino-bf16" if has_bf16() else "onnx-int8" if has_int8_dot_product() else "onnx-fp32"
+    )
     assert auto_embedder.runtime == expected
     assert auto_embedder.fingerprint == f"builtin:all-MiniLM-L6-v2@{expected}"
 
 
 def test_default_runtime_is_the_cpus_fastest(embedder: SentenceTransformerEmbedder) -> None:
-    expected = "onnx-int8" if has_int8_dot_product() else "onnx-fp32"
+    expected = choose_runtime("auto", cpu_flags())
     assert Settings().ingest.embedding_runtime == "auto"
     # Falls back to PyTorch only when the export disagrees, which a test below covers.
     assert embedder.runtime == expected
@@ -75,6 +78,11 @@ def test_choose_runtime_from_cpu_flags() -> None:
     assert choose_runtime("auto", frozenset({"avx2", "fma", "avx512f"})) == "onnx-fp32"
     assert choose_runtime("torch", frozenset({"avx512_vnni"})) == "torch-fp32"
     assert choose_runtime("onnx-fp32", frozenset({"avx512_vnni"})) == "onnx-fp32"
+    # Native bf16 (AVX-512 BF16 or AMX) beats int8 there: OpenVINO in bf16.
+    bf16 = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
+    assert choose_runtime("auto", bf16) == "openvino-bf16"
+    assert choose_runtime("auto", frozenset({"avx2", "amx_bf16", "amx_int8"})) == "openvino-bf16"
+    assert choose_runtime("onnx-int8", bf16) == "onnx-int8"
 
 
 def test_cpu_facts_are_sane() -> None:
@@ -82,11 +90,24 @@ def test_cpu_facts_are_sane() -> None:
     assert isinstance(cpu_flags(), frozenset)
 
 
+@pytest.fixture(scope="module", params=["auto", "onnx-fp32", "onnx-int8", "openvino-bf16"])
+def runtime_embedder(request: pytest.FixtureRequest) -> SentenceTransformerEmbedder:
+    """Every form ``auto`` can pick, whatever this CPU is (a bf16 CPU would otherwise never
+    run the int8 form in tests, an AVX2 one never OpenVINO)."""
+    if request.param == "onnx-int8" and not has_int8_dot_product():
+        pytest.skip("int8 is never chosen without VNNI/AMX: plain AVX2 int8 GEMMs saturate")
+    e = SentenceTransformerEmbedder(runtime=request.param)
+    e.warm_up()
+    assert e.runtime == choose_runtime(request.param, cpu_flags())  # no silent fallback
+    return e
+
+
 def test_exported_model_agrees_with_pytorch(
-    auto_embedder: SentenceTransformerEmbedder, torch_embedder: SentenceTransformerEmbedder
+    runtime_embedder: SentenceTransformerEmbedder, torch_embedder: SentenceTransformerEmbedder
 ) -> None:
-    """The real shipped model: every vector of the chosen runtime within the agreement bound,
-    on text the probe set never saw (a SciFact-like abstract past the token limit too)."""
+    """The real shipped model: every vector of each runtime within the agreement bound, on
+    text the probe set never saw (a SciFact-like abstract past the token limit too)."""
+    auto_embedder = runtime_embedder
     texts = [
         *TEXTS,
         "Statins lowered LDL cholesterol by 38% over five years in the treatment arm. " * 9,

@@ -7,8 +7,9 @@ chat traffic repeats questions and the widget re-sends them on retry.
 Embedding is the whole cost of ingestion, so by default (``runtime="auto"``) the model runs
 where this CPU is fast: onnxruntime with int8 weights where the CPU has int8 dot-product
 instructions (VNNI, AMX), onnxruntime fp32 elsewhere (SciFact / NFCorpus test nDCG@10 within
-0.004 of PyTorch). ``runtime="openvino-bf16"`` runs OpenVINO in bfloat16, 1.4x int8's speed
-on CPUs with native bf16 (AVX-512 BF16, AMX); see ``choose_runtime`` for why it is opt-in. The ONNX file is exported once from the
+0.004 of PyTorch). ``runtime="openvino-bf16"`` runs the fp32 export on OpenVINO in bfloat16,
+1.4x int8's speed on CPUs with native bf16 (AVX-512 BF16, AMX); ``choose_runtime`` says why
+it is opt-in. The ONNX file is exported once from the
 shipped weights into the user cache, keyed by the weights' hash, runtime and precision, and
 is used only if every probe vector agrees with PyTorch (cosine >= ``MIN_AGREEMENT``); an
 export that fails or disagrees falls back to PyTorch with a warning. The runtime is part of
@@ -291,7 +292,7 @@ class SentenceTransformerEmbedder:
             backend = None
             if wanted != "torch-fp32":
                 try:
-                    backend = self._load_onnx(path, wanted)
+                    backend = self._load_exported(path, wanted)
                 except Exception as exc:  # any failure must leave a working embedder
                     log.warning(
                         "embedding model %s: %s export unusable (%s); falling back to PyTorch",
@@ -334,7 +335,7 @@ class SentenceTransformerEmbedder:
         self._info = _model_info(self._st)
         return _TorchBackend(self._st)
 
-    def _load_onnx(self, path: Path, runtime: str) -> _Backend:
+    def _load_exported(self, path: Path, runtime: str) -> _Backend:
         key = f"{_weights_hash(path)[:16]}-{runtime}-r{EXPORT_RECIPE}-{_runtime_version(runtime)}"
         target = (self._onnx_cache or cache_dir() / "onnx") / f"{path.name}-{key}"
         build_once(target, lambda tmp: self._export(path, runtime, tmp))

@@ -161,9 +161,23 @@ def test_compact_context_gives_its_last_slot_to_the_lower_source_that_covers_the
     ctx = CompactContextAssembler(words, budget=60, max_sources=3).assemble(
         "How do I configure retries for clients?", hits
     )
-    # The best two stay whatever they cover; the third is the one that holds "retries".
+    # The best two stay whatever they cover; the third is the one that holds "retries", and
+    # it covers the question so much better that the reader reads it first.
+    assert [h.chunk.id for h in ctx.sources] == ["c3", "c0", "c1"], ctx.sources
+    assert "retries=1" in ctx.texts[0] and ctx.dropped == 2
+
+
+def test_compact_context_reads_the_last_pick_first_only_when_it_covers_far_more() -> None:
+    from ragserve.context import CompactContextAssembler
+
+    # The top two name clients and configuration; the lower one adds only "retries".
+    near = "You configure clients with keyword arguments. Clients keep connections open. " * 2
+    exact = "Retries are set on a transport: transport = httpx.HTTPTransport(retries=1)."
+    hits = [hit(0, near), hit(1, near), hit(2, near), hit(3, exact)]
+    ctx = CompactContextAssembler(words, budget=60, max_sources=3).assemble(
+        "How do I configure retries for clients?", hits
+    )
     assert [h.chunk.id for h in ctx.sources] == ["c0", "c1", "c3"], ctx.sources
-    assert "retries=1" in ctx.texts[2] and ctx.dropped == 2
 
 
 def test_compact_context_anchors_on_the_sentence_that_introduces_code_among_equals() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 import ragserve.embedding as embedding
 from ragserve.config import Settings
-from ragserve.cpu import cpu_flags, has_int8_dot_product, physical_cores
+from ragserve.cpu import cpu_flags, has_bf16, has_int8_dot_product, physical_cores
 from ragserve.embedding import (
     MIN_AGREEMENT,
     PROBE_TEXTS,
@@ -51,7 +51,9 @@ def test_builtin_model_embeds_offline(embedder: SentenceTransformerEmbedder) -> 
 
 def test_auto_runtime_follows_the_cpu(auto_embedder: SentenceTransformerEmbedder) -> None:
     expected = choose_runtime("auto", cpu_flags())
-    assert expected == ("onnx-int8" if has_int8_dot_product() else "onnx-fp32")
+    assert expected == (
+        "openvino-bf16" if has_bf16() else "onnx-int8" if has_int8_dot_product() else "onnx-fp32"
+    )
     assert auto_embedder.runtime == expected
     assert auto_embedder.fingerprint == f"builtin:all-MiniLM-L6-v2@{expected}"
 
@@ -76,10 +78,11 @@ def test_choose_runtime_from_cpu_flags() -> None:
     assert choose_runtime("auto", frozenset({"avx2", "fma", "avx512f"})) == "onnx-fp32"
     assert choose_runtime("torch", frozenset({"avx512_vnni"})) == "torch-fp32"
     assert choose_runtime("onnx-fp32", frozenset({"avx512_vnni"})) == "onnx-fp32"
-    # OpenVINO bf16 is asked for, never picked: see choose_runtime.
+    # Native bf16 (AVX-512 BF16 or AMX) beats int8 there: OpenVINO in bf16.
     bf16 = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
-    assert choose_runtime("auto", bf16) == "onnx-int8"
-    assert choose_runtime("openvino-bf16", bf16) == "openvino-bf16"
+    assert choose_runtime("auto", bf16) == "openvino-bf16"
+    assert choose_runtime("auto", frozenset({"avx2", "amx_bf16", "amx_int8"})) == "openvino-bf16"
+    assert choose_runtime("onnx-int8", bf16) == "onnx-int8"
 
 
 def test_cpu_facts_are_sane() -> None:
@@ -89,8 +92,8 @@ def test_cpu_facts_are_sane() -> None:
 
 @pytest.fixture(scope="module", params=["auto", "onnx-fp32", "onnx-int8", "openvino-bf16"])
 def runtime_embedder(request: pytest.FixtureRequest) -> SentenceTransformerEmbedder:
-    """Every runtime a user can choose, whatever this CPU is (an AVX2-only CI machine would
-    otherwise never run the int8 form, no machine OpenVINO, which ``auto`` never picks)."""
+    """Every form ``auto`` can pick, whatever this CPU is (a bf16 CPU would otherwise never
+    run the int8 form in tests, an AVX2 one never OpenVINO)."""
     if request.param == "onnx-int8" and not has_int8_dot_product():
         pytest.skip("int8 is never chosen without VNNI/AMX: plain AVX2 int8 GEMMs saturate")
     e = SentenceTransformerEmbedder(runtime=request.param)

@@ -123,6 +123,16 @@ class _ScriptedGenerator:
         yield self.reply
 
 
+def _scripted(pipeline: RagPipeline, embedder, reply: str) -> RagPipeline:  # type: ignore[no-untyped-def]
+    """The test pipeline's index and embedder, with a generator that always says ``reply``."""
+    return RagPipeline(
+        pipeline.settings,
+        index=pipeline.index,
+        embedder=embedder,
+        generator=_ScriptedGenerator(reply),
+    )
+
+
 TIMEOUT = "How do I set a timeout on an httpx client?"
 RETRIES = "How do I configure retries in httpx?"
 
@@ -144,22 +154,40 @@ RETRIES = "How do I configure retries in httpx?"
             "`transport = httpx.AsyncHTTPTransport(retries=1)` [3].",
             None,
         ),
-        # Every word is in a source (proxies.md), but that sentence is not about retries.
-        (RETRIES, "Pass the `proxy` parameter on client initialization [2].", "unverified"),
+        # Every word is in a source (exceptions.md, retrieved first or second whatever the
+        # embedding runtime), but that sentence is not about retries.
+        (RETRIES, "It lists exceptions that may be raised when using it [2].", "unverified"),
+        # Each identifier is in some source; the call is not (httpx has no Client(retries=)).
+        (
+            RETRIES,
+            "Pass `retries` to the client:\n\n```python\nimport httpx\n"
+            "client = httpx.Client(retries=3)\n```",
+            "unsupported",
+        ),
     ],
 )
 def test_refusal_reason_says_which_check_declined(
     pipeline: RagPipeline, embedder, question: str, reply: str, reason: str | None
 ) -> None:  # type: ignore[no-untyped-def]
-    scripted = RagPipeline(
-        pipeline.settings,
-        index=pipeline.index,
-        embedder=embedder,
-        generator=_ScriptedGenerator(reply),
-    )
-    a = scripted.answer(question)
+    a = _scripted(pipeline, embedder, reply).answer(question)
     assert "generate" in a.timings, "the gate passed: the generator was called"
     assert a.refused is (reason is not None) and a.refusal_reason == reason, a.text
+
+
+def test_a_closing_line_no_source_holds_is_dropped_not_the_answer(
+    pipeline: RagPipeline, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    reply = (
+        "You can use the `retries` parameter when creating an `AsyncHTTPTransport` instance. "
+        "For example:\n\n```python\ntransport = httpx.AsyncHTTPTransport(retries=1)\n```\n\n"
+        "Retries back off exponentially with random jitter between attempts. The longest "
+        "pause between attempts is capped at thirty seconds unless overridden. [3]"
+    )
+    a = _scripted(pipeline, embedder, reply).answer(RETRIES)
+    assert not a.refused, a.refusal_reason
+    assert a.text.startswith("You can use") and "jitter" not in a.text, a.text
+    assert "AsyncHTTPTransport(retries=1)" in a.text
+    assert {Path(c.source).name for c in a.citations} == {"async.md"}, a.citations
 
 
 def test_follow_up_is_condensed(pipeline: RagPipeline) -> None:

@@ -9,6 +9,7 @@ Models load once in ``warm_up``; every method after that is safe to call from wo
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -420,13 +421,26 @@ class RagPipeline:
     def _grounded(
         question: str, text: str, citations: list[Citation], context: AssembledContext
     ) -> tuple[str, list[Citation]]:
-        """The answer with citations to the sources that hold its words, or no answer."""
-        from ragserve.generation.citations import ground, strip_markers, validate_citations
+        """The answer with citations to the sources that hold its words, or no answer; a tail
+        of sentences no source supports is dropped rather than the whole answer."""
+        from ragserve.generation.citations import (
+            ground,
+            strip_markers,
+            supported_prefix,
+            validate_citations,
+        )
 
         cited = [c.number for c in citations]
         numbers = ground(text, context.texts, cited, question=question)
         if numbers is None:
-            return "", []
+            prefix = supported_prefix(text, context.texts, question=question)
+            if prefix == text:
+                return "", []
+            text, cited = prefix, [int(n) for n in re.findall(r"\[(\d+)\]", prefix)]
+            numbers = ground(text, context.texts, cited, question=question)
+            if numbers is None:
+                return "", []
+            citations = [c for c in citations if c.number in cited]
         if numbers == cited:
             return text, citations
         bare = strip_markers(text)

@@ -124,3 +124,71 @@ def test_ground_does_not_count_function_words_as_unsupported() -> None:
         ground("You can set it with a backoff factor of 3 [1].", texts, [1], question=question)
         is None
     )
+
+
+_ASYNC_MD = (
+    "You can configure an httpx client to call directly into a Python web application.\n\n"
+    "For instance:\n\n```pycon\n>>> import httpx\n"
+    ">>> transport = httpx.AsyncHTTPTransport(retries=1)\n"
+    ">>> async with httpx.AsyncClient(transport=transport) as client:\n...     ...\n```"
+)
+_SSL_MD = (
+    "If you're using a `Client()` instance you should pass any `verify=<...>` configuration "
+    "when instantiating the client.\n\n```pycon\n>>> import httpx\n"
+    ">>> client = httpx.Client(verify=False)\n```"
+)
+_RETRIES = "How do I configure retries in httpx?"
+
+
+def test_ground_rejects_code_composed_from_words_the_sources_hold() -> None:
+    from ragserve.generation.citations import ground
+
+    # Every word of the invented call is in ssl.md (retries is the question's own), so the
+    # word check alone passes it; its token pairs (Client + retries) are in no source.
+    invented = (
+        "Pass it to the client:\n\n```python\nimport httpx\nclient = httpx.Client(retries=3)\n```"
+    )
+    assert ground(invented, [_SSL_MD, _ASYNC_MD], [1], question=_RETRIES) is None
+    copied = (
+        "Pass a transport:\n\n```python\nimport httpx\n"
+        "transport = httpx.AsyncHTTPTransport(retries=1)  # retry once\n```"
+    )
+    assert ground(copied, [_SSL_MD, _ASYNC_MD], [1], question=_RETRIES) == [2]
+
+
+def test_ground_reads_inline_code_like_a_block() -> None:
+    from ragserve.generation.citations import ground
+
+    invented = "Pass `httpx.Client(retries=3)` when instantiating the client [1]."
+    assert ground(invented, [_SSL_MD], [1], question=_RETRIES) is None
+    assert ground("Use `AsyncHTTPTransport` [1].", [_ASYNC_MD], [1], question=_RETRIES) == [1]
+
+
+def test_supported_prefix_drops_a_closing_line_no_source_holds() -> None:
+    from ragserve.generation.citations import ground, supported_prefix
+
+    answer = (
+        "You can use the `retries` parameter when creating an `AsyncHTTPTransport`. For example:"
+        "\n\n```python\ntransport = httpx.AsyncHTTPTransport(retries=1)\n```\n\n"
+        "This will set the number of retries to 1. You can adjust this value as needed. [2]"
+    )
+    texts = [_SSL_MD, _ASYNC_MD]
+    assert ground(answer, texts, [2], question=_RETRIES) is None  # the tail sinks it
+    prefix = supported_prefix(answer, texts, question=_RETRIES)
+    assert prefix.endswith("```") and "adjust" not in prefix
+    assert ground(prefix, texts, [], question=_RETRIES) == [2]
+
+
+def test_supported_prefix_keeps_the_first_sentence_and_a_supported_answer_whole() -> None:
+    from ragserve.generation.citations import supported_prefix
+
+    texts = ["The Louvre is a museum in Paris. It holds the Mona Lisa."]
+    question = "Where is the Louvre?"
+    assert supported_prefix("It was founded in 1762.", texts, question=question) == (
+        "It was founded in 1762."
+    )
+    whole = "It is a museum in Paris. It holds the Mona Lisa."
+    assert supported_prefix(whole, texts, question=question) == whole
+    # An unsupported claim before a supported one is not a tail: the whole is judged.
+    mixed = "It was founded in 1762. It is a museum in Paris."
+    assert supported_prefix(mixed, texts, question=question) == mixed

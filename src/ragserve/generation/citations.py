@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 from ragserve.context import AssembledContext
 from ragserve.generation.support import own_words
@@ -15,6 +16,7 @@ __all__ = [
     "ground",
     "is_refusal",
     "strip_markers",
+    "supported_prefix",
     "validate_citations",
 ]
 
@@ -126,8 +128,15 @@ def ground(
     framing sank a correct `AsyncHTTPTransport(retries=1)` answer below the bar. On 100 SQuAD
     training-article questions, content words at 0.5 refused as many answers without the gold
     paragraph as all words at 0.6 (0.58 vs 0.59) and fewer with it (0.11 vs 0.12).
+
+    Code must be copied, not composed: each of its identifiers can sit in a source while the
+    call is invented (`httpx.Client(retries=3)` from a page that shows `httpx.Client(verify=...)`),
+    so the answer's code is checked on adjacent token pairs as well (``_code_shares``).
     """
     shares = _word_shares(answer, texts, question, content_only=True)
+    code = _code_shares(answer, texts)
+    if code is not None and max(code, default=0.0) < _MIN_CODE_SHARE:
+        return None
     if shares is None:
         return cited or None
     supported = [n for n in cited if 0 < n <= len(shares) and shares[n - 1] >= min_share]
@@ -135,6 +144,31 @@ def ground(
         return supported
     best = _best_source(shares, min_share)
     return None if best is None else [best + 1]
+
+
+def supported_prefix(
+    answer: str, texts: list[str], *, question: str = "", min_share: float = 0.5
+) -> str:
+    """The answer without its trailing sentences that no source supports.
+
+    A small model often closes a correct, copied answer with a line of its own ("This will set
+    the number of retries to 1. You can adjust this value as needed."): words no source holds
+    that sink the whole answer below ``ground``'s bar, and whether it writes them changes with
+    the order of the sources. Such a tail is dropped instead of the answer; what remains is
+    grounded again as a whole. Sentences without words of their own (a bare ``[3]``) go too:
+    the caller cites again. The first sentence always stays.
+    """
+    spans = split_sentences(answer)
+    if not spans:
+        return answer
+    keep = len(spans)
+    while keep > 1:
+        a, b = spans[keep - 1]
+        shares = _word_shares(answer[a:b], texts, question, content_only=True)
+        if shares is not None and max(shares) >= min_share:
+            break
+        keep -= 1
+    return answer[: spans[keep - 1][1]].strip()
 
 
 def _word_shares(
@@ -149,6 +183,38 @@ def _word_shares(
     for text in texts:
         vocab = {w.lower() for w in _WORD.findall(text)}
         shares.append(sum(w in vocab for w in words) / len(words))
+    return shares
+
+
+_CODE = re.compile(r"```[^\n]*\n(.*?)(?:```|$)|`([^`\n]+)`", re.DOTALL)
+# Shell and REPL prompts and comments are not the code's substance.
+_PROMPT = re.compile(r"^\s*(?:>>>|\.\.\.|›››|\$)\s?")
+# A snippet may change a value or add an import and still be the source's; an invented call
+# changes most pairs on its line (measured on the sample corpus's how-to answers).
+_MIN_CODE_SHARE = 0.8
+
+
+def _code_pairs(text: str) -> set[tuple[str, str]]:
+    pairs: set[tuple[str, str]] = set()
+    for line in text.splitlines():
+        line = _PROMPT.sub("", line).split("#", 1)[0]
+        words = [w.lower() for w in _WORD.findall(line)]
+        pairs.update(pairwise(words))
+    return pairs
+
+
+def _code_shares(answer: str, texts: list[str]) -> list[float] | None:
+    """Per source, the share of the adjacent token pairs of the answer's code (fenced blocks
+    and inline spans) that occur in it; ``None`` when the answer has no code of two tokens."""
+    code = "\n".join(block or inline for block, inline in _CODE.findall(answer))
+    pairs = _code_pairs(code)
+    if not pairs:
+        return None
+    shares = []
+    for text in texts:
+        words = [w.lower() for w in _WORD.findall(text)]
+        present = set(pairwise(words))
+        shares.append(len(pairs & present) / len(pairs))
     return shares
 
 

@@ -77,3 +77,11 @@ def test_an_answer_does_not_depend_on_the_question_asked_before(pipeline: RagPip
     first = raw(question)
     raw("What does zlib deflate do?")
     assert raw(question) == first
+
+
+def test_a_how_to_answer_shows_the_code_its_source_shows(pipeline: RagPipeline) -> None:
+    # The 1.5B model describes the steps in prose; the code that follows the sentences it
+    # paraphrases is quoted from http2.md (generation.show_code).
+    answer = pipeline.answer("How do I enable HTTP/2?")
+    assert not answer.refused, answer.refusal_reason
+    assert "http2=True" in answer.text and "```" in answer.text, answer.text

@@ -296,6 +296,12 @@ class GenerationSettings(_Group):
         "0.4 is the strictest point that cost at most 0.02 containment on two samples of 100 "
         "SQuAD training-article questions (benchmarks/answer_verification.py).",
     )
+    show_code: bool = Field(
+        True,
+        description="Append to a generated how-to answer that shows no code the code block its "
+        "cited source introduces right after the sentence the answer paraphrases, quoted as the "
+        "source has it (at most 2 blocks of 15 lines).",
+    )
     context_style: Literal["auto", "focused", "compact", "full"] = Field(
         "auto",
         description="'focused': the context_sentences best-supported sentences across the best "

@@ -4,7 +4,8 @@
   500, context 8000, query 200, response 2000) is scaled to the model's real window.
 * "Lost in the middle" (Liu et al., 2023): models attend best to the start and the end, so the
   most relevant source goes first, the second most relevant last, the rest in between.
-* Sources are numbered by relevance ([Source 1] is the best), whatever their position, and each
+* Sources are numbered in the order they are to be read ([Source 1] first: retrieval's best,
+  or in the compact context a lower source that covers the question far better), and each
   carries ``file, p.N`` or ``file, section`` so the model can cite it.
 * A chunk that does not fit is cut at a sentence boundary, or dropped; never cut mid-sentence.
 * Document text is fenced as data: instructions planted in a document are quoted, not obeyed.
@@ -35,7 +36,7 @@ __all__ = [
 @dataclass(slots=True)
 class AssembledContext:
     sources: list[Hit]
-    """Numbered 1..n in relevance order: ``[n]`` refers to ``sources[n - 1]``."""
+    """Numbered 1..n in reading order: ``[n]`` refers to ``sources[n - 1]``."""
     text: str
     tokens: int
     dropped: int = 0
@@ -192,7 +193,8 @@ class CompactContextAssembler:
     budget is spent: half for the best source, the rest split. (Shares that followed each
     source's match, with the best-matching source read first, lifted gold-first on the SQuAD
     sample from 0.827 to 0.837 but lost the demo page's timeout answer: the 1.5B model then
-    wrote a tuple form from memory.)
+    wrote a tuple form from memory. The narrower rule in ``_choose``, which moves only a source
+    that covers the question twice as well, keeps that answer.)
     """
 
     def __init__(
@@ -240,8 +242,9 @@ class CompactContextAssembler:
 
         The small model reads its first source most closely: given ssl.md's "configuring client
         instances" first it wrote `httpx.Client(retries=3)`, given async.md first it copied the
-        real call. So the last pick is read first when it covers the question more than twice
-        as well as the top two (``_READ_FIRST_MARGIN``). That moved 8 of 300 training-article
+        real call. So the last pick is read first, with the first source's half of the budget,
+        when it covers the question more than twice as well as the top two
+        (``_READ_FIRST_MARGIN``; also when they cover none of it). That moved 8 of 300 training-article
         questions and 7 of the 300 held-out ones, and put the gold paragraph first more often
         on both (0.750 to 0.767, 0.830 to 0.840); reading all three in coverage order lost on
         both (0.737, 0.817). ``benchmarks/read_first_margin.py`` measures it.

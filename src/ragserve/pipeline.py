@@ -369,6 +369,7 @@ class RagPipeline:
         started: float,
     ) -> Iterator[StreamEvent]:
         from ragserve.generation.citations import REFUSAL_TEXT, is_refusal, validate_citations
+        from ragserve.generation.show_code import attach_code
 
         pieces: list[str] = []
         gen_started = time.perf_counter()
@@ -388,6 +389,11 @@ class RagPipeline:
             quoted = getattr(self.generator, "name", "") == "extractive"
             if not quoted and text and not is_refusal(text):
                 text, citations, reason = self._verified(processed.text, text, citations, context)
+                if text and self.settings.generation.show_code:
+                    cited = [c.number for c in citations]
+                    text = attach_code(
+                        text, context.texts, cited, self.support, question=processed.text
+                    )
         base.sources = context.sources
         base.text, base.citations, base.invalid_citations = text, citations, invalid
         if not text or is_refusal(text):
@@ -436,7 +442,10 @@ class RagPipeline:
             prefix = supported_prefix(text, context.texts, question=question)
             if prefix == text:
                 return "", []
-            text, cited = prefix, [int(n) for n in re.findall(r"\[(\d+)\]", prefix)]
+            text, cited = (
+                prefix,
+                list(dict.fromkeys(int(n) for n in re.findall(r"\[(\d+)\]", prefix))),
+            )
             numbers = ground(text, context.texts, cited, question=question)
             if numbers is None:
                 return "", []
@@ -444,8 +453,10 @@ class RagPipeline:
         if numbers == cited:
             return text, citations
         bare = strip_markers(text)
+        # After a code block a marker needs a line of its own, or it would join the fence.
+        gap = "\n\n" if bare.endswith("```") else " "
         recited, fixed, _ = validate_citations(
-            bare + " " + "".join(f"[{n}]" for n in numbers), context
+            bare + gap + "".join(f"[{n}]" for n in numbers), context
         )
         return recited, fixed
 

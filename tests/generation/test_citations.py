@@ -192,3 +192,62 @@ def test_supported_prefix_keeps_the_first_sentence_and_a_supported_answer_whole(
     # An unsupported claim before a supported one is not a tail: the whole is judged.
     mixed = "It was founded in 1762. It is a museum in Paris."
     assert supported_prefix(mixed, texts, question=question) == mixed
+
+
+def test_code_keeps_its_indentation_and_its_brackets() -> None:
+    from ragserve.generation.citations import strip_markers
+
+    answer = (
+        "Read the timeout [Source 1] like this:\n\n```python\nfor arg in args:\n"
+        "    print(sys.argv[1])  [7]\n```\n\nUse `argv[2]` for the next one [2] ."
+    )
+    text, cites, invalid = validate_citations(answer, _ctx())
+    # The bracket pairs in code are code, not citations; prose markers are still checked.
+    assert "    print(sys.argv[1])  [7]" in text and "`argv[2]`" in text
+    assert [c.number for c in cites] == [1, 2] and invalid == []
+    assert text.startswith("Read the timeout [1] like this:") and text.endswith("next one [2].")
+    assert "sys.argv[1]" in strip_markers(text) and "[2]." not in strip_markers(text)
+
+
+def test_code_check_lets_the_asker_choose_values_and_quote_the_question() -> None:
+    from ragserve.generation.citations import ground
+
+    texts = [_ASYNC_MD]
+    changed = "Use:\n\n```python\ntransport = httpx.AsyncHTTPTransport(retries=3)\n```"
+    assert ground(changed, texts, [1], question="How do I retry 3 times in httpx?") == [1]
+    question = "Why does `httpx.Client(retries=3)` fail?"
+    quoted = (
+        "`httpx.Client(retries=3)` is not how: pass "
+        "`transport = httpx.AsyncHTTPTransport(retries=1)` [1]."
+    )
+    assert ground(quoted, texts, [1], question=question) == [1]
+
+
+def test_code_check_reads_comments_and_stray_backticks_as_prose() -> None:
+    from ragserve.generation.citations import _code_shares
+
+    source = ["x = httpx.Client(timeout=10.0)"]
+    commented = "```js\nx = httpx.Client(timeout=10.0)  // ten seconds\n```"
+    assert _code_shares(commented, source) == [1.0]
+    # An odd backtick would pair prose with code: no inline code is read at all.
+    assert _code_shares("network `inactivity. Use `httpx.Client(...)`", source) is None
+    include = "```cpp\n#include <boost/filesystem.hpp>\n```"
+    assert _code_shares(include, ["#include <boost/filesystem.hpp>"]) == [1.0]
+
+
+def test_supported_prefix_never_cuts_inside_a_code_block() -> None:
+    from ragserve.generation.citations import supported_prefix
+
+    answer = (
+        "Pass a transport. For example:\n\n```python\nimport httpx\n\n"
+        "transport = httpx.AsyncHTTPTransport(retries=1)\n```\n\n"
+        "It backs off with random jitter forever. [2]"
+    )
+    prefix = supported_prefix(answer, [_ASYNC_MD], question=_RETRIES)
+    assert prefix.endswith("AsyncHTTPTransport(retries=1)\n```"), prefix
+    # A block no source holds goes whole, with the sentence that only introduced it.
+    invented = (
+        "Pass a transport [1]. For example:\n\n```python\nzebra = banana.Moo(quack=True)\n```"
+    )
+    assert supported_prefix(invented, [_ASYNC_MD], question=_RETRIES) == "Pass a transport [1]."
+    assert supported_prefix("Use it. Then more.", [], question=_RETRIES) == "Use it."

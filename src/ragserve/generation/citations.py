@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from itertools import pairwise
 
 from ragserve.context import AssembledContext
@@ -36,8 +37,22 @@ _WORD = re.compile(r"\w+")
 
 
 def strip_markers(text: str) -> str:
-    """The answer as a person reads it for its content: without its ``[n]`` markers."""
-    return re.sub(r"\s*\[\d+\]", "", text).strip()
+    """The answer as a person reads it for its content: without its ``[n]`` markers (in its
+    prose: `sys.argv[1]` in code is code)."""
+    return _on_prose(text, lambda prose: re.sub(r"\s*\[\d+\]", "", prose)).strip()
+
+
+def _on_prose(text: str, edit: Callable[[str], str]) -> str:
+    """``text`` with ``edit`` applied outside its fenced code blocks and inline code spans."""
+    out, cursor = [], 0
+    for m in _CODE_SPAN.finditer(text):
+        out += [edit(text[cursor : m.start()]), m.group(0)]
+        cursor = m.end()
+    return "".join([*out, edit(text[cursor:])])
+
+
+def _tidy(prose: str) -> str:
+    return re.sub(r"[ \t]+([.,;:!?])", r"\1", re.sub(r"[ \t]{2,}", " ", prose))
 
 
 def is_refusal(text: str) -> bool:
@@ -63,12 +78,13 @@ def validate_citations(
         invalid.extend(n for n in numbers if n not in good)
         return "".join(f"[{n}]" for n in dict.fromkeys(good))
 
-    cleaned = _MARKER.sub(fix, answer)
-    cleaned = re.sub(r"[ \t]+([.,;:!?])", r"\1", re.sub(r"[ \t]{2,}", " ", cleaned)).strip()
-    for a, b in split_sentences(cleaned) or [(0, len(cleaned))]:
-        sentence = cleaned[a:b]
-        for m in re.finditer(r"\[(\d+)\]", sentence):
-            found.setdefault(int(m.group(1)), sentence)
+    # Markers and spacing are fixed in the prose only: code keeps its indentation and its
+    # own brackets.
+    cleaned = _on_prose(answer, lambda prose: _tidy(_MARKER.sub(fix, prose))).strip()
+    prose = _CODE_SPAN.sub(lambda m: " " * len(m.group(0)), cleaned)
+    for a, b in split_sentences(prose) or [(0, len(prose))]:
+        for m in re.finditer(r"\[(\d+)\]", prose[a:b]):
+            found.setdefault(int(m.group(1)), cleaned[a:b])
     citations = []
     for number, citing in sorted(found.items()):
         hit = context.sources[number - 1]
@@ -134,7 +150,7 @@ def ground(
     so the answer's code is checked on adjacent token pairs as well (``_code_shares``).
     """
     shares = _word_shares(answer, texts, question, content_only=True)
-    code = _code_shares(answer, texts)
+    code = _code_shares(answer, texts, question)
     if code is not None and max(code, default=0.0) < _MIN_CODE_SHARE:
         return None
     if shares is None:
@@ -155,20 +171,35 @@ def supported_prefix(
     the number of retries to 1. You can adjust this value as needed."): words no source holds
     that sink the whole answer below ``ground``'s bar, and whether it writes them changes with
     the order of the sources. Such a tail is dropped instead of the answer; what remains is
-    grounded again as a whole. Sentences without words of their own (a bare ``[3]``) go too:
-    the caller cites again. The first sentence always stays.
+    grounded again as a whole. A fenced code block is one unit (never cut inside), a sentence
+    that only introduced what was dropped ("For example:") goes with it, and so do units
+    without words of their own (a bare ``[3]``): the caller cites again. The first unit always
+    stays.
     """
-    spans = split_sentences(answer)
-    if not spans:
+    units = _units(answer)
+    if not units:
         return answer
-    keep = len(spans)
+    keep = len(units)
     while keep > 1:
-        a, b = spans[keep - 1]
+        a, b = units[keep - 1]
         shares = _word_shares(answer[a:b], texts, question, content_only=True)
-        if shares is not None and max(shares) >= min_share:
+        if shares is not None and max(shares, default=0.0) >= min_share:
             break
         keep -= 1
-    return answer[: spans[keep - 1][1]].strip()
+    if keep < len(units) and keep > 1 and answer[: units[keep - 1][1]].rstrip().endswith(":"):
+        keep -= 1
+    return answer[: units[keep - 1][1]].strip()
+
+
+def _units(text: str) -> list[tuple[int, int]]:
+    """Sentence spans of ``text``, with each fenced code block as one span."""
+    units: list[tuple[int, int]] = []
+    cursor = 0
+    for m in _FENCED.finditer(text):
+        units += split_sentences(text, cursor, m.start())
+        units.append((m.start(), m.end()))
+        cursor = m.end()
+    return units + split_sentences(text, cursor)
 
 
 def _word_shares(
@@ -186,34 +217,51 @@ def _word_shares(
     return shares
 
 
-_CODE = re.compile(r"```[^\n]*\n(.*?)(?:```|$)|`([^`\n]+)`", re.DOTALL)
-# Shell and REPL prompts and comments are not the code's substance.
-_PROMPT = re.compile(r"^\s*(?:>>>|\.\.\.|›››|\$)\s?")
-# A snippet may change a value or add an import and still be the source's; an invented call
-# changes most pairs on its line (measured on the sample corpus's how-to answers).
+# A fence opens and closes at the start of a line (an unclosed one runs to the end);
+# inline code is a run of single backticks on one line.
+_FENCED = re.compile(r"^[ \t]*```[^\n]*\n.*?(?:^[ \t]*```[^\n]*$|\Z)", re.DOTALL | re.MULTILINE)
+_INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+_CODE_SPAN = re.compile(f"{_FENCED.pattern}|{_INLINE.pattern}", re.DOTALL | re.MULTILINE)
+# Shell and REPL prompts, and comments, are not the code's substance. A comment marker counts
+# at the start of a line or after a space, so `#include` lines and URL fragments stay code.
+_PROMPT = re.compile(r"^\s*(?:>>>|\.\.\.|›››|\$|In \[\d+\]:)\s?")
+_COMMENT = re.compile(r"(?:^|\s)(?:#|//)(?!include|define|!).*$")
+# A snippet may add an import and still be the source's; an invented call changes most pairs
+# on its line (measured on the sample corpus's how-to answers). Pairs with a number are not
+# counted: a value is the asker's to choose (`retries=3` where the docs show `retries=1`).
 _MIN_CODE_SHARE = 0.8
 
 
 def _code_pairs(text: str) -> set[tuple[str, str]]:
     pairs: set[tuple[str, str]] = set()
     for line in text.splitlines():
-        line = _PROMPT.sub("", line).split("#", 1)[0]
+        line = _COMMENT.sub("", _PROMPT.sub("", line))
         words = [w.lower() for w in _WORD.findall(line)]
-        pairs.update(pairwise(words))
+        pairs.update(p for p in pairwise(words) if not (p[0].isdigit() or p[1].isdigit()))
     return pairs
 
 
-def _code_shares(answer: str, texts: list[str]) -> list[float] | None:
+def _code_of(text: str) -> str:
+    """The code in ``text``: its fenced blocks (fences dropped) and inline spans."""
+    blocks = [m.group(0).split("\n", 1)[1].rsplit("```", 1)[0] for m in _FENCED.finditer(text)]
+    prose = _FENCED.sub("\n", text)
+    # With a stray backtick the pairs are unknowable: prose would be read as code.
+    inline = _INLINE.findall(prose) if prose.count("`") % 2 == 0 else []
+    return "\n".join(blocks + inline)
+
+
+def _code_shares(answer: str, texts: list[str], question: str = "") -> list[float] | None:
     """Per source, the share of the adjacent token pairs of the answer's code (fenced blocks
-    and inline spans) that occur in it; ``None`` when the answer has no code of two tokens."""
-    code = "\n".join(block or inline for block, inline in _CODE.findall(answer))
-    pairs = _code_pairs(code)
+    and inline spans) that occur in it or in the question; ``None`` when the answer has no code
+    of two tokens."""
+    pairs = _code_pairs(_code_of(answer))
     if not pairs:
         return None
+    asked = set(pairwise(w.lower() for w in _WORD.findall(question)))
     shares = []
     for text in texts:
         words = [w.lower() for w in _WORD.findall(text)]
-        present = set(pairwise(words))
+        present = set(pairwise(words)) | asked
         shares.append(len(pairs & present) / len(pairs))
     return shares
 

@@ -369,7 +369,6 @@ class RagPipeline:
         started: float,
     ) -> Iterator[StreamEvent]:
         from ragserve.generation.citations import REFUSAL_TEXT, is_refusal, validate_citations
-        from ragserve.generation.show_code import attach_code
 
         pieces: list[str] = []
         gen_started = time.perf_counter()
@@ -389,11 +388,6 @@ class RagPipeline:
             quoted = getattr(self.generator, "name", "") == "extractive"
             if not quoted and text and not is_refusal(text):
                 text, citations, reason = self._verified(processed.text, text, citations, context)
-                if text and self.settings.generation.show_code:
-                    cited = [c.number for c in citations]
-                    text = attach_code(
-                        text, context.texts, cited, self.support, question=processed.text
-                    )
         base.sources = context.sources
         base.text, base.citations, base.invalid_citations = text, citations, invalid
         if not text or is_refusal(text):
@@ -408,6 +402,7 @@ class RagPipeline:
 
         Grounding: its words must come from a source. Verification: the source sentence they
         come from must be about this question (an on-topic source answers a neighbouring one).
+        A how-to answer that passes both gets the code its cited source shows for its steps.
         """
         from ragserve.generation.citations import strip_markers
 
@@ -421,6 +416,11 @@ class RagPipeline:
             self.support.answer_coverage(question, strip_markers(text), context.texts) < minimum
         ):
             return "", [], "unverified"
+        if generation.show_code:
+            from ragserve.generation.show_code import attach_code
+
+            cited = [c.number for c in citations]
+            text = attach_code(text, context.texts, cited, self.support, question=question)
         return text, citations, None
 
     @staticmethod

@@ -44,16 +44,10 @@ def collect(qa: Path, articles: str) -> list[tuple[list[bool], list[float]]]:
         for q in questions:
             processed = pipe.process(q["question"])
             hits = pipe.search(processed)
-            # The default rule is undone here: the candidates are compared in retrieval order.
-            fixed = assembler.max_sources - 1
-            anchors = assembler._anchors(processed.text, [h.chunk.text for h in hits])
-            if len(hits) <= assembler.max_sources:
-                keep = list(range(len(hits)))
-            else:
-                last = min(range(fixed, len(hits)), key=lambda i: (-round(anchors[i][1], 6), i))
-                keep = [*range(fixed), last]
+            # The picks before the default's reordering, so every rule starts from them.
+            keep, anchors = assembler._picks(processed.text, hits)
             gold = [hits[i].chunk.doc_id == q["context_id"] for i in keep]
-            rows.append((gold, [anchors[i][1] for i in keep]))
+            rows.append((gold, [coverage for _, coverage in anchors]))
     return rows
 
 

@@ -249,16 +249,22 @@ class CompactContextAssembler:
         on both (0.750 to 0.767, 0.830 to 0.840); reading all three in coverage order lost on
         both (0.737, 0.817). ``benchmarks/read_first_margin.py`` measures it.
         """
+        keep, anchors = self._picks(query, hits)
+        cover = [coverage for _, coverage in anchors]
+        if len(hits) > self.max_sources > 1 and cover[-1] > _READ_FIRST_MARGIN * max(cover[:-1]):
+            keep, anchors = keep[-1:] + keep[:-1], anchors[-1:] + anchors[:-1]
+        return [hits[i] for i in keep], anchors
+
+    def _picks(self, query: str, hits: Sequence[Hit]) -> tuple[list[int], list[tuple[int, float]]]:
+        """``_choose``'s picks in retrieval order (indices into ``hits``), with their anchors."""
         fixed = max(self.max_sources - 1, 0)
         if len(hits) <= self.max_sources or fixed == 0:
-            chosen = list(hits[: self.max_sources])
-            return chosen, self._anchors(query, [h.chunk.text for h in chosen])
+            keep = list(range(min(len(hits), self.max_sources)))
+            return keep, self._anchors(query, [hits[i].chunk.text for i in keep])
         anchors = self._anchors(query, [h.chunk.text for h in hits])
         last = min(range(fixed, len(hits)), key=lambda i: (-round(anchors[i][1], 6), i))
         keep = [*range(fixed), last]
-        if anchors[last][1] > _READ_FIRST_MARGIN * max(anchors[i][1] for i in range(fixed)):
-            keep = [last, *range(fixed)]
-        return [hits[i] for i in keep], [anchors[i] for i in keep]
+        return keep, [anchors[i] for i in keep]
 
     def _share(self, rank: int, n: int) -> int:
         """Tokens for the source at ``rank``: half the budget for the best, the rest split."""

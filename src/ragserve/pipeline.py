@@ -9,7 +9,6 @@ Models load once in ``warm_up``; every method after that is safe to call from wo
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -442,14 +441,11 @@ class RagPipeline:
             prefix = supported_prefix(text, context.texts, question=question)
             if prefix == text:
                 return "", []
-            text, cited = (
-                prefix,
-                list(dict.fromkeys(int(n) for n in re.findall(r"\[(\d+)\]", prefix))),
-            )
+            text, citations, _ = validate_citations(prefix, context)
+            cited = [c.number for c in citations]
             numbers = ground(text, context.texts, cited, question=question)
             if numbers is None:
                 return "", []
-            citations = [c for c in citations if c.number in cited]
         if numbers == cited:
             return text, citations
         bare = strip_markers(text)

@@ -195,7 +195,7 @@ def _units(text: str) -> list[tuple[int, int]]:
     """Sentence spans of ``text``, with each fenced code block as one span."""
     units: list[tuple[int, int]] = []
     cursor = 0
-    for m in _FENCED.finditer(text):
+    for m in FENCED_CODE.finditer(text):
         units += split_sentences(text, cursor, m.start())
         units.append((m.start(), m.end()))
         cursor = m.end()
@@ -218,10 +218,11 @@ def _word_shares(
 
 
 # A fence opens and closes at the start of a line (an unclosed one runs to the end);
-# inline code is a run of single backticks on one line.
-_FENCED = re.compile(r"^[ \t]*```[^\n]*\n.*?(?:^[ \t]*```[^\n]*$|\Z)", re.DOTALL | re.MULTILINE)
-_INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
-_CODE_SPAN = re.compile(f"{_FENCED.pattern}|{_INLINE.pattern}", re.DOTALL | re.MULTILINE)
+# inline code is a run of single backticks on one line. show_code reads answers and sources
+# with the same two.
+FENCED_CODE = re.compile(r"^[ \t]*```[^\n]*\n.*?(?:^[ \t]*```[^\n]*$|\Z)", re.DOTALL | re.MULTILINE)
+INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+_CODE_SPAN = re.compile(f"{FENCED_CODE.pattern}|{INLINE_CODE.pattern}", re.DOTALL | re.MULTILINE)
 # Shell and REPL prompts, and comments, are not the code's substance. A comment marker counts
 # at the start of a line or after a space, so `#include` lines and URL fragments stay code.
 _PROMPT = re.compile(r"^\s*(?:>>>|\.\.\.|›››|\$|In \[\d+\]:)\s?")
@@ -243,10 +244,10 @@ def _code_pairs(text: str) -> set[tuple[str, str]]:
 
 def _code_of(text: str) -> str:
     """The code in ``text``: its fenced blocks (fences dropped) and inline spans."""
-    blocks = [m.group(0).split("\n", 1)[1].rsplit("```", 1)[0] for m in _FENCED.finditer(text)]
-    prose = _FENCED.sub("\n", text)
+    blocks = [m.group(0).split("\n", 1)[1].rsplit("```", 1)[0] for m in FENCED_CODE.finditer(text)]
+    prose = FENCED_CODE.sub("\n", text)
     # With a stray backtick the pairs are unknowable: prose would be read as code.
-    inline = _INLINE.findall(prose) if prose.count("`") % 2 == 0 else []
+    inline = INLINE_CODE.findall(prose) if prose.count("`") % 2 == 0 else []
     return "\n".join(blocks + inline)
 
 

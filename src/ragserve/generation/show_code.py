@@ -14,7 +14,7 @@ nothing there (SQuAD included).
 
 from __future__ import annotations
 
-from ragserve.generation.citations import strip_markers
+from ragserve.generation.citations import FENCED_CODE, INLINE_CODE, strip_markers
 from ragserve.generation.support import SentenceSupport
 from ragserve.ingest.chunking import split_sentences
 
@@ -39,13 +39,14 @@ def attach_code(
     sentences it paraphrases, in source order."""
     if _shows_code(answer) or not cited:
         return answer
-    said = set(support.terms(strip_markers(answer))) - set(support.terms(question))
+    asked = set(support.terms(question))
+    said = set(support.terms(strip_markers(answer))) - asked
     blocks: list[str] = []
     for n in dict.fromkeys(cited):
         if not 0 < n <= len(texts):
             continue
         for intro, block in _introductions(texts[n - 1]):
-            terms = set(support.terms(intro)) - set(support.terms(question))
+            terms = set(support.terms(intro)) - asked
             if not terms or len(terms & said) / len(terms) < min_share:
                 continue
             if block not in blocks and block.count("\n") <= max_lines + 1:
@@ -59,30 +60,18 @@ def _shows_code(answer: str) -> bool:
     """A fenced block, or inline code with call or assignment syntax (`httpx.Client(timeout=10)`)."""
     if _FENCE in answer:
         return True
-    spans = answer.split("`")[1::2]  # the text between each pair of backticks
-    return any("(" in span or "=" in span for span in spans)
+    return any("(" in span or "=" in span for span in INLINE_CODE.findall(answer))
 
 
 def _introductions(text: str) -> list[tuple[str, str]]:
-    """Each prose sentence of ``text`` that a whole fenced block follows, with that block."""
-    found = []
-    for a, b in split_sentences(text):
-        if text[a:b].lstrip().startswith(_FENCE):
-            continue  # a block is not the sentence that introduces one
-        block = _block_after(text, b)
-        if block:
+    """Each fenced block of ``text`` with the prose sentence right before it; not a block the
+    context window cut (no closing fence): never show half a block."""
+    found, cursor = [], 0
+    for m in FENCED_CODE.finditer(text):
+        sentences = split_sentences(text, cursor, m.start())
+        block = m.group(0).strip()
+        if sentences and block.count(_FENCE) >= 2:
+            a, b = sentences[-1]
             found.append((text[a:b], block))
+        cursor = m.end()
     return found
-
-
-def _block_after(text: str, end: int) -> str | None:
-    """The whole fenced block that starts right after ``text[:end]``, or None."""
-    rest = text[end:]
-    if not rest.lstrip().startswith(_FENCE):
-        return None
-    start = end + len(rest) - len(rest.lstrip())
-    newline = text.find("\n", start)
-    close = text.find(_FENCE, newline + 1) if newline >= 0 else -1
-    if close < 0:
-        return None  # cut off by the context window: never show half a block
-    return text[start : close + len(_FENCE)]

@@ -14,10 +14,11 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 from ragserve.config import Settings
 from ragserve.cpu import cpu_flags, physical_cores
-from ragserve.embedding import SentenceTransformerEmbedder
+from ragserve.embedding import EmbeddingRuntime, SentenceTransformerEmbedder
 from ragserve.ingest.loaders import iter_beir_corpus
 from ragserve.ingest.pipeline import Ingestor
 from ragserve.stores.local import LocalIndex
@@ -31,7 +32,7 @@ def main() -> None:
     ap.add_argument(
         "--runtime",
         default="auto",
-        choices=("auto", "torch", "onnx-fp32", "onnx-int8", "openvino-bf16"),
+        choices=get_args(EmbeddingRuntime),
     )
     ap.add_argument(
         "--batch-size",

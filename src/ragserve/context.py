@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ragserve.ingest.chunking import split_sentences
+from ragserve.ingest.chunking import CODE_FENCES, split_sentences
 from ragserve.types import Hit, Message
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ _READ_FIRST_MARGIN = 2.0
 def _introduces_code(ranked: Sequence[ScoredSentence]) -> set[tuple[int, int]]:
     """(source, position) of each sentence followed by a code block: among sentences that
     cover the question equally, the one that shows how wins ("a client with HTTP/2 enabled:")."""
-    return {(s.source, s.position - 1) for s in ranked if s.text.startswith("```")}
+    return {(s.source, s.position - 1) for s in ranked if s.text.startswith(CODE_FENCES)}
 
 
 class ContextAssembler:
@@ -419,7 +419,9 @@ class FocusedContextAssembler:
         while last + 1 < len(spans):
             here = text[spans[last][0] : spans[last][1]].strip()
             following = text[spans[last + 1][0] : spans[last + 1][1]].lstrip()
-            if not (here.startswith("#") or here.endswith(":") or following.startswith("```")):
+            if not (
+                here.startswith("#") or here.endswith(":") or following.startswith(CODE_FENCES)
+            ):
                 break
             last += 1
         return spans[min(position, len(spans) - 1)][0], spans[last][1]

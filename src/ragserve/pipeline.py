@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ragserve.config import Settings
 from ragserve.embedding import SentenceTransformerEmbedder, open_index_with
 from ragserve.generation.support import SentenceSupport
+from ragserve.ingest.chunking import CODE_FENCES
 from ragserve.priority import ForegroundGate
 from ragserve.query import RuleBasedQueryProcessor
 from ragserve.retrieval import HybridRetriever
@@ -450,7 +451,7 @@ class RagPipeline:
             return text, citations
         bare = strip_markers(text)
         # After a code block a marker needs a line of its own, or it would join the fence.
-        gap = "\n\n" if bare.endswith("```") else " "
+        gap = "\n\n" if bare.endswith(CODE_FENCES) else " "
         recited, fixed, _ = validate_citations(
             bare + gap + "".join(f"[{n}]" for n in numbers), context
         )

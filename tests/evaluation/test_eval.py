@@ -106,6 +106,7 @@ def test_eval_retrieval_cli_end_to_end(tmp_path: Path, monkeypatch) -> None:  # 
 
     folder = _beir(tmp_path / "tiny")
     monkeypatch.setenv("RAGSERVE_DATA_DIR", str(tmp_path / "idx"))
+    monkeypatch.delenv("RAGSERVE_NO_PROGRESS", raising=False)  # --json must still show it
     result = CliRunner().invoke(
         app,
         [
@@ -133,6 +134,8 @@ def test_eval_retrieval_cli_end_to_end(tmp_path: Path, monkeypatch) -> None:  # 
     ).exists()
     # The estimate goes to stderr, before the run, and keeps stdout one JSON object.
     assert "evaluating bm25, dense, hybrid on 2 queries: about" in result.stderr
+    # Progress too goes to stderr under --json: a long run is not silent.
+    assert "eval queries" in result.stderr and "ingest" in result.stderr
 
 
 def test_default_stages_are_the_cheap_baselines_and_the_configured_pipeline() -> None:

@@ -156,6 +156,15 @@ def test_ground_rejects_code_composed_from_words_the_sources_hold() -> None:
     assert ground(copied, [_SSL_MD, _ASYNC_MD], [1], question=_RETRIES) == [2]
 
 
+def test_ground_reads_tilde_fences_like_backtick_ones() -> None:
+    from ragserve.generation.citations import ground
+
+    invented = "Pass it to the client:\n\n~~~python\nclient = httpx.Client(retries=3)\n~~~"
+    assert ground(invented, [_SSL_MD, _ASYNC_MD], [1], question=_RETRIES) is None
+    copied = "Pass a transport:\n\n~~~\ntransport = httpx.AsyncHTTPTransport(retries=1)\n~~~"
+    assert ground(copied, [_SSL_MD, _ASYNC_MD], [1], question=_RETRIES) == [2]
+
+
 def test_ground_reads_inline_code_like_a_block() -> None:
     from ragserve.generation.citations import ground
 

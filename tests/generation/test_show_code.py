@@ -35,6 +35,13 @@ def test_a_how_to_answer_in_prose_gets_the_code_its_source_shows(support: Senten
     assert answer.endswith("client = httpx.AsyncClient(http2=True)\n...\n```")
 
 
+def test_tilde_fenced_blocks_are_shown_and_recognised(support: SentenceSupport) -> None:
+    tilde = HTTP2.replace("```", "~~~")
+    answer = attach_code(PROSE, [tilde], [1], support, question=QUESTION)
+    assert answer.endswith("~~~python\nclient = httpx.AsyncClient(http2=True)\n...\n~~~")
+    assert attach_code(answer, [HTTP2], [1], support, question=QUESTION) == answer
+
+
 def test_code_comes_only_from_cited_sources_and_paraphrased_steps(
     support: SentenceSupport,
 ) -> None:

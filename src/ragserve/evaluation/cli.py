@@ -66,7 +66,8 @@ def retrieval(
         " time); --stages all runs the whole ablation",
         err=True,
     )
-    results = evaluate_retrieval(settings, data, stages=chosen, limit=limit, progress=not as_json)
+    # Progress bars go to stderr, so --json keeps stdout one JSON object and still shows them.
+    results = evaluate_retrieval(settings, data, stages=chosen, limit=limit, progress=True)
     configured = configured_stage(settings)
     full = configured if configured in results else chosen[-1]
     head = results[full].summary()
@@ -143,7 +144,7 @@ def answers(
         qa,
         n=n,
         limit=limit,
-        progress=not as_json,
+        progress=True,  # on stderr: stdout stays the JSON
         report=report,
         articles=articles,
     )

@@ -220,7 +220,11 @@ def _word_shares(
 # A fence opens and closes at the start of a line (an unclosed one runs to the end);
 # inline code is a run of single backticks on one line. show_code reads answers and sources
 # with the same two.
-FENCED_CODE = re.compile(r"^[ \t]*```[^\n]*\n.*?(?:^[ \t]*```[^\n]*$|\Z)", re.DOTALL | re.MULTILINE)
+# CommonMark fences: backticks or tildes, closed by the same kind (a ``` line inside a ~~~
+# block is content); an unclosed block runs to the end, as a cut context leaves it.
+FENCED_CODE = re.compile(
+    r"^[ \t]*(?P<fence>```|~~~)[^\n]*\n.*?(?:^[ \t]*(?P=fence)[^\n]*$|\Z)", re.DOTALL | re.MULTILINE
+)
 INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 _CODE_SPAN = re.compile(f"{FENCED_CODE.pattern}|{INLINE_CODE.pattern}", re.DOTALL | re.MULTILINE)
 # Shell and REPL prompts, and comments, are not the code's substance. A comment marker counts
@@ -244,7 +248,9 @@ def _code_pairs(text: str) -> set[tuple[str, str]]:
 
 def _code_of(text: str) -> str:
     """The code in ``text``: its fenced blocks (fences dropped) and inline spans."""
-    blocks = [m.group(0).split("\n", 1)[1].rsplit("```", 1)[0] for m in FENCED_CODE.finditer(text)]
+    blocks = [
+        m.group(0).split("\n", 1)[1].rsplit(m["fence"], 1)[0] for m in FENCED_CODE.finditer(text)
+    ]
     prose = FENCED_CODE.sub("\n", text)
     # With a stray backtick the pairs are unknowable: prose would be read as code.
     inline = INLINE_CODE.findall(prose) if prose.count("`") % 2 == 0 else []

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from ragserve.generation.citations import FENCED_CODE, INLINE_CODE, strip_markers
 from ragserve.generation.support import SentenceSupport
-from ragserve.ingest.chunking import split_sentences
+from ragserve.ingest.chunking import CODE_FENCES, split_sentences
 
 __all__ = ["attach_code"]
-
-_FENCE = "```"
 
 
 def attach_code(
@@ -58,7 +56,7 @@ def attach_code(
 
 def _shows_code(answer: str) -> bool:
     """A fenced block, or inline code with call or assignment syntax (`httpx.Client(timeout=10)`)."""
-    if _FENCE in answer:
+    if any(fence in answer for fence in CODE_FENCES):
         return True
     return any("(" in span or "=" in span for span in INLINE_CODE.findall(answer))
 
@@ -70,7 +68,7 @@ def _introductions(text: str) -> list[tuple[str, str]]:
     for m in FENCED_CODE.finditer(text):
         sentences = split_sentences(text, cursor, m.start())
         block = m.group(0).strip()
-        if sentences and block.count(_FENCE) >= 2:
+        if sentences and block.count(m["fence"]) >= 2:
             a, b = sentences[-1]
             found.append((text[a:b], block))
         cursor = m.end()

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ragserve.ingest.chunking import split_sentences
+from ragserve.ingest.chunking import CODE_FENCES, split_sentences
 
 __all__ = ["STOPWORDS", "ScoredSentence", "SentenceSupport", "own_words"]
 
@@ -94,7 +94,9 @@ class SentenceSupport:
                 sentence = " ".join(text[a:b].split())
                 # Headings, code and table rows are not answers a reader can use (but they
                 # can be where a how-to's answer sits, for callers that ask for every span).
-                skip = len(sentence.split()) < 4 or sentence.startswith(("#", "```", "|", ">>>"))
+                skip = len(sentence.split()) < 4 or sentence.startswith(
+                    ("#", *CODE_FENCES, "|", ">>>")
+                )
                 if answers_only and skip:
                     continue
                 candidates.append((number, position, sentence, set(self._terms(sentence))))

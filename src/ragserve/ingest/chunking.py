@@ -31,6 +31,7 @@ import numpy as np
 from ragserve.types import Chunk, Document, content_hash
 
 __all__ = [
+    "CODE_FENCES",
     "Chunker",
     "FixedTokenChunker",
     "RecursiveChunker",
@@ -44,6 +45,9 @@ __all__ = [
 log = logging.getLogger("ragserve.ingest")
 
 Span = tuple[int, int]
+# What opens a fenced code block in Markdown (CommonMark): whatever reads sources or answers
+# for code (grounding, the context window, show_code) knows both.
+CODE_FENCES = ("```", "~~~")
 
 _ABBREVIATIONS = frozenset(
     "e.g i.e etc vs al fig figs eq eqs dr mr mrs ms prof sr jr st no vol pp approx ca cf resp "

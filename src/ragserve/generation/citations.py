@@ -217,11 +217,10 @@ def _word_shares(
     return shares
 
 
-# A fence opens and closes at the start of a line (an unclosed one runs to the end);
-# inline code is a run of single backticks on one line. show_code reads answers and sources
-# with the same two.
-# CommonMark fences: backticks or tildes, closed by the same kind (a ``` line inside a ~~~
-# block is content); an unclosed block runs to the end, as a cut context leaves it.
+# A fence (``` or ~~~, as CommonMark has them) opens and closes at the start of a line, and
+# only the same kind closes it: a ``` line inside a ~~~ block is content. An unclosed block
+# runs to the end, as a cut context leaves it. Inline code is a run of single backticks on one
+# line. show_code reads answers and sources with the same two.
 FENCED_CODE = re.compile(
     r"^[ \t]*(?P<fence>```|~~~)[^\n]*\n.*?(?:^[ \t]*(?P=fence)[^\n]*$|\Z)", re.DOTALL | re.MULTILINE
 )

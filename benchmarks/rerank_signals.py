@@ -93,24 +93,24 @@ def signals(cands: dict[str, Any], qids: list[str], path: Path) -> dict[str, Any
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    span = x.max() - x.min()
-    return (x - x.min()) / span if span > 1e-9 else np.zeros_like(x)
+    """Min-max normalised as hybrid fusion and the re-ranker's interpolation do it."""
+    from ragserve.retrieval import _min_max
 
-
-def _logit(p: list[float]) -> np.ndarray:
-    q = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    return np.log(q / (1 - q))
+    scaled = _min_max([(str(i), float(v)) for i, v in enumerate(x)])
+    return np.array([scaled[str(i)] for i in range(len(x))])
 
 
 def order(
     c: dict[str, Any], ce: list[float], sig: dict[str, Any], w: dict[str, float]
 ) -> list[int]:
     n = min(N, len(ce), len(c["docs"]))
+    from ragserve.rerank import probability_logits
+
     terms = {
         "hyb": np.asarray(c["scores"][:n], dtype=float),
-        "ce": _logit(ce[:n]),
+        "ce": probability_logits(ce[:n]),
         "sent": np.asarray(sig["sent"][:n]),
-        "maxp": _logit(sig["maxp"][:n]),
+        "maxp": probability_logits(sig["maxp"][:n]),
     }
     total = sum(weight * _unit(terms[k]) for k, weight in w.items())
     head = [int(i) for i in np.argsort(-np.asarray(total), kind="stable")]

@@ -59,6 +59,7 @@ __all__ = [
     "Reranker",
     "export_cross_encoder_onnx",
     "fuse_rerank",
+    "probability_logits",
     "query_window",
     "rerank_order",
 ]
@@ -428,6 +429,12 @@ def query_window(
     return " ".join(s.strip() for s in span)
 
 
+def probability_logits(probabilities: np.ndarray | Sequence[float]) -> np.ndarray:
+    """The logits of cross-encoder probabilities (clipped, so 0 and 1 stay finite)."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
 def rerank_order(
     scores: np.ndarray,
     k: int,
@@ -443,10 +450,9 @@ def rerank_order(
     if fusion == "interpolate":
         if retrieval_scores is None or len(retrieval_scores) != len(scores):
             raise ValueError("fusion='interpolate' needs one retrieval score per candidate")
-        p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
         # Logits, not probabilities: the sigmoid flattens exactly the confident end that
         # should weigh most against the retrieval score.
-        logits = np.log(p / (1 - p))
+        logits = probability_logits(scores)
         fused = convex_fusion(
             [[(str(i), float(x)) for i, x in enumerate(logits)]],
             [[(str(i), float(x)) for i, x in enumerate(retrieval_scores)]],

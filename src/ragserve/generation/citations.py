@@ -8,7 +8,7 @@ from itertools import pairwise
 
 from ragserve.context import AssembledContext
 from ragserve.generation.support import own_words
-from ragserve.ingest.chunking import split_sentences
+from ragserve.ingest.chunking import CODE_FENCES, split_sentences
 from ragserve.types import Citation
 
 __all__ = [
@@ -221,8 +221,10 @@ def _word_shares(
 # only the same kind closes it: a ``` line inside a ~~~ block is content. An unclosed block
 # runs to the end, as a cut context leaves it. Inline code is a run of single backticks on one
 # line. show_code reads answers and sources with the same two.
+_FENCE = "|".join(map(re.escape, CODE_FENCES))
 FENCED_CODE = re.compile(
-    r"^[ \t]*(?P<fence>```|~~~)[^\n]*\n.*?(?:^[ \t]*(?P=fence)[^\n]*$|\Z)", re.DOTALL | re.MULTILINE
+    rf"^[ \t]*(?P<fence>{_FENCE})[^\n]*\n.*?(?:^[ \t]*(?P=fence)[^\n]*$|\Z)",
+    re.DOTALL | re.MULTILINE,
 )
 INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 _CODE_SPAN = re.compile(f"{FENCED_CODE.pattern}|{INLINE_CODE.pattern}", re.DOTALL | re.MULTILINE)

@@ -139,6 +139,18 @@ def retrieve(settings: Any, spec: dict[str, Any], keep: int, path: Path) -> dict
     return out
 
 
+def reader_settings(window: int | str) -> dict[str, int]:
+    """A ``--windows`` entry as settings: a token count (0: the passage's head) or ``sN``, the
+    best run of N sentences (``rerank_sentences``, the default pipeline's s2)."""
+    if isinstance(window, str):
+        return {"rerank_window": 0, "rerank_sentences": int(window[1:])}
+    return {"rerank_window": window, "rerank_sentences": 0}
+
+
+def parse_window(text: str) -> int | str:
+    return text if text.startswith("s") else int(text)
+
+
 def score(
     settings: Any,
     cands: dict[str, Any],
@@ -157,7 +169,7 @@ def score(
         raise SystemExit(f"--offline: nothing cached in {path}; run once without --offline.")
     if not todo or offline:
         return done
-    reranker = CrossEncoderReranker.from_settings(settings.replace(**{"rerank_window": window}))
+    reranker = CrossEncoderReranker.from_settings(settings.replace(**reader_settings(window)))
     reranker.warm_up()
     print(f"  scoring {len(todo)} queries, window {window or 'off'}, form {reranker.form}")
     for i, qid in enumerate(todo, 1):
@@ -413,7 +425,7 @@ def test(args: argparse.Namespace, settings: Any) -> None:
         rerank_fusion=args.fusion,
         rerank_alpha=args.alpha,
         rerank_candidates=args.candidates[0],
-        rerank_window=args.windows[0],
+        **reader_settings(args.windows[0]),
     )
     flags = cpu_flags()
     print(f"CPU: {sorted(flags & (INT8_FLAGS | {'avx2', 'avx512f'}))}")
@@ -470,7 +482,12 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/ragserve-tune-rerank"))
     ap.add_argument("--sets", default="scifact,nfcorpus,squad")
     ap.add_argument("--candidates", default="10,20", help="with --test: the one to run")
-    ap.add_argument("--windows", default="160,0", help="with --test: the one to run")
+    ap.add_argument(
+        "--windows",
+        default="160,0",
+        help="tokens per candidate (0: its head) or sN (its best run of N sentences, the "
+        "default pipeline's s2); with --test: the one to run",
+    )
     ap.add_argument("--squad-questions", type=int, default=300)
     ap.add_argument("--max-queries", type=int, default=0, help="score at most this many per set")
     ap.add_argument(
@@ -486,10 +503,10 @@ def main() -> None:
     args = ap.parse_args()
     args.sets = args.sets.split(",")
     args.candidates = [int(x) for x in args.candidates.split(",")]
-    args.windows = [int(x) for x in args.windows.split(",")]
+    args.windows = [parse_window(x) for x in args.windows.split(",")]
     if args.refusal:
         f, a, n, w = args.refusal.split(",")
-        args.refusal_config = (f, float(a), int(n), int(w))
+        args.refusal_config = (f, float(a), int(n), parse_window(w))
     args.cache.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -85,14 +85,23 @@ def test_support_gate_refuses_on_topic_sources_that_lack_the_answer(
     hits = pipeline.search(processed)
     assert any("httpx" in h.chunk.source for h in hits)
     assert pipeline.support.best(processed.text, [h.chunk.text for h in hits]) < 0.25
-    a = pipeline.answer(query)
-    assert a.refused and "generate" not in a.timings
-    # The same sources with the check off: the question gets through to generation.
-    pipeline.settings.generation.min_support = 0.0
+    gen = pipeline.settings.generation
     try:
+        # The support check alone (the re-rank gate off) refuses it before generation...
+        gen.refusal_threshold = 0.0
+        a = pipeline.answer(query)
+        assert a.refused and "generate" not in a.timings
+        # ...and the same sources with the check off get through to generation.
+        gen.min_support = 0.0
         assert "generate" in pipeline.answer(query).timings
+        # The re-ranker's gate (on by default) refuses it on its own as well: no candidate
+        # reads as answering it.
+        gen.refusal_threshold = None
+        b = pipeline.answer(query)
+        assert pipeline.reranker is not None and b.refused and "generate" not in b.timings
     finally:
-        pipeline.settings.generation.min_support = Settings().generation.min_support
+        gen.min_support = Settings().generation.min_support
+        gen.refusal_threshold = Settings().generation.refusal_threshold
 
 
 def test_chitchat_and_out_of_scope(pipeline: RagPipeline) -> None:

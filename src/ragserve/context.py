@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ragserve.ingest.chunking import CODE_FENCES, split_sentences
+from ragserve.sentences import CODE_FENCES, split_sentences
 from ragserve.types import Hit, Message
 
 if TYPE_CHECKING:

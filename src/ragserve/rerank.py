@@ -19,8 +19,12 @@ order can fuse the two instead of trusting the cross-encoder alone:
 ``fusion="interpolate"`` ranks by ``alpha * CE logit + (1 - alpha) * retrieval score``, each
 min-max normalised over the candidates (the convex combination hybrid retrieval uses; it keeps
 how far apart the candidates are, which matters when one side is confident); ``fusion="rrf"``
-is reciprocal rank fusion of the two orders, which only sees ranks. Either way the
-cross-encoder probability is what ``scores["rerank"]`` holds for the refusal gate.
+is reciprocal rank fusion of the two orders, which only sees ranks. ``fusion="probability"``
+(the default) ranks by ``alpha * CE probability + (1 - alpha) * retrieval score``, only the
+latter min-max normalised: where the cross-encoder finds every candidate answering (0.99 each),
+its logits differ by noise that min-max would stretch into a full vote, and the probability
+leaves retrieval's order standing. Either way the cross-encoder probability is what
+``scores["rerank"]`` holds for the refusal gate.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from ragserve.rerank_onnx import (
     preferred_precision,
 )
 from ragserve.retrieval import convex_fusion, reciprocal_rank_fusion
+from ragserve.sentences import sentence_windows
 from ragserve.types import Hit
 
 if TYPE_CHECKING:
@@ -66,7 +71,7 @@ __all__ = [
 
 log = logging.getLogger("ragserve.rerank")
 
-RerankFusion = Literal["none", "rrf", "interpolate"]
+RerankFusion = Literal["none", "rrf", "interpolate", "probability"]
 
 
 @runtime_checkable
@@ -299,6 +304,7 @@ class CrossEncoderReranker:
         alpha: float = 0.5,
         runtime: RerankRuntime = "auto",
         window: int = 0,
+        sentences: int = 0,
     ) -> None:
         self.model_name = model
         self.max_length = max_length
@@ -310,6 +316,10 @@ class CrossEncoderReranker:
         # > 0: each passage is cut to the sentences around its best match with the query, so
         # that query and window together take about this many tokens.
         self.window = window
+        # > 0: each passage is scored as runs of this many sentences and takes its best run's
+        # score (MaxP): the candidate that answers holds one sentence that does, while a
+        # passage that is only about the subject scores well as a whole but in no one place.
+        self.sentences = sentences
         self._model: _PairScorer | None = None
         self._lock = threading.Lock()
 
@@ -324,6 +334,7 @@ class CrossEncoderReranker:
             alpha=settings.rerank.rerank_alpha,
             runtime=settings.rerank.rerank_runtime,
             window=settings.rerank.rerank_window,
+            sentences=settings.rerank.rerank_sentences,
         )
 
     @property
@@ -337,11 +348,13 @@ class CrossEncoderReranker:
                 return
             self._model = _load_cross_encoder(self.model_name, self.max_length, self.runtime)
             log.info(
-                "loaded re-ranker %s as %s (max length %d, window %s)",
+                "loaded re-ranker %s as %s (max length %d, %s)",
                 self.model_name,
                 self._model.form,
                 self.max_length,
-                self.window or "off",
+                f"best run of {self.sentences} sentences"
+                if self.sentences
+                else f"window {self.window or 'off'}",
             )
 
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
@@ -357,11 +370,29 @@ class CrossEncoderReranker:
         cap = length * CHARS_PER_TOKEN_CAP
         query = _clean(query[:cap])
         passages = [_clean(t) for t in texts]
-        if self.window:
-            budget = max(32, length - model.token_counts([query])[0] - 3)
-            passages = [query_window(query, t, budget, model.token_counts) for t in passages]
-        logits = model.logits(query, [t[:cap] for t in passages], self.batch_size)
+        if self.sentences:
+            logits = self._best_run_logits(model, query, passages, cap)
+        else:
+            if self.window:
+                budget = max(32, length - model.token_counts([query])[0] - 3)
+                passages = [query_window(query, t, budget, model.token_counts) for t in passages]
+            logits = model.logits(query, [t[:cap] for t in passages], self.batch_size)
         return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+    def _best_run_logits(
+        self, model: _PairScorer, query: str, passages: Sequence[str], cap: int
+    ) -> np.ndarray:
+        """Each passage's best logit over its runs of ``self.sentences`` sentences, all runs
+        scored in one batched call (a passage is searched only in its head, and at most
+        MAX_RUNS runs are read: bounded work on a huge one)."""
+        runs = [
+            sentence_windows(p[:WINDOW_SEARCH_CHARS], self.sentences)[:MAX_RUNS] for p in passages
+        ]
+        owner = np.repeat(np.arange(len(passages)), [len(r) for r in runs])
+        logits = model.logits(query, [w[:cap] for r in runs for w in r], self.batch_size)
+        best = np.full(len(passages), -np.inf, dtype=np.float32)
+        np.maximum.at(best, owner, logits)
+        return best
 
     def rerank(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
         if not hits:
@@ -386,6 +417,9 @@ _STOP = frozenset(
 )
 # Passages longer than this are searched only in their head: bounds the work on a huge one.
 WINDOW_SEARCH_CHARS = 20_000
+# Runs of sentences scored per passage at most. A chunk (<= 256 tokens) has fewer; a passage
+# handed to ``score`` directly may not.
+MAX_RUNS = 16
 
 
 def _terms(text: str) -> set[str]:
@@ -447,9 +481,11 @@ def rerank_order(
     """(position in the retrieval order, final score) of the ``k`` best candidates: by
     cross-encoder probabilities ``scores`` alone, by RRF of the retrieval order and the CE
     order, or by a convex combination of the CE logits and ``retrieval_scores``."""
-    if fusion == "interpolate":
+    if fusion in ("interpolate", "probability"):
         if retrieval_scores is None or len(retrieval_scores) != len(scores):
-            raise ValueError("fusion='interpolate' needs one retrieval score per candidate")
+            raise ValueError(f"fusion={fusion!r} needs one retrieval score per candidate")
+        if fusion == "probability":
+            return _probability_fusion(scores, retrieval_scores, alpha, k)
         # Logits, not probabilities: the sigmoid flattens exactly the confident end that
         # should weigh most against the retrieval score.
         logits = probability_logits(scores)
@@ -467,6 +503,19 @@ def rerank_order(
         [[str(i) for i in range(len(scores))], [str(i) for i in order]], k=rrf_k, limit=max(k, 0)
     )
     return [(int(i), s) for i, s in fused]
+
+
+def _probability_fusion(
+    probs: np.ndarray, retrieval_scores: Sequence[float], alpha: float, k: int
+) -> list[tuple[int, float]]:
+    """``alpha * probability + (1 - alpha) * min-max(retrieval score)``, best first (ties keep
+    the retrieval order)."""
+    from ragserve.retrieval import _min_max
+
+    unit = _min_max([(str(i), float(x)) for i, x in enumerate(retrieval_scores)])
+    fused = [alpha * float(p) + (1 - alpha) * unit[str(i)] for i, p in enumerate(probs)]
+    order = sorted(range(len(fused)), key=lambda i: -fused[i])
+    return [(i, fused[i]) for i in order[: max(k, 0)]]
 
 
 def fuse_rerank(

@@ -139,33 +139,32 @@ def test_eval_retrieval_cli_end_to_end(tmp_path: Path, monkeypatch) -> None:  # 
 
 
 def test_default_stages_are_the_cheap_baselines_and_the_configured_pipeline() -> None:
-    plain = Settings()
+    plain = Settings(rerank=False)
     assert select_stages(None, plain) == ("bm25", "dense", "hybrid")
     assert select_stages("default", plain) == ("bm25", "dense", "hybrid")
-    assert select_stages(None, Settings(rerank=True)) == ("bm25", "dense", "hybrid+rerank")
+    assert select_stages(None, Settings()) == ("bm25", "dense", "hybrid+rerank")  # re-ranking on
     both = Settings(rerank=True, query_expansion=True)
     assert select_stages(None, both) == ("bm25", "dense", "hybrid+expansion+rerank")
-    no_feedback = Settings(dense_feedback_docs=0, fusion="rrf")
+    no_feedback = Settings(rerank=False, dense_feedback_docs=0, fusion="rrf")
     assert select_stages(None, no_feedback) == ("bm25", "dense", "hybrid-rrf")
     assert select_stages("all", plain) == ALL_STAGES
     assert select_stages(" bm25, hybrid+rerank ,", plain) == ("bm25", "hybrid+rerank")
 
 
 def test_estimate_grows_with_stages_queries_and_reranking() -> None:
-    s = Settings()
+    s = Settings(rerank=False)
     ingest, cheap = estimate_seconds(select_stages(None, s), s, documents=5183, queries=300)
     _, everything = estimate_seconds(ALL_STAGES, s, documents=5183, queries=300)
     _, half = estimate_seconds(select_stages(None, s), s, documents=5183, queries=150)
+    on = Settings()
+    _, default = estimate_seconds(select_stages(None, on), on, documents=5183, queries=300)
     assert 0 < cheap < 60 < everything  # minutes of re-ranking vs seconds of retrieval
+    assert cheap < default < everything  # the default pipeline re-ranks its top 5 only
     assert half == pytest.approx(cheap / 2) and ingest > 0
-    _, torch = estimate_seconds(
-        ("hybrid+rerank",), Settings(rerank_runtime="torch"), documents=1, queries=300
-    )
+    whole = {"rerank_runtime": "torch", "rerank_sentences": 0}
+    _, torch = estimate_seconds(("hybrid+rerank",), Settings(**whole), documents=1, queries=300)
     _, windowed = estimate_seconds(
-        ("hybrid+rerank",),
-        Settings(rerank_runtime="torch", rerank_window=128),
-        documents=1,
-        queries=300,
+        ("hybrid+rerank",), Settings(**whole, rerank_window=128), documents=1, queries=300
     )
     assert windowed < torch
 

@@ -71,3 +71,36 @@ def test_sample_strata_takes_what_a_short_band_has(train) -> None:
     ranked = list(range(40))  # band 30-100 holds only 10 candidates
     picked = train.sample_strata([ranked], STRATA, (0, 0, 25), lambda c: True, random.Random(2))
     assert sorted(picked) == list(range(30, 40))
+
+
+class _FakeMiner:
+    """Two fixed first-stage lists over five paragraphs, as ``Miner.ranked`` returns them."""
+
+    ids = ("gold", "about", "holds-answer", "other", "far")
+    texts = (
+        "Tesla was born in 1856 in Smiljan.",
+        "Tesla worked for Edison in New York.",
+        "Born in 1856, Tesla later moved to Graz.",
+        "Marconi sent radio signals across the Atlantic.",
+        "Prime numbers have two divisors.",
+    )
+
+    def ranked(self, queries: list[str], k: int) -> tuple[list[list[int]], list[list[int]]]:
+        return [[1, 2, 0, 3, 4][:k]] * len(queries), [[2, 1, 3, 0, 4][:k]] * len(queries)
+
+
+def test_answer_groups_put_the_gold_paragraph_against_top_ranked_non_answers(train) -> None:
+    qa = [{"question": "When was Tesla born?", "answers": ["1856"], "context_id": "gold"}]
+    rows = train.answer_groups(_FakeMiner(), qa, 3, 5, random.Random(0))
+    assert len(rows) == 1
+    query, docs, labels = rows[0]
+    assert query == "When was Tesla born?" and labels == [1.0, 0.0, 0.0, 0.0]
+    assert docs[0] == _FakeMiner.texts[0]
+    # The on-topic paragraph ranked first is a negative; the one that also holds "1856" is not
+    # (an unlabelled answer, not a wrong one).
+    assert sorted(docs[1:]) == sorted(_FakeMiner.texts[i] for i in (1, 3, 4))
+
+
+def test_answer_groups_skip_a_question_whose_gold_paragraph_is_not_indexed(train) -> None:
+    qa = [{"question": "When was Tesla born?", "answers": ["1856"], "context_id": "missing"}]
+    assert train.answer_groups(_FakeMiner(), qa, 2, 5, random.Random(0)) == []

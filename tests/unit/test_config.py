@@ -241,10 +241,10 @@ def test_an_out_of_range_value_in_a_table_names_the_variable_and_the_file() -> N
 
 def test_replace_routes_flat_names_and_validates() -> None:
     s = Settings()
-    t = s.replace(top_k=3, store="postgres", rerank=True, generation={"min_support": 0.0})
-    assert (t.retrieval.top_k, t.index.store, t.rerank.enabled) == (3, "postgres", True)
+    t = s.replace(top_k=3, store="postgres", rerank=False, generation={"min_support": 0.0})
+    assert (t.retrieval.top_k, t.index.store, t.rerank.enabled) == (3, "postgres", False)
     assert t.generation.min_support == 0.0 and t.retrieval.fusion == s.retrieval.fusion
-    assert (s.retrieval.top_k, s.index.store, s.rerank.enabled) == (5, "chroma", False)
+    assert (s.retrieval.top_k, s.index.store, s.rerank.enabled) == (5, "chroma", True)
     with pytest.raises(ValidationError, match="top_k"):
         s.replace(top_k=0)
     with pytest.raises(SettingsError, match="Did you mean 'overfetch'"):

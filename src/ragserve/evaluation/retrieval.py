@@ -109,7 +109,8 @@ def _rerank_ms_per_pair(settings: Settings) -> float:
     if runtime == "auto":
         runtime = f"onnx-{preferred_precision(cpu_flags())}"
     per_pair = RERANK_MS_PER_PAIR.get(runtime, RERANK_MS_PER_PAIR["torch"])
-    window = settings.rerank.rerank_window
+    # Sentence runs read the whole candidate, a run at a time: about one full-length pair's work.
+    window = 0 if settings.rerank.rerank_sentences else settings.rerank.rerank_window
     # Attention and padding make cost grow a little faster than length; linear is close enough.
     length = (
         min(window, settings.rerank.rerank_max_length)

@@ -8,7 +8,7 @@ from itertools import pairwise
 
 from ragserve.context import AssembledContext
 from ragserve.generation.support import own_words
-from ragserve.ingest.chunking import CODE_FENCES, split_sentences
+from ragserve.sentences import CODE_FENCES, split_sentences
 from ragserve.types import Citation
 
 __all__ = [

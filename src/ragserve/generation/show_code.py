@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ragserve.generation.citations import FENCED_CODE, INLINE_CODE, strip_markers
 from ragserve.generation.support import SentenceSupport
-from ragserve.ingest.chunking import CODE_FENCES, split_sentences
+from ragserve.sentences import CODE_FENCES, split_sentences
 
 __all__ = ["attach_code"]
 

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ragserve.ingest.chunking import CODE_FENCES, split_sentences
+from ragserve.sentences import CODE_FENCES, split_sentences
 
 __all__ = ["STOPWORDS", "ScoredSentence", "SentenceSupport", "own_words"]
 

@@ -28,6 +28,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+# Sentence splitting lives beside the stages that read sentences; chunking is one of them.
+from ragserve.sentences import CODE_FENCES, Span, split_sentences, strip_span
 from ragserve.types import Chunk, Document, content_hash
 
 __all__ = [
@@ -43,53 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("ragserve.ingest")
-
-Span = tuple[int, int]
-# What opens a fenced code block in Markdown (CommonMark): whatever reads sources or answers
-# for code (grounding, the context window, show_code) knows both.
-CODE_FENCES = ("```", "~~~")
-
-_ABBREVIATIONS = frozenset(
-    "e.g i.e etc vs al fig figs eq eqs dr mr mrs ms prof sr jr st no vol pp approx ca cf resp "
-    "inc ltd co corp dept univ jan feb mar apr jun jul aug sep sept oct nov dec u.s u.k".split()
-)
-_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s+)")
-
-
-def split_sentences(text: str, start: int = 0, end: int | None = None) -> list[Span]:
-    """Sentence spans of ``text[start:end]`` (regex with an abbreviation guard).
-
-    A lightweight rule-based splitter: NLTK's punkt needs a data download, and spaCy is far
-    heavier than this stage deserves. Newlines that end a paragraph also end a sentence.
-    """
-    end = len(text) if end is None else end
-    spans: list[Span] = []
-    cursor = start
-    region = text[start:end]
-    for m in re.finditer(r"\n\s*\n|" + _SENTENCE_END.pattern, region):
-        cut = start + m.end()
-        token = m.group(0)
-        if token[0] in ".!?":
-            before = region[: m.start()].rsplit(None, 1)
-            word = before[-1].lower().strip("(\"'") if before else ""
-            if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
-                continue
-            nxt = region[m.end() :].lstrip()[:1]
-            if nxt and nxt.islower():
-                continue
-        spans.append((cursor, cut))
-        cursor = cut
-    if cursor < end:
-        spans.append((cursor, end))
-    return [s for s in (_strip(text, a, b) for a, b in spans) if s[1] > s[0]]
-
-
-def _strip(text: str, a: int, b: int) -> Span:
-    while a < b and text[a].isspace():
-        a += 1
-    while b > a and text[b - 1].isspace():
-        b -= 1
-    return a, b
 
 
 class TokenCounter:
@@ -219,10 +174,10 @@ class _Base:
             j = min(i + self.size, last)
             while j < last and j - 1 > i and not _word_start(text, tokens.offsets[j][0]):
                 j -= 1  # do not end a window inside a word
-            span = _strip(text, tokens.offsets[i][0], tokens.offsets[j - 1][1])
+            span = strip_span(text, tokens.offsets[i][0], tokens.offsets[j - 1][1])
             while j - 1 > i and self.counter.count(text[span[0] : span[1]]) > self.size:
                 j -= 1
-                span = _strip(text, tokens.offsets[i][0], tokens.offsets[j - 1][1])
+                span = strip_span(text, tokens.offsets[i][0], tokens.offsets[j - 1][1])
             if span[1] > span[0]:
                 out.append(span)
             if j >= last:
@@ -262,11 +217,11 @@ class RecursiveChunker(_Base):
             out.append((cursor, m.start()))
             cursor = m.end()
         out.append((cursor, b))
-        return [s for s in (_strip(text, x, y) for x, y in out) if s[1] > s[0]]
+        return [s for s in (strip_span(text, x, y) for x, y in out) if s[1] > s[0]]
 
     def _split(self, text: str, tokens: _Tokens, a: int, b: int, level: int) -> list[Span]:
         if tokens.count(a, b) <= self.size:
-            s = _strip(text, a, b)
+            s = strip_span(text, a, b)
             return [s] if s[1] > s[0] else []
         if level >= len(self._LEVELS):
             return self._windows(text, tokens, a, b, self.overlap)

@@ -51,7 +51,7 @@ from ragserve.rerank_onnx import (
     exported_model,
     preferred_precision,
 )
-from ragserve.retrieval import convex_fusion, reciprocal_rank_fusion
+from ragserve.retrieval import _min_max, convex_fusion, reciprocal_rank_fusion
 from ragserve.sentences import sentence_windows
 from ragserve.types import Hit
 
@@ -480,14 +480,15 @@ def rerank_order(
 ) -> list[tuple[int, float]]:
     """(position in the retrieval order, final score) of the ``k`` best candidates: by
     cross-encoder probabilities ``scores`` alone, by RRF of the retrieval order and the CE
-    order, or by a convex combination of the CE logits and ``retrieval_scores``."""
+    order, or by a convex combination of ``retrieval_scores`` with the CE logits
+    ("interpolate") or probabilities ("probability")."""
     if fusion in ("interpolate", "probability"):
         if retrieval_scores is None or len(retrieval_scores) != len(scores):
             raise ValueError(f"fusion={fusion!r} needs one retrieval score per candidate")
         if fusion == "probability":
             return _probability_fusion(scores, retrieval_scores, alpha, k)
-        # Logits, not probabilities: the sigmoid flattens exactly the confident end that
-        # should weigh most against the retrieval score.
+        # Logits: the sigmoid flattens the confident end that should weigh most against the
+        # retrieval score (the price: min-max stretches a spread of near-equal logits too).
         logits = probability_logits(scores)
         fused = convex_fusion(
             [[(str(i), float(x)) for i, x in enumerate(logits)]],
@@ -510,8 +511,6 @@ def _probability_fusion(
 ) -> list[tuple[int, float]]:
     """``alpha * probability + (1 - alpha) * min-max(retrieval score)``, best first (ties keep
     the retrieval order)."""
-    from ragserve.retrieval import _min_max
-
     unit = _min_max([(str(i), float(x)) for i, x in enumerate(retrieval_scores)])
     fused = [alpha * float(p) + (1 - alpha) * unit[str(i)] for i, p in enumerate(probs)]
     order = sorted(range(len(fused)), key=lambda i: -fused[i])

@@ -286,7 +286,7 @@ def refusal_table(
             )
             order = reorder(sub, sp, n, fusion, alpha)[:k]
             top = [keep[i] for i in order]
-            best_p = max(sp[i] for i in order)
+            best_p = max(sp[i] for i in order if i < len(sp))  # the scored ones
             sup = support.best(c["query"], [c["plain"][i] for i in top[:m]])
             rows[case].append((sup < settings.generation.min_support, best_p, sup))
     print("\nrefusal gate on the SQuAD questions (share refused; absent = gold dropped)")

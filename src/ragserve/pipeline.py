@@ -46,9 +46,10 @@ CHITCHAT_REPLY = (
 )
 OUT_OF_SCOPE_REPLY = "I can only answer questions about the documents in this knowledge base."
 # Set on 300 SQuAD training-article questions with and without their gold paragraph among the
-# candidates (benchmarks/tune_rerank_default.py --refusal, the default re-ranker): with the
-# lexical support gate, 0.1 refuses no more answerable questions than the dense-cosine gate
-# does without a re-ranker (0.120) and more unanswerable ones (0.573 against 0.493).
+# candidates (the default re-ranker; docs/eval/rerank-default): with the lexical support gate,
+# 0.1 refuses about as many answerable questions as the dense-cosine gate does without a
+# re-ranker (0.120-0.127 against 0.120; int8 scores move a little with their batch-mates) and
+# more unanswerable ones (0.573-0.577 against 0.493).
 DEFAULT_REFUSAL_THRESHOLD = 0.1
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rerank_signals import _unit, print_table, windows
 from tune_rerank_default import doc_run, load_set
 
 SETS = {  # cache prefix -> (load_set name, test split)
@@ -41,18 +42,13 @@ def score_runs(cache: Path, tag: str) -> dict[str, Any]:
         return json.loads(path.read_text())
     from ragserve.config import Settings
     from ragserve.rerank import CrossEncoderReranker
-    from ragserve.sentences import split_sentences
 
     reranker = CrossEncoderReranker.from_settings(Settings().replace(rerank_sentences=0))
     cands = json.loads((cache / f"{tag}-cands.json").read_text())
     out: dict[str, Any] = {}
     for qid in json.loads((cache / f"{tag}-w160.json").read_text()):
         texts = cands[qid]["texts"][:10]
-        pairs = []
-        for i, text in enumerate(texts):
-            spans = split_sentences(text) or [(0, len(text))]
-            for j in range(max(1, len(spans) - 1)):
-                pairs.append((i, text[spans[j][0] : spans[min(j + 2, len(spans)) - 1][1]]))
+        pairs = [(i, run) for i, text in enumerate(texts) for run in windows(text, 2)]
         t0 = time.perf_counter()
         probs = reranker.score(cands[qid]["query"], [w for _, w in pairs])
         runs: list[list[float]] = [[] for _ in texts]
@@ -78,19 +74,15 @@ def ce_term(probs: list[float], side: str) -> np.ndarray:
     if side == "probability":
         return np.asarray(probs, dtype=float)
     logits = probability_logits(probs)
-    floor = 0.0 if side == "logit" else float(side.removeprefix("logit-floor"))
-    return (logits - logits.min()) / max(float(np.ptp(logits)), floor) if len(logits) else logits
+    if side == "logit" or not len(logits):
+        return _unit(logits)
+    span = max(float(np.ptp(logits)), float(side.removeprefix("logit-floor")))
+    return (logits - logits.min()) / span
 
 
 def order(c: dict[str, Any], best: list[float], n: int, alpha: float, side: str) -> list[int]:
-    from ragserve.retrieval import _min_max
-
     k = min(n, len(best), len(c["docs"]))
-    hyb = _min_max([(str(i), float(s)) for i, s in enumerate(c["scores"][:k])])
-    ce = ce_term(best[:k], side)
-    if side == "logit" and k and np.ptp(ce) == 0:
-        ce = np.ones(k)  # all equal: as _min_max says of one side
-    total = [alpha * ce[i] + (1 - alpha) * hyb[str(i)] for i in range(k)]
+    total = alpha * ce_term(best[:k], side) + (1 - alpha) * _unit(np.asarray(c["scores"][:k]))
     head = sorted(range(k), key=lambda i: -total[i])
     return head + list(range(k, len(c["docs"])))
 
@@ -137,10 +129,7 @@ def main() -> None:
             cell = f"{np.mean(first):.3f}" if dataset == "squad" else f"{means['ndcg@10']:.4f}"
             table.setdefault(label, {})[tag] = cell
     print(f"stride {args.stride}; SQuAD: gold-first; BEIR: nDCG@10 (SciFact dev: held-out 80)")
-    print("| config | " + " | ".join(names) + " |")
-    print("|---" * (len(names) + 1) + "|")
-    for label, row in table.items():
-        print(f"| {label} | " + " | ".join(row.get(n, "") for n in names) + " |")
+    print_table("config", table, names)
 
 
 if __name__ == "__main__":

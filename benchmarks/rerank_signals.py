@@ -49,7 +49,8 @@ FUSIONS: list[dict[str, float]] = [
 
 
 def windows(text: str, size: int = 2) -> list[str]:
-    from ragserve.ingest.chunking import split_sentences
+    """Every run of ``size`` consecutive sentences (stride 1)."""
+    from ragserve.sentences import split_sentences
 
     spans = split_sentences(text) or [(0, len(text))]
     last = max(1, len(spans) - size + 1)
@@ -147,8 +148,13 @@ def main() -> None:
                 means, _ = ranx_metrics(qrels, {q: doc_run(cands[q], orders[q]) for q in qids})
                 cell = f"{means['ndcg@10']:.4f} / {means['recall@10']:.4f}"
             table.setdefault(" + ".join(f"{v:g} {k}" for k, v in w.items()), {})[name] = cell
-    names = args.sets.split(",")
-    print("\n| fusion | " + " | ".join(names) + " |")
+    print()
+    print_table("fusion", table, args.sets.split(","))
+
+
+def print_table(first: str, table: dict[str, dict[str, str]], names: list[str]) -> None:
+    """``table[row label][set name]`` as a Markdown table, one column per name."""
+    print(f"| {first} | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
     for label, row in table.items():
         print(f"| {label} | " + " | ".join(row.get(n, "") for n in names) + " |")

@@ -259,7 +259,10 @@ class RerankSettings(_Group):
         "rankings; 'none' orders by the cross-encoder alone.",
     )
     rerank_alpha: float = Field(
-        0.6, ge=0.0, le=1.0, description="Cross-encoder weight for rerank_fusion='interpolate'."
+        0.6,
+        ge=0.0,
+        le=1.0,
+        description="Cross-encoder weight for rerank_fusion 'probability' and 'interpolate'.",
     )
     rerank_runtime: Literal["auto", "torch", "onnx-fp32", "onnx-int8"] = Field(
         "auto",

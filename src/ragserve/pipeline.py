@@ -126,20 +126,20 @@ class RagPipeline:
 
     def warm_up(self, *, generation: bool = True) -> None:
         with self._lock:
-            reader = None
+            if not generation or self.assembler is not None:
+                self._warm_retrieval()
+                return
+            # The reader and the retrieval models load independently, and a first start does
+            # slow work on both sides (joining the reader's GGUF parts, exporting the
+            # re-ranker to ONNX): side by side, not one after the other.
             with ThreadPoolExecutor(max_workers=1) as pool:
-                if generation and self.assembler is None:
-                    # The reader and the retrieval models load independently, and a first
-                    # start does slow work on both sides (joining the reader's GGUF parts,
-                    # exporting the re-ranker to ONNX): side by side, not one after the other.
-                    reader = pool.submit(self._warm_generation)
-                if not self._warm:
-                    self._warm_retrieval()
-                    self._warm = True
-                if reader is not None:
-                    reader.result()
+                reader = pool.submit(self._warm_generation)
+                self._warm_retrieval()
+                reader.result()
 
     def _warm_retrieval(self) -> None:
+        if self._warm:
+            return
         self.embedder.warm_up()
         open_index_with(self.index, self.embedder)
         if self.reranker is None and self.settings.rerank.enabled:
@@ -148,6 +148,7 @@ class RagPipeline:
             self.reranker = CrossEncoderReranker.from_settings(self.settings)
         if self.reranker is not None:
             self.reranker.warm_up()
+        self._warm = True
 
     def _warm_generation(self) -> None:
         from ragserve.context import (

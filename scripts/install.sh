@@ -13,6 +13,19 @@ PYTHON=${1:-python3}
 VENV=.venv
 PY=$VENV/bin/python
 
+# A full disk otherwise surfaces minutes in as pip's bare "OSError: [Errno 28]". The venv
+# takes 3.4 GB (PyTorch, OpenVINO, the 1.1 GB reader in parts) and the first start writes
+# about 1.2 GB more to the model cache (the joined reader, the ONNX exports). Checked before a
+# first install only: an update of an existing venv needs far less.
+NEED_GB=5
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [[ ! -x $PY && $free_kb =~ ^[0-9]+$ ]] && ((free_kb < NEED_GB * 1024 * 1024)); then
+    echo "install: only $((free_kb / 1024)) MB free on $(df -P . | awk 'NR == 2 { print $6 }')," \
+        "and ragserve needs about $NEED_GB GB (the venv, then the model cache)." >&2
+    echo "Free some space there (or clone elsewhere) and run it again." >&2
+    exit 1
+fi
+
 test -x "$PY" || "$PYTHON" -m venv "$VENV"
 "$PY" -m pip install -q --upgrade pip==26.3
 

@@ -231,3 +231,57 @@ def test_result_cache_hits_and_invalidates_on_write(
 def test_empty_query(pipeline: RagPipeline) -> None:
     with pytest.raises(EmptyQueryError):
         pipeline.answer("   ")
+
+
+class _CountingReranker:
+    """The real cross-encoder, counting the candidates it is asked to score."""
+
+    def __init__(self, settings: Settings, *, fail: bool = False) -> None:
+        from ragserve.rerank import CrossEncoderReranker
+
+        self.inner = CrossEncoderReranker.from_settings(settings)
+        self.fail = fail
+        self.calls: list[int] = []
+
+    def warm_up(self) -> None:
+        self.inner.warm_up()
+
+    def rerank(self, query: str, hits: list, k: int) -> list:  # type: ignore[type-arg]
+        self.calls.append(len(hits))
+        if self.fail:
+            raise RuntimeError("scoring broke")
+        return self.inner.rerank(query, hits, k)
+
+
+def test_warm_up_primes_retrieval_and_reranking_before_the_first_question(
+    pipeline: RagPipeline, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    reranker = _CountingReranker(pipeline.settings)
+    p = RagPipeline(
+        pipeline.settings,
+        index=pipeline.index,
+        embedder=embedder,
+        reranker=reranker,
+        generator=_ScriptedGenerator("unused"),
+    )
+    p.warm_up()
+    # Real candidates from the index went through the cross-encoder, so its first inference
+    # happened at start-up; the user-visible result cache saw nothing of it.
+    assert reranker.calls == [pipeline.settings.rerank.rerank_candidates]
+    assert (p.cache_hits, p.cache_misses) == (0, 0)
+
+
+def test_a_priming_failure_is_logged_and_start_up_goes_on(
+    pipeline: RagPipeline, embedder, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    p = RagPipeline(
+        pipeline.settings,
+        index=pipeline.index,
+        embedder=embedder,
+        reranker=_CountingReranker(pipeline.settings, fail=True),
+        generator=_ScriptedGenerator("Pass timeout=10.0 to httpx.Client [1]."),
+    )
+    with caplog.at_level("WARNING", logger="ragserve.pipeline"):
+        p.warm_up()
+    assert "priming search at start-up failed (scoring broke)" in caplog.text
+    assert p.assembler is not None, "the reader still loaded"

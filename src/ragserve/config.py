@@ -249,7 +249,14 @@ class RerankSettings(_Group):
         "sits when it is not first, within the stage's 200 ms on 2 cores).",
     )
     rerank_max_length: int = Field(256, ge=16, le=8192)
-    rerank_batch_size: int = Field(32, ge=1, le=4096)
+    rerank_batch_size: int = Field(
+        4,
+        ge=1,
+        le=4096,
+        description="Pairs per cross-encoder call. Small: a batch pads to its longest pair, and "
+        "the sentence runs of code-heavy chunks vary a lot in length (32 took the stage from "
+        "~100 to ~300 ms on the sample corpus's retries question).",
+    )
     rerank_fusion: Literal["none", "rrf", "interpolate", "probability"] = Field(
         "probability",
         description="'probability' ranks by rerank_alpha * cross-encoder probability + "

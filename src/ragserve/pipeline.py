@@ -135,6 +135,7 @@ class RagPipeline:
             with ThreadPoolExecutor(max_workers=1) as pool:
                 reader = pool.submit(self._warm_generation)
                 self._warm_retrieval()
+                self._prime_search()
                 reader.result()
 
     def _warm_retrieval(self) -> None:
@@ -149,6 +150,22 @@ class RagPipeline:
         if self.reranker is not None:
             self.reranker.warm_up()
         self._warm = True
+
+    def _prime_search(self) -> None:
+        """One throwaway search through retrieval and re-ranking, while the reader loads.
+
+        A runtime's first inference (kernel selection, buffer allocation) and the vector
+        index's first read from disk made the first question after start-up about 150 ms slower
+        in retrieval and re-ranking than the next; a server should pay that before it is ready,
+        not on its first user. A failure here only costs that, so it is logged, not raised.
+        """
+        try:
+            query = self.process("how is it configured?")
+            hits = self.retriever.retrieve(query, self.settings.rerank.rerank_candidates)
+            if self.reranker is not None and hits:
+                self.reranker.rerank(query.text, hits, len(hits))
+        except Exception as exc:  # an optimisation: never the reason a start-up fails
+            log.warning("priming search at start-up failed (%s); the first query pays it", exc)
 
     def _warm_generation(self) -> None:
         from ragserve.context import (

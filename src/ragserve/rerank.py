@@ -298,7 +298,7 @@ class CrossEncoderReranker:
         model: str = "builtin",
         *,
         max_length: int = 256,
-        batch_size: int = 32,
+        batch_size: int = 4,
         fusion: RerankFusion = "none",
         rrf_k: int = 60,
         alpha: float = 0.5,

@@ -186,10 +186,15 @@ class _SentenceTransformersCrossEncoder:
         import torch
         from sentence_transformers import CrossEncoder
 
-        self.model = CrossEncoder(path, device="cpu", max_length=max_length, local_files_only=True)
-        # Checkpoints are often stored in fp16; CPUs run fp32 kernels much faster (fp16 is
-        # kept only to measure that).
-        self.model.model.to(torch.float16 if fp16 else torch.float32)
+        # Checkpoints are often stored in fp16 (the shipped one is); CPUs run fp32 kernels much
+        # faster, so load in fp32 (fp16 is kept only to measure that).
+        self.model = CrossEncoder(
+            path,
+            device="cpu",
+            max_length=max_length,
+            local_files_only=True,
+            model_kwargs={"dtype": torch.float16 if fp16 else torch.float32},
+        )
         self.model.model.eval()
         self.form = "torch-fp16" if fp16 else "torch-fp32"
         self._input = self.model[0]

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 __all__ = [
     "Answer",
+    "AnswerKind",
     "Chunk",
     "Citation",
     "Document",
@@ -131,6 +132,7 @@ class Hit:
 
 
 Role = Literal["system", "user", "assistant"]
+AnswerKind = Literal["answer", "refusal", "clarify", "reply"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,3 +191,7 @@ class Answer:
     little of the question, so the generator was not called), 'model' (the generator said the
     sources do not answer), 'unsupported' (its answer's words are in no source) or
     'unverified' (the source sentence its words come from is not about the question)."""
+    kind: AnswerKind = "answer"
+    """What the reply is: 'answer' (from the sources), 'refusal' (``refused``), 'clarify' (a
+    question back, naming the readings the sources hold; never a refusal) or 'reply' (a short
+    conversational reply to small talk, without sources)."""

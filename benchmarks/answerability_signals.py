@@ -45,7 +45,7 @@ import numpy as np
 from calibrate_answerability import _auc as _auc_arrays  # benchmarks/ is on sys.path
 
 from ragserve.config import Settings
-from ragserve.context import AssembledContext, source_block
+from ragserve.context.assembler import AssembledContext, source_block
 from ragserve.evaluation.answers import (
     _load_questions,
     normalize_answer,

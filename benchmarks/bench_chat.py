@@ -14,10 +14,10 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from ragserve.api.app import create_app
 from ragserve.config import Settings
-from ragserve.embedding import SentenceTransformerEmbedder
+from ragserve.embedding.embedder import SentenceTransformerEmbedder
 from ragserve.ingest.pipeline import Ingestor
+from ragserve.serving.api.app import create_app
 from ragserve.stores.local import LocalIndex
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "corpus"

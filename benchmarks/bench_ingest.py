@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import get_args
 
 from ragserve.config import Settings
-from ragserve.cpu import cpu_flags, physical_cores
-from ragserve.embedding import EmbeddingRuntime, SentenceTransformerEmbedder
+from ragserve.embedding.embedder import EmbeddingRuntime, SentenceTransformerEmbedder
 from ragserve.ingest.loaders import iter_beir_corpus
 from ragserve.ingest.pipeline import Ingestor
+from ragserve.runtime.cpu import cpu_flags, physical_cores
 from ragserve.stores.local import LocalIndex
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact" / "corpus.jsonl"

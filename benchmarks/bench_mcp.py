@@ -31,7 +31,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from ragserve.config import Settings
-from ragserve.embedding import SentenceTransformerEmbedder
+from ragserve.embedding.embedder import SentenceTransformerEmbedder
 from ragserve.ingest.pipeline import Ingestor
 from ragserve.stores.local import LocalIndex
 
@@ -104,7 +104,7 @@ async def _interleaved(paths: dict[str, Call], rounds: int) -> Times:
 async def _measure(base: str, key: str, env: dict[str, str], rounds: int) -> Times:
     headers = {"Authorization": f"Bearer {key}"}
     stdio = StdioServerParameters(
-        command=sys.executable, args=["-m", "ragserve.cli", "mcp"], env=env, cwd=REPO
+        command=sys.executable, args=["-m", "ragserve.cli.main", "mcp"], env=env, cwd=REPO
     )
     async with (
         httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http,
@@ -125,7 +125,7 @@ def _server(env: dict[str, str]):  # type: ignore[no-untyped-def]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "ragserve.cli", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "ragserve.cli.main", "serve", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

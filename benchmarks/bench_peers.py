@@ -176,8 +176,8 @@ def run_ragserve(
     from ragserve.ingest.loaders import iter_beir_corpus
     from ragserve.ingest.pipeline import Ingestor
     from ragserve.pipeline import RagPipeline
-    from ragserve.query import RuleBasedQueryProcessor
-    from ragserve.retrieval import HybridRetriever
+    from ragserve.query.processor import RuleBasedQueryProcessor
+    from ragserve.retrieval.hybrid import HybridRetriever
 
     corpus, queries, qrels = _load_beir(folder, split, limit, corpus_limit)
     settings = Settings(data_dir=workdir / "ragserve", collection="peers")

@@ -30,8 +30,8 @@ from ranx import Qrels, Run, evaluate
 from tqdm import tqdm
 
 from ragserve.config import Settings
-from ragserve.rerank import CrossEncoderReranker, rerank_order
-from ragserve.rerank_onnx import RerankRuntime
+from ragserve.rerank.cross_encoder import CrossEncoderReranker, rerank_order
+from ragserve.rerank.onnx_export import RerankRuntime
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -85,7 +85,7 @@ def _runtime(form: str) -> RerankRuntime:
 def compare_forms(cases: list[tuple[str, list[str]]], forms: tuple[str, ...]) -> None:
     from scipy.stats import spearmanr
 
-    from ragserve.cpu import cpu_flags
+    from ragserve.runtime.cpu import cpu_flags
 
     variants = {
         (f, w): CrossEncoderReranker(runtime=_runtime(f), max_length=256, window=w, batch_size=32)
@@ -150,7 +150,7 @@ def ort_sweep(cases: list[tuple[str, list[str]]]) -> None:
     """onnxruntime session settings for the auto form, each at 256 tokens, taking turns."""
     import onnxruntime as ort
 
-    from ragserve.rerank import _session_options
+    from ragserve.rerank.cross_encoder import _session_options
 
     levels = ort.GraphOptimizationLevel
     settings = {

@@ -28,7 +28,7 @@ def main() -> None:
         cmd = [
             sys.executable,
             "-m",
-            "ragserve.cli",
+            "ragserve.cli.main",
             "eval",
             "retrieval",
             "--dataset",

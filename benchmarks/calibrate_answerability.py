@@ -36,12 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ragserve.answerability import ANSWERABLE_THRESHOLD, AnswerabilityJudge
 from ragserve.config import Settings
+from ragserve.grounding.answerability import ANSWERABLE_THRESHOLD, AnswerabilityJudge
 from ragserve.ingest.loaders import iter_beir_corpus
 from ragserve.ingest.pipeline import Ingestor
-from ragserve.models import BUILTIN_ANSWERABILITY_DIR
 from ragserve.pipeline import RagPipeline
+from ragserve.runtime.models import BUILTIN_ANSWERABILITY_DIR
 from ragserve.types import Hit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def check_samples(judge: AnswerabilityJudge, data_dir: Path) -> None:
     # `ragserve ingest` is incremental: on a data dir kept from an earlier run it embeds nothing.
     env = {**os.environ, "RAGSERVE_DATA_DIR": str(data_dir), "RAGSERVE_NO_PROGRESS": "1"}
     subprocess.run(
-        [sys.executable, "-m", "ragserve.cli", "ingest", str(REPO / "samples" / "corpus")],
+        [sys.executable, "-m", "ragserve.cli.main", "ingest", str(REPO / "samples" / "corpus")],
         check=True,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -310,7 +310,7 @@ def main() -> None:
 
 def compare(qa: list[dict], ranked: list[list[Hit]], top_ns: list[int]) -> None:
     """The signals the pipeline has today, on the same passages."""
-    from ragserve.rerank import CrossEncoderReranker
+    from ragserve.rerank.cross_encoder import CrossEncoderReranker
 
     reranker = CrossEncoderReranker()
     reranker.warm_up()
@@ -329,7 +329,7 @@ def lexical_support(
 ) -> dict[int, dict[str, np.ndarray]]:
     """The pipeline's lexical gate. It scores a set of passages, not each alone: its "best over
     the top N" is the best sentence among them, so it is computed per N."""
-    from ragserve.generation.support import SentenceSupport
+    from ragserve.text.support import SentenceSupport
 
     support = SentenceSupport()
     figures = {}

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ragserve.config import Settings
-from ragserve.context import AssembledContext
+from ragserve.context.assembler import AssembledContext
 from ragserve.evaluation.answers import normalize_answer
 from ragserve.generation.extractive import ExtractiveGenerator
 from ragserve.ingest.loaders import iter_beir_corpus

@@ -29,7 +29,7 @@ from bench_pgvector import hnsw_tradeoff
 from pg_harness import LocalPostgres
 
 from ragserve.config import Settings
-from ragserve.embedding import SentenceTransformerEmbedder
+from ragserve.embedding.embedder import SentenceTransformerEmbedder
 from ragserve.evaluation.beir import load_beir
 from ragserve.evaluation.retrieval import evaluate_retrieval
 from ragserve.stores import open_index

@@ -59,14 +59,14 @@ def _start_server(
         "RAGSERVE_NO_PROGRESS": "1",
     }
     subprocess.run(
-        [sys.executable, "-m", "ragserve.cli", "ingest", str(repo / "samples/corpus")],
+        [sys.executable, "-m", "ragserve.cli.main", "ingest", str(repo / "samples/corpus")],
         env=env,
         check=True,
         cwd=repo,
         stdout=subprocess.DEVNULL,
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ragserve.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "ragserve.cli.main", "serve", "--port", str(port)],
         env=env,
         cwd=repo,
         stdout=subprocess.DEVNULL,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ragserve.config import Settings
-from ragserve.context import CompactContextAssembler
+from ragserve.context.assembler import CompactContextAssembler
 from ragserve.evaluation.answers import _index_corpus, _load_questions
 from ragserve.pipeline import RagPipeline
 

@@ -41,7 +41,7 @@ def score_runs(cache: Path, tag: str) -> dict[str, Any]:
     if path.is_file():
         return json.loads(path.read_text())
     from ragserve.config import Settings
-    from ragserve.rerank import CrossEncoderReranker
+    from ragserve.rerank.cross_encoder import CrossEncoderReranker
 
     reranker = CrossEncoderReranker.from_settings(Settings().replace(rerank_sentences=0))
     cands = json.loads((cache / f"{tag}-cands.json").read_text())
@@ -69,7 +69,7 @@ def every_other(runs: list[float]) -> list[float]:
 
 
 def ce_term(probs: list[float], side: str) -> np.ndarray:
-    from ragserve.rerank import probability_logits
+    from ragserve.rerank.cross_encoder import probability_logits
 
     if side == "probability":
         return np.asarray(probs, dtype=float)

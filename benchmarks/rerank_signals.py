@@ -50,7 +50,7 @@ FUSIONS: list[dict[str, float]] = [
 
 def windows(text: str, size: int = 2) -> list[str]:
     """Every run of ``size`` consecutive sentences (stride 1)."""
-    from ragserve.sentences import split_sentences
+    from ragserve.text.sentences import split_sentences
 
     spans = split_sentences(text) or [(0, len(text))]
     last = max(1, len(spans) - size + 1)
@@ -61,8 +61,8 @@ def signals(cands: dict[str, Any], qids: list[str], path: Path) -> dict[str, Any
     if path.is_file():
         return json.loads(path.read_text())
     from ragserve.config import Settings
-    from ragserve.embedding import SentenceTransformerEmbedder
-    from ragserve.rerank import CrossEncoderReranker
+    from ragserve.embedding.embedder import SentenceTransformerEmbedder
+    from ragserve.rerank.cross_encoder import CrossEncoderReranker
 
     settings = Settings()
     embedder = SentenceTransformerEmbedder.from_settings(settings)
@@ -95,7 +95,7 @@ def signals(cands: dict[str, Any], qids: list[str], path: Path) -> dict[str, Any
 
 def _unit(x: np.ndarray) -> np.ndarray:
     """Min-max normalised as hybrid fusion and the re-ranker's interpolation do it."""
-    from ragserve.retrieval import _min_max
+    from ragserve.retrieval.hybrid import _min_max
 
     scaled = _min_max([(str(i), float(v)) for i, v in enumerate(x)])
     return np.array([scaled[str(i)] for i in range(len(x))])
@@ -105,7 +105,7 @@ def order(
     c: dict[str, Any], ce: list[float], sig: dict[str, Any], w: dict[str, float]
 ) -> list[int]:
     n = min(N, len(ce), len(c["docs"]))
-    from ragserve.rerank import probability_logits
+    from ragserve.rerank.cross_encoder import probability_logits
 
     terms = {
         "hyb": np.asarray(c["scores"][:n], dtype=float),

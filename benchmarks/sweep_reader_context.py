@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from ragserve.config import Settings
-from ragserve.context import CompactContextAssembler
-from ragserve.cpu import cpu_flags as _cpu_flags
+from ragserve.context.assembler import CompactContextAssembler
 from ragserve.evaluation.answers import _index_corpus, _load_questions, _run, subsample
 from ragserve.pipeline import RagPipeline
+from ragserve.runtime.cpu import cpu_flags as _cpu_flags
 
 
 def cpu_flags() -> str:

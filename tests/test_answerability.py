@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragserve.answerability import (
+from ragserve.errors import EmptyQueryError, ModelNotFoundError
+from ragserve.grounding.answerability import (
     ANSWERABLE_THRESHOLD,
     MAX_PASSAGE_CHARS,
     AnswerabilityJudge,
     is_answerable,
 )
-from ragserve.errors import EmptyQueryError, ModelNotFoundError
-from ragserve.models import BUILTIN_ANSWERABILITY_DIR
+from ragserve.runtime.models import BUILTIN_ANSWERABILITY_DIR
 
 
 @pytest.fixture(scope="module")

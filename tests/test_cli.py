@@ -14,7 +14,7 @@ import pytest
 def _run(args: list[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RAGSERVE_DATA_DIR": str(data_dir), "RAGSERVE_NO_PROGRESS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "ragserve.cli", *args],
+        [sys.executable, "-m", "ragserve.cli.main", *args],
         env=env,
         cwd=cwd,
         capture_output=True,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ragserve.context import ContextAssembler, source_label
+from ragserve.context.assembler import ContextAssembler, source_label
 from ragserve.types import Chunk, Hit, Message
 
 pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)
@@ -108,7 +108,7 @@ LONG = (
 
 
 def test_compact_context_keeps_the_window_around_the_best_matching_sentence() -> None:
-    from ragserve.context import CompactContextAssembler
+    from ragserve.context.assembler import CompactContextAssembler
 
     asm = CompactContextAssembler(words, budget=20, max_sources=1)
     ctx = asm.assemble("Who designed the glass pyramid?", [hit(0, LONG)])
@@ -119,7 +119,7 @@ def test_compact_context_keeps_the_window_around_the_best_matching_sentence() ->
 
 
 def test_compact_context_shares_the_budget_and_caps_sources() -> None:
-    from ragserve.context import CompactContextAssembler
+    from ragserve.context.assembler import CompactContextAssembler
 
     asm = CompactContextAssembler(words, budget=40, max_sources=2)
     hits = [hit(i, LONG) for i in range(4)]
@@ -130,7 +130,7 @@ def test_compact_context_shares_the_budget_and_caps_sources() -> None:
 
 
 def test_compact_context_cuts_a_sentence_longer_than_its_share_at_a_word() -> None:
-    from ragserve.context import CompactContextAssembler
+    from ragserve.context.assembler import CompactContextAssembler
 
     one = "word " * 500 + "end."
     ctx = CompactContextAssembler(words, budget=30, max_sources=1).assemble("word", [hit(0, one)])
@@ -138,7 +138,7 @@ def test_compact_context_cuts_a_sentence_longer_than_its_share_at_a_word() -> No
 
 
 def test_compact_context_does_not_starve_a_lower_source_that_holds_the_exact_term() -> None:
-    from ragserve.context import CompactContextAssembler
+    from ragserve.context.assembler import CompactContextAssembler
 
     topic = "Clients keep connections open. Clients can verify certificates. " * 6
     exact = (
@@ -153,7 +153,7 @@ def test_compact_context_does_not_starve_a_lower_source_that_holds_the_exact_ter
 
 
 def test_compact_context_gives_its_last_slot_to_the_lower_source_that_covers_the_question() -> None:
-    from ragserve.context import CompactContextAssembler
+    from ragserve.context.assembler import CompactContextAssembler
 
     topic = "Clients keep connections open. Clients can verify certificates. " * 3
     exact = "For retries pass a transport: transport = httpx.HTTPTransport(retries=1)."
@@ -168,7 +168,7 @@ def test_compact_context_gives_its_last_slot_to_the_lower_source_that_covers_the
 
 
 def test_compact_context_reads_the_last_pick_first_only_when_it_covers_far_more() -> None:
-    from ragserve.context import CompactContextAssembler
+    from ragserve.context.assembler import CompactContextAssembler
 
     # The top two name clients and configuration; the lower one adds only "retries".
     near = "You configure clients with keyword arguments. Clients keep connections open. " * 2
@@ -181,7 +181,7 @@ def test_compact_context_reads_the_last_pick_first_only_when_it_covers_far_more(
 
 
 def test_compact_context_anchors_on_the_sentence_that_introduces_code_among_equals() -> None:
-    from ragserve.context import CompactContextAssembler
+    from ragserve.context.assembler import CompactContextAssembler
 
     # Both prose sentences cover the question's terms; only the second is followed by the
     # code that answers it, and a small share cannot hold both.
@@ -200,7 +200,7 @@ def test_compact_context_anchors_on_the_sentence_that_introduces_code_among_equa
 
 
 def test_focused_context_keeps_the_best_supported_sentences_across_sources() -> None:
-    from ragserve.context import FocusedContextAssembler
+    from ragserve.context.assembler import FocusedContextAssembler
 
     other = "The museum opened in 1793. It was a royal palace before. Kings lived there."
     hits = [hit(0, other), hit(1, LONG), hit(2, other)]
@@ -216,7 +216,7 @@ def test_focused_context_keeps_the_best_supported_sentences_across_sources() -> 
 
 
 def test_focused_context_brings_the_code_a_sentence_introduces() -> None:
-    from ragserve.context import FocusedContextAssembler
+    from ragserve.context.assembler import FocusedContextAssembler
 
     doc = (
         "Retries are off by default. Other settings live on the client. "
@@ -232,7 +232,7 @@ def test_focused_context_brings_the_code_a_sentence_introduces() -> None:
 
 
 def test_focused_context_respects_its_budget() -> None:
-    from ragserve.context import FocusedContextAssembler
+    from ragserve.context.assembler import FocusedContextAssembler
 
     hits = [hit(i, LONG) for i in range(3)]
     ctx = FocusedContextAssembler(words, sentences=5, budget=25).assemble(
@@ -245,7 +245,7 @@ def test_focused_context_respects_its_budget() -> None:
 
 
 def test_focused_context_grows_each_sentence_with_its_neighbours() -> None:
-    from ragserve.context import FocusedContextAssembler
+    from ragserve.context.assembler import FocusedContextAssembler
 
     bare = FocusedContextAssembler(words, sentences=1, grow=0).assemble(
         "Who designed the glass pyramid?", [hit(0, LONG)]

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ragserve.embedding as embedding
+import ragserve.embedding.embedder as embedding
 from ragserve.config import Settings
-from ragserve.cpu import cpu_flags, has_bf16, has_int8_dot_product, physical_cores
-from ragserve.embedding import (
+from ragserve.embedding.embedder import (
     MIN_AGREEMENT,
     PROBE_TEXTS,
     SentenceTransformerEmbedder,
@@ -18,6 +17,7 @@ from ragserve.embedding import (
     open_index_with,
 )
 from ragserve.errors import EmbedderMismatchError, ModelNotFoundError
+from ragserve.runtime.cpu import cpu_flags, has_bf16, has_int8_dot_product, physical_cores
 
 TEXTS = [
     "How do I set a timeout?",
@@ -187,7 +187,7 @@ def test_failed_export_falls_back_to_pytorch(
 
     monkeypatch.setattr(embedding, "export_onnx", broken)
     e = SentenceTransformerEmbedder(runtime="onnx-fp32", onnx_cache=tmp_path)
-    with caplog.at_level(logging.WARNING, logger="ragserve.embedding"):
+    with caplog.at_level(logging.WARNING, logger="ragserve.embedding.embedder"):
         e.warm_up()
     assert e.runtime == "torch-fp32" and e.fingerprint == "builtin:all-MiniLM-L6-v2"
     assert "falling back to PyTorch" in caplog.text and "exporter crashed" in caplog.text
@@ -204,7 +204,7 @@ def test_disagreeing_export_is_rejected_once_and_never_used(
 ) -> None:
     monkeypatch.setattr(embedding, "MIN_AGREEMENT", 1.5)  # no export can agree this well
     first = SentenceTransformerEmbedder(runtime="onnx-fp32", onnx_cache=tmp_path)
-    with caplog.at_level(logging.WARNING, logger="ragserve.embedding"):
+    with caplog.at_level(logging.WARNING, logger="ragserve.embedding.embedder"):
         first.warm_up()
     assert first.runtime == "torch-fp32"
     assert "disagree with PyTorch" in caplog.text

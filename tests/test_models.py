@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ragserve.errors import ModelNotFoundError
-from ragserve.models import (
+from ragserve.runtime.models import (
     SplitGGUF,
     assemble_split_gguf,
     assemble_split_zip,

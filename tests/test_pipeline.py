@@ -237,7 +237,7 @@ class _CountingReranker:
     """The real cross-encoder, counting the candidates it is asked to score."""
 
     def __init__(self, settings: Settings, *, fail: bool = False) -> None:
-        from ragserve.rerank import CrossEncoderReranker
+        from ragserve.rerank.cross_encoder import CrossEncoderReranker
 
         self.inner = CrossEncoderReranker.from_settings(settings)
         self.fail = fail

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from ragserve.api.app import create_app
 from ragserve.config import Settings
-from ragserve.context import ContextAssembler
+from ragserve.context.assembler import ContextAssembler
 from ragserve.generation.prompts import SYSTEM_PROMPT, build_messages
+from ragserve.serving.api.app import create_app
 
 PLANTED = """# Office kitchen rules
 

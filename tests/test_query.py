@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ragserve.errors import EmptyQueryError
-from ragserve.query import RuleBasedQueryProcessor, classify_intent, condense, keywords
+from ragserve.query.processor import RuleBasedQueryProcessor, classify_intent, condense, keywords
 from ragserve.types import Intent, Message
 
 pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)

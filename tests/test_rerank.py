@@ -15,10 +15,15 @@ import numpy as np
 import pytest
 
 from ragserve.config import Settings
-from ragserve.cpu import cpu_flags, physical_cores
 from ragserve.errors import EmptyQueryError, ModelNotFoundError
-from ragserve.rerank import CrossEncoderReranker, fuse_rerank, query_window, rerank_order
-from ragserve.rerank_onnx import preferred_precision
+from ragserve.rerank.cross_encoder import (
+    CrossEncoderReranker,
+    fuse_rerank,
+    query_window,
+    rerank_order,
+)
+from ragserve.rerank.onnx_export import preferred_precision
+from ragserve.runtime.cpu import cpu_flags, physical_cores
 from ragserve.types import Chunk, Hit
 
 
@@ -264,11 +269,11 @@ def test_disagreeing_or_failing_export_falls_back_to_pytorch(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import ragserve.rerank as rerank
+    import ragserve.rerank.cross_encoder as rerank
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(rerank, "agreement", lambda a, b: 0.5)
-    with caplog.at_level(logging.WARNING, logger="ragserve.rerank"):
+    with caplog.at_level(logging.WARNING, logger="ragserve.rerank.cross_encoder"):
         r = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-int8", max_length=64)
         assert r.score("Where is the Eiffel Tower?", _PASSAGES).shape == (5,)
     assert r.form == "torch-fp32" and "disagrees" in caplog.text
@@ -278,7 +283,7 @@ def test_disagreeing_or_failing_export_falls_back_to_pytorch(
     again.warm_up()
     assert again.form == "torch-fp32"
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="ragserve.rerank"):
+    with caplog.at_level(logging.WARNING, logger="ragserve.rerank.cross_encoder"):
         failed = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-fp32")
         failed.warm_up()
     assert failed.form == "torch-fp32" and "export failed" in caplog.text
@@ -291,7 +296,7 @@ def _boom(*args: object, **kwargs: object) -> Path:
 def test_agreeing_export_is_cached_and_reused(
     small_cross_encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ragserve.rerank as rerank
+    import ragserve.rerank.cross_encoder as rerank
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-fp32", max_length=64)
@@ -420,7 +425,7 @@ def test_any_sentence_transformers_cross_encoder_loads_by_local_path(
 
 
 def test_onnx_export_scores_like_the_original(small_cross_encoder: Path, tmp_path: Path) -> None:
-    from ragserve.rerank import export_cross_encoder_onnx
+    from ragserve.rerank.cross_encoder import export_cross_encoder_onnx
 
     query = "Where is the Eiffel Tower?"
     original = CrossEncoderReranker(str(small_cross_encoder), max_length=128).score(

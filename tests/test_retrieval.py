@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ragserve.config import Settings
-from ragserve.retrieval import HybridRetriever, convex_fusion, reciprocal_rank_fusion
+from ragserve.retrieval.hybrid import HybridRetriever, convex_fusion, reciprocal_rank_fusion
 from ragserve.types import ProcessedQuery
 
 

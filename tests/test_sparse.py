@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from ragserve.sparse import BM25Index, Bm25Tokenizer
+from ragserve.stores.bm25 import BM25Index, Bm25Tokenizer
 
 
 def _corpus(n: int, word: str) -> tuple[list[str], list[str]]:

@@ -146,7 +146,7 @@ class Miner:
         dense scores, min-max normalised over the ``k`` candidates: on NFCorpus dev (BM25
         top-100) it scores 0.319 nDCG@10 against BM25's 0.287.
         """
-        from ragserve.retrieval import convex_fusion
+        from ragserve.retrieval.hybrid import convex_fusion
 
         sparse, scores = self._bm25(queries, k)
         cosines = self._cosines(queries)
@@ -864,7 +864,7 @@ def export_model(checkpoint: Path, out: Path, fmt: str) -> None:
     from scipy.stats import spearmanr
     from sentence_transformers.cross_encoder import CrossEncoder
 
-    from ragserve.rerank import _load_cross_encoder, export_cross_encoder_onnx
+    from ragserve.rerank.cross_encoder import _load_cross_encoder, export_cross_encoder_onnx
 
     card_md = out / "MODEL_CARD.md"
     kept_card = card_md.read_text() if card_md.exists() else None  # hand-written: keep it

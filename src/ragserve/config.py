@@ -383,6 +383,19 @@ class GenerationSettings(_Group):
     budget_query: int = Field(200, ge=1, le=_MAX_TOKENS)
     budget_response: int = Field(2000, ge=1, le=_MAX_TOKENS)
     history_turns: int = Field(6, ge=0, le=1000)
+    history_budget: int = Field(
+        200,
+        ge=0,
+        le=8000,
+        description="Most tokens of the conversation's earlier turns the reader sees, apart "
+        "from the sources' context_budget; 0 shows none. Long turns are cut to their opening "
+        "sentences rather than dropped.",
+    )
+    clarify: bool = Field(
+        True,
+        description="Ask back ('Do you mean X or Y?') when a turn names something it never "
+        "says which of, and the best sources are about several such things.",
+    )
     # --- refusal gates (whether the reader answers at all) ----------------------------------
     refusal_threshold: float | None = Field(
         None, description="Minimum best re-rank score to answer; None uses the calibrated default."

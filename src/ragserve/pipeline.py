@@ -19,22 +19,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragserve.config import Settings
-from ragserve.embedding import SentenceTransformerEmbedder, open_index_with
-from ragserve.generation.support import SentenceSupport
-from ragserve.priority import ForegroundGate
-from ragserve.query import RuleBasedQueryProcessor
-from ragserve.retrieval import HybridRetriever
-from ragserve.sentences import CODE_FENCES
+from ragserve.embedding.embedder import SentenceTransformerEmbedder, open_index_with
+from ragserve.query.processor import RuleBasedQueryProcessor
+from ragserve.retrieval.hybrid import HybridRetriever
+from ragserve.runtime.priority import ForegroundGate
 from ragserve.stores import open_index
 from ragserve.stores.base import DocumentIndex
+from ragserve.text.sentences import CODE_FENCES
+from ragserve.text.support import SentenceSupport
 from ragserve.types import Answer, Citation, Hit, Intent, Message, ProcessedQuery
 
 if TYPE_CHECKING:
-    from ragserve.answerability import AnswerabilityJudge
-    from ragserve.context import AssembledContext
+    from ragserve.context.assembler import AssembledContext
     from ragserve.generation.base import Generator
+    from ragserve.grounding.answerability import AnswerabilityJudge
     from ragserve.ingest.pipeline import Ingestor, IngestSummary
-    from ragserve.rerank import Reranker
+    from ragserve.rerank.cross_encoder import Reranker
 
 __all__ = ["CHITCHAT_REPLY", "OUT_OF_SCOPE_REPLY", "RagPipeline", "StreamEvent"]
 
@@ -144,7 +144,7 @@ class RagPipeline:
         self.embedder.warm_up()
         open_index_with(self.index, self.embedder)
         if self.reranker is None and self.settings.rerank.enabled:
-            from ragserve.rerank import CrossEncoderReranker
+            from ragserve.rerank.cross_encoder import CrossEncoderReranker
 
             self.reranker = CrossEncoderReranker.from_settings(self.settings)
         if self.reranker is not None:
@@ -168,7 +168,7 @@ class RagPipeline:
             log.warning("priming search at start-up failed (%s); the first query pays it", exc)
 
     def _warm_generation(self) -> None:
-        from ragserve.context import (
+        from ragserve.context.assembler import (
             CompactContextAssembler,
             ContextAssembler,
             FocusedContextAssembler,
@@ -177,7 +177,7 @@ class RagPipeline:
 
         s = self.settings
         if self.judge is None and s.generation.answerability:
-            from ragserve.answerability import AnswerabilityJudge
+            from ragserve.grounding.answerability import AnswerabilityJudge
 
             self.judge = AnswerabilityJudge.from_settings(s)
         if self.judge is not None:
@@ -445,7 +445,7 @@ class RagPipeline:
         ):
             return "", [], "unverified"
         if generation.show_code:
-            from ragserve.generation.show_code import attach_code
+            from ragserve.grounding.show_code import attach_code
 
             cited = [c.number for c in citations]
             text = attach_code(text, context.texts, cited, self.support, question=question)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from ragserve.api.app import create_app
 from ragserve.config import Settings
+from ragserve.serving.api.app import create_app
 
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 

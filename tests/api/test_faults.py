@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from ragserve.api.app import create_app
 from ragserve.config import Settings
+from ragserve.serving.api.app import create_app
 
 ADMIN = {"Authorization": "Bearer k"}
 
@@ -120,7 +120,7 @@ def test_llm_server_killed_mid_stream(tmp_path: Path, sample_corpus: Path, embed
     import httpx
 
     from ragserve.ingest.pipeline import Ingestor
-    from ragserve.models import resolve_gguf_model
+    from ragserve.runtime.models import resolve_gguf_model
     from ragserve.stores.local import LocalIndex
 
     settings = Settings(data_dir=tmp_path)

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pg_server import LocalPostgres
 
-from ragserve.api.app import create_app
 from ragserve.config import Settings
+from ragserve.serving.api.app import create_app
 
 pytestmark = pytest.mark.postgres
 

@@ -9,8 +9,8 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from ragserve.api.app import create_app  # noqa: E402
 from ragserve.config import Settings  # noqa: E402
+from ragserve.serving.api.app import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")

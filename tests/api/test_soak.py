@@ -52,7 +52,7 @@ SOAK_S = float(os.environ.get("RAGSERVE_SOAK_SECONDS", "60"))
 # Chat p95 during uploads over chat p95 alone; the target is 1.5. Before uploads were put
 # below chat it was 2.6-2.9 (3.4 and 4.9 earlier, 1.9 with RAGSERVE_WORKERS=4): upload
 # embedding took half the CPU. Now uploads run on their own thread at nice 10 and embed in
-# small batches that first wait up to 0.25 s for answers in flight (ragserve.priority): 1.12
+# small batches that first wait up to 0.25 s for answers in flight (ragserve.runtime.priority): 1.12
 # and 1.13 on this 2-core machine beside other jobs (load average 9-12), with 47-52 uploads a
 # minute instead of 110-150 (chat comes first, and these 8 clients never pause). The ratio
 # is printed, and asserted only when RAGSERVE_SOAK_MAX_P95_RATIO names a bound (e.g. 1.5): it
@@ -169,7 +169,7 @@ def server(tmp_path: Path, sample_corpus: Path, embedder) -> Iterator[Server]:  
         "RAGSERVE_RATE_LIMIT_PER_MINUTE": "0",
         **json.loads(os.environ.get("RAGSERVE_SOAK_SERVER_ENV", "{}")),
     }
-    cmd = [sys.executable, "-m", "ragserve.cli", "serve", "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "ragserve.cli.main", "serve", "--host", "127.0.0.1"]
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, cwd=tmp_path, stderr=log)
     handle = Server(f"http://127.0.0.1:{port}", settings, proc)

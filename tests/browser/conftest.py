@@ -58,14 +58,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Ite
         "RAGSERVE_RATE_LIMIT_PER_MINUTE": "1000",
     }
     subprocess.run(
-        [sys.executable, "-m", "ragserve.cli", "ingest", str(corpus)],
+        [sys.executable, "-m", "ragserve.cli.main", "ingest", str(corpus)],
         env=env,
         cwd=work,
         check=True,
         capture_output=True,
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ragserve.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "ragserve.cli.main", "serve", "--port", str(port)],
         env=env,
         cwd=work,
         stdout=subprocess.DEVNULL,

@@ -102,7 +102,7 @@ def test_squad_normalisation_and_f1() -> None:
 
 
 def test_eval_retrieval_cli_end_to_end(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from ragserve.cli import app
+    from ragserve.cli.main import app
 
     folder = _beir(tmp_path / "tiny")
     monkeypatch.setenv("RAGSERVE_DATA_DIR", str(tmp_path / "idx"))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragserve.context import ContextAssembler
+from ragserve.context.assembler import ContextAssembler
 from ragserve.generation.citations import (
     REFUSAL_TEXT,
     attribute,

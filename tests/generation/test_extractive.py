@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ragserve.context import ContextAssembler
+from ragserve.context.assembler import ContextAssembler
 from ragserve.generation.citations import REFUSAL_TEXT
 from ragserve.generation.extractive import ExtractiveGenerator
 

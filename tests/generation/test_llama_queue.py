@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from ragserve.cpu import physical_cores
 from ragserve.errors import GenerationBusyError, GenerationTimeoutError
 from ragserve.generation.llama import GenerationSlots, LlamaCppGenerator
+from ragserve.runtime.cpu import physical_cores
 
 
 def _tokens(n: int, delay: float = 0.0) -> Iterator[str]:

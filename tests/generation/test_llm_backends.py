@@ -16,10 +16,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from ragserve.context import ContextAssembler
+from ragserve.context.assembler import ContextAssembler
 from ragserve.errors import LLMUnavailableError, ModelNotFoundError
 from ragserve.generation import LlamaCppGenerator, OpenAICompatibleGenerator
-from ragserve.models import resolve_gguf_model
+from ragserve.runtime.models import resolve_gguf_model
 
 TEXT = "The Eiffel Tower is 330 metres tall. It was completed in 1889 in Paris."
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from ragserve.generation.show_code import attach_code
-from ragserve.generation.support import SentenceSupport
+from ragserve.grounding.show_code import attach_code
+from ragserve.text.support import SentenceSupport
 
 pytestmark = pytest.mark.fast  # pure logic: a stemmer, no model (make test-fast)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragserve.generation.support import SentenceSupport
+from ragserve.text.support import SentenceSupport
 
 pytestmark = pytest.mark.fast  # pure logic: no model, no server (make test-fast)
 

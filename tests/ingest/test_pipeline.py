@@ -149,7 +149,7 @@ def test_kill_9_at_random_points_leaves_a_consistent_index(
         "RAGSERVE_INGEST_BATCH_CHUNKS": "4",
         "RAGSERVE_NO_PROGRESS": "1",
     }
-    cmd = [sys.executable, "-m", "ragserve.cli", "ingest", str(corpus)]
+    cmd = [sys.executable, "-m", "ragserve.cli.main", "ingest", str(corpus)]
     db = tmp_path / "index" / "k" / "manifest.sqlite3"
     rng = random.Random(1234)
     settings = Settings(data_dir=tmp_path / "index", collection="k")

@@ -76,7 +76,16 @@ def http_server(index_dir: Path) -> Iterator[str]:
         RAGSERVE_RATE_LIMIT_PER_MINUTE="100000",
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ragserve.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "ragserve.cli.main",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -113,7 +122,7 @@ def _wait_ready(base: str, proc: subprocess.Popen[str]) -> None:
 def stdio_connect(data_dir: Path) -> Connect:
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "ragserve.cli", "mcp"],
+        args=["-m", "ragserve.cli.main", "mcp"],
         env=_env(data_dir),
         cwd=REPO,
     )
@@ -257,7 +266,7 @@ async def test_http_client_with_a_wrong_key_is_refused(http_server: str) -> None
 def test_mcp_is_not_mounted_unless_enabled(index_dir: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from ragserve.api.app import create_app
+    from ragserve.serving.api.app import create_app
 
     off = TestClient(create_app(Settings(data_dir=index_dir)))  # no lifespan: nothing loads
     assert off.post("/mcp", json={}).status_code == 404
@@ -276,7 +285,7 @@ def test_stdout_carries_only_protocol_messages(index_dir: Path) -> None:
         },
     }
     done = subprocess.run(
-        [sys.executable, "-m", "ragserve.cli", "mcp", "--verbose"],
+        [sys.executable, "-m", "ragserve.cli.main", "mcp", "--verbose"],
         input=json.dumps(hello) + "\n",
         env=_env(index_dir),
         cwd=REPO,
@@ -299,8 +308,8 @@ def test_guard_checks_host_then_key_then_rate() -> None:
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from ragserve.api.security import RateLimiter
-    from ragserve.mcp_server import _allowed_hosts, _Guard
+    from ragserve.serving.api.security import RateLimiter
+    from ragserve.serving.mcp import _allowed_hosts, _Guard
 
     settings = Settings(chat_api_key=CHAT_KEY, mcp_allowed_hosts=["testserver"])
     inner = PlainTextResponse("reached")
@@ -323,6 +332,6 @@ def test_guard_checks_host_then_key_then_rate() -> None:
 def test_document_uris_round_trip(doc_id: str) -> None:
     from mcp.shared.uri_template import UriTemplate
 
-    from ragserve.mcp_server import DOCUMENT_URI, _document_uri
+    from ragserve.serving.mcp import DOCUMENT_URI, _document_uri
 
     assert UriTemplate.parse(DOCUMENT_URI).match(_document_uri(doc_id)) == {"doc_id": doc_id}

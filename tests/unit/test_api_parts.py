@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from starlette.requests import Request
 
-from ragserve.api import security
-from ragserve.api.errors import StorageError, is_disk_full, storage_error
-from ragserve.api.routes.documents import _safe_filename, _unique
-from ragserve.api.schemas import ChatResponse, completion_response
-from ragserve.api.security import AuthError, RateLimitedError, RateLimiter, check_key
 from ragserve.errors import StoreError
+from ragserve.serving.api import security
+from ragserve.serving.api.errors import StorageError, is_disk_full, storage_error
+from ragserve.serving.api.routes.documents import _safe_filename, _unique
+from ragserve.serving.api.schemas import ChatResponse, completion_response
+from ragserve.serving.api.security import AuthError, RateLimitedError, RateLimiter, check_key
 from ragserve.types import Answer, Chunk, Hit
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ragserve.api.app import create_app
 from ragserve.config import Settings
+from ragserve.serving.api.app import create_app
 
 ADMIN = {"Authorization": "Bearer admin-key"}
 

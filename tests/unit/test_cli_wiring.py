@@ -6,8 +6,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from ragserve.cli import app
-from ragserve.cli_support import friendly_errors
+from ragserve.cli.main import app
+from ragserve.cli.support import friendly_errors
 from ragserve.errors import BadRequestError, StoreError
 
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from ragserve.cli import app as cli
+from ragserve.cli.main import app as cli
 from ragserve.config import _FLAT, _GROUPS, RerankSettings, Settings, SettingsError, load_settings
 
 

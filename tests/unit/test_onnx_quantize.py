@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragserve.onnx_utils import quantize_int8
+from ragserve.runtime.onnx import quantize_int8
 
 
 def _tiny_matmul_model(path: Path) -> Path:
@@ -54,7 +54,7 @@ def test_other_loggers_and_later_quantiser_calls_are_untouched(
     quantize_int8(source, tmp_path / "int8.onnx")
     with caplog.at_level(logging.INFO):
         logging.info("a root record from elsewhere")
-        logging.getLogger("ragserve.rerank").info("a ragserve record")
+        logging.getLogger("ragserve.rerank.cross_encoder").info("a ragserve record")
     assert [r.getMessage() for r in caplog.records] == [
         "a root record from elsewhere",
         "a ragserve record",

@@ -15,7 +15,7 @@ import pytest
 
 from ragserve.config import Settings
 from ragserve.ingest.pipeline import Ingestor
-from ragserve.priority import BackgroundWorker, ForegroundGate, lower_thread_priority
+from ragserve.runtime.priority import BackgroundWorker, ForegroundGate, lower_thread_priority
 
 
 def test_an_idle_gate_does_not_wait() -> None:

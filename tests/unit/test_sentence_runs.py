@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from ragserve.rerank import MAX_RUNS, CrossEncoderReranker
-from ragserve.sentences import sentence_windows
+from ragserve.rerank.cross_encoder import MAX_RUNS, CrossEncoderReranker
+from ragserve.text.sentences import sentence_windows
 
 
 def _text(n: int) -> str:

@@ -10,9 +10,9 @@ from typing import Any
 import anyio
 import pytest
 
-from ragserve.api.streaming import pipeline_events
 from ragserve.errors import GenerationError
 from ragserve.pipeline import StreamEvent
+from ragserve.serving.api.streaming import pipeline_events
 
 
 class _Counting:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ragserve.cli_support import configure_cli_logging, friendly_errors
+from ragserve.cli.support import configure_cli_logging, friendly_errors
 from ragserve.config import load_settings
 
 __all__ = ["app"]

@@ -21,7 +21,7 @@ import numpy as np
 
 from ragserve.config import Settings
 from ragserve.evaluation.beir import BeirDataset
-from ragserve.retrieval import HybridRetriever
+from ragserve.retrieval.hybrid import HybridRetriever
 from ragserve.types import Hit, ProcessedQuery
 
 __all__ = [
@@ -102,8 +102,8 @@ def estimate_seconds(
 
 
 def _rerank_ms_per_pair(settings: Settings) -> float:
-    from ragserve.cpu import cpu_flags
-    from ragserve.rerank_onnx import preferred_precision
+    from ragserve.rerank.onnx_export import preferred_precision
+    from ragserve.runtime.cpu import cpu_flags
 
     runtime: str = settings.rerank.rerank_runtime
     if runtime == "auto":
@@ -225,8 +225,8 @@ class _StageRunner:
     def __init__(
         self, pipeline: Any, settings: Settings, stages: tuple[str, ...], wants_rerank: bool
     ) -> None:
-        from ragserve.query import RuleBasedQueryProcessor
-        from ragserve.rerank import CrossEncoderReranker
+        from ragserve.query.processor import RuleBasedQueryProcessor
+        from ragserve.rerank.cross_encoder import CrossEncoderReranker
 
         self.pipeline, self.stages = pipeline, stages
         self.reranker = pipeline.reranker

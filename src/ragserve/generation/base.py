@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
-from ragserve.context import AssembledContext
+from ragserve.context.assembler import AssembledContext
 from ragserve.types import Message
 
 __all__ = ["Generator"]

@@ -6,9 +6,9 @@ import re
 from collections.abc import Callable
 from itertools import pairwise
 
-from ragserve.context import AssembledContext
-from ragserve.generation.support import own_words
-from ragserve.sentences import CODE_FENCES, split_sentences
+from ragserve.context.assembler import AssembledContext
+from ragserve.text.sentences import CODE_FENCES, split_sentences
+from ragserve.text.support import own_words
 from ragserve.types import Citation
 
 __all__ = [

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from ragserve.context import AssembledContext
+from ragserve.context.assembler import AssembledContext
 from ragserve.generation.citations import REFUSAL_TEXT
-from ragserve.generation.support import SentenceSupport
+from ragserve.text.support import SentenceSupport
 from ragserve.types import Message
 
 __all__ = ["ExtractiveGenerator"]

@@ -1,7 +1,7 @@
 """Local generation with a GGUF model through llama-cpp-python.
 
 The default reader is Qwen2.5-Coder-1.5B-Instruct (Q4_K_M), assembled from its PyPI part
-packages (``ragserve.models``). One llama.cpp context serves one generation at a time, so
+packages (``ragserve.runtime.models``). One llama.cpp context serves one generation at a time, so
 requests queue for it; the queue is bounded and a full queue is refused at once (503 with
 Retry-After) rather than piling up work no client will wait for.
 """
@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from ragserve.context import AssembledContext
-from ragserve.cpu import physical_cores
+from ragserve.context.assembler import AssembledContext
 from ragserve.errors import (
     GenerationBusyError,
     GenerationError,
@@ -32,7 +31,8 @@ from ragserve.generation.prompts import (
     build_completion_prompt,
     build_messages,
 )
-from ragserve.models import resolve_gguf_model
+from ragserve.runtime.cpu import physical_cores
+from ragserve.runtime.models import resolve_gguf_model
 from ragserve.types import Message
 
 __all__ = ["GenerationSlots", "LlamaCppGenerator"]

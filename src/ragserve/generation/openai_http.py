@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 from pydantic import SecretStr
 
-from ragserve.context import AssembledContext
+from ragserve.context.assembler import AssembledContext
 from ragserve.errors import GenerationError, LLMUnavailableError
 from ragserve.generation.prompts import build_messages
 from ragserve.types import Message

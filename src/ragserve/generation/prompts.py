@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ragserve.context import AssembledContext
+from ragserve.context.assembler import AssembledContext
 from ragserve.types import Message
 
 __all__ = ["SYSTEM_PROMPT", "build_completion_prompt", "build_messages"]

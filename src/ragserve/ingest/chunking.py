@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 # Sentence splitting lives beside the stages that read sentences; chunking is one of them.
-from ragserve.sentences import CODE_FENCES, Span, split_sentences, strip_span
+from ragserve.text.sentences import CODE_FENCES, Span, split_sentences, strip_span
 from ragserve.types import Chunk, Document, content_hash
 
 __all__ = [

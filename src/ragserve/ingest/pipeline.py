@@ -29,8 +29,8 @@ from ragserve.types import Chunk, Document, DocumentRecord, content_hash
 
 if TYPE_CHECKING:
     from ragserve.config import Settings
-    from ragserve.embedding import SentenceTransformerEmbedder
-    from ragserve.priority import ForegroundGate
+    from ragserve.embedding.embedder import SentenceTransformerEmbedder
+    from ragserve.runtime.priority import ForegroundGate
     from ragserve.stores.base import DocumentIndex
 
 __all__ = ["FileResult", "IngestSummary", "Ingestor", "document_id_for"]

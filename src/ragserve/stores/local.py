@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragserve.errors import EmbedderMismatchError, StoreError
-from ragserve.sparse import BM25Index, Bm25Snapshot, Bm25Tokenizer
 from ragserve.stores.base import IndexInfo, IndexWrite
+from ragserve.stores.bm25 import BM25Index, Bm25Snapshot, Bm25Tokenizer
 from ragserve.types import Chunk, DocumentRecord
 
 if TYPE_CHECKING:

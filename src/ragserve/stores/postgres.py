@@ -26,7 +26,7 @@ lexeme's ``ts_rank`` (saturating term frequency, length-normalised) weighted by 
 collection; candidates come from the selective lexemes (df <= 10%), WAND-style. On SciFact
 this scores nDCG@10 0.687 against bm25s' 0.686. The GIN index has ``fastupdate = off``: a
 pending list makes every lookup scan it and the planner then avoids the index. Dense and
-sparse results are fused in ragserve (``ragserve.retrieval``), as for the embedded store.
+sparse results are fused in ragserve (``ragserve.retrieval.hybrid``), as for the embedded store.
 
 One document = one transaction (old chunks out, new chunks + vectors in, manifest row,
 version bump), so a crash or a killed server never leaves half a document.

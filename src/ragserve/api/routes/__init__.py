@@ -1,1 +1,0 @@
-"""The API's routers, one per concern; ``ragserve.api.app.create_app`` includes each."""

@@ -1,0 +1,229 @@
+"""Sparse (lexical) retrieval: BM25 over chunk text with bm25s.
+
+bm25s has no incremental insert, so the index is derived data: built from the manifest's
+chunk texts and stamped with the manifest version it was built from. A stale or missing index
+is rebuilt on open, which makes a crash between writing the manifest and saving BM25 harmless.
+
+Concurrency by construction: a built index is an immutable :class:`Bm25Snapshot`. Searches read
+the current snapshot reference once and use only it, so they take no lock and never see half a
+rebuild; a writer builds the next snapshot off to the side and publishes it with one reference
+assignment. Each snapshot keeps its documents' tokens, so the next one re-tokenises only the
+chunks that changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BM25Index", "Bm25Snapshot", "Bm25Tokenizer"]
+
+log = logging.getLogger("ragserve.stores.bm25")
+
+Tokens = tuple[str, ...]
+
+
+def _bm25s():  # type: ignore[no-untyped-def]
+    import bm25s
+
+    # bm25s sets its own logger to DEBUG on import, which floods any configured root handler.
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+class Bm25Tokenizer:
+    """Lower-case word tokens, English stop words removed, Snowball-stemmed (both switchable).
+
+    Safe to share between threads: a Snowball stemmer keeps per-call state in C, so each thread
+    gets its own.
+    """
+
+    def __init__(self, *, stemming: bool = True, stopwords: bool = True) -> None:
+        self.stemming = stemming
+        self.stopwords = stopwords
+        self._local = threading.local()
+        if stemming:
+            self._stemmer()  # fail at construction, not at the first search, if it is missing
+
+    def _stemmer(self) -> Any:
+        if not self.stemming:
+            return None
+        stemmer = getattr(self._local, "stemmer", None)
+        if stemmer is None:
+            import Stemmer
+
+            stemmer = self._local.stemmer = Stemmer.Stemmer("english")
+        return stemmer
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
+        """Each text's tokens, as strings (bm25s indexes and queries them directly)."""
+        if not texts:
+            return []
+        return _bm25s().tokenize(
+            list(texts),
+            stopwords="en" if self.stopwords else None,
+            stemmer=self._stemmer(),
+            return_ids=False,
+            show_progress=False,
+        )
+
+    def describe(self) -> dict[str, bool]:
+        return {"stemming": self.stemming, "stopwords": self.stopwords}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Bm25Snapshot:
+    """One built BM25 index over fixed chunk ids; never modified after construction."""
+
+    version: int | None
+    ids: tuple[str, ...]
+    retriever: Any
+    """A bm25s.BM25, or None when there is nothing lexical to index."""
+    tokens: tuple[Tokens, ...] | None = None
+    """Per id, for deriving the next snapshot; None for one loaded from disk."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def search(self, query_tokens: list[str], k: int) -> list[tuple[str, float]]:
+        if self.retriever is None or not self.ids or not query_tokens:
+            return []
+        # n_threads=0: bm25s would otherwise start a thread pool for every single query.
+        docs, scores = self.retriever.retrieve(
+            [query_tokens], k=min(k, len(self.ids)), show_progress=False, n_threads=0
+        )
+        out = []
+        for idx, score in zip(docs[0], scores[0], strict=True):
+            if score <= 0:
+                break
+            out.append((self.ids[int(idx)], float(score)))
+        return out
+
+
+def _build(version: int | None, ids: Sequence[str], tokens: Sequence[Tokens]) -> Bm25Snapshot:
+    if not any(tokens):  # empty, or nothing but stop words: no lexical index to build
+        return Bm25Snapshot(version, tuple(ids), None, tuple(tokens))
+    retriever = _bm25s().BM25()
+    retriever.index([list(t) for t in tokens], show_progress=False)
+    return Bm25Snapshot(version, tuple(ids), retriever, tuple(tokens))
+
+
+class BM25Index:
+    """The current :class:`Bm25Snapshot` of a collection, and its copy on disk."""
+
+    def __init__(self, tokenizer: Bm25Tokenizer | None = None) -> None:
+        self.tokenizer = tokenizer or Bm25Tokenizer()
+        self._snapshot = Bm25Snapshot(None, (), None, ())
+        self._publish_lock = threading.Lock()  # publishers only; searches never take it
+        self._save_lock = threading.Lock()
+        self._saved_version: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._snapshot)
+
+    @property
+    def snapshot(self) -> Bm25Snapshot:
+        return self._snapshot
+
+    @property
+    def version(self) -> int | None:
+        return self._snapshot.version
+
+    def prepare(self, ids: Sequence[str], texts: Sequence[str], version: int) -> Bm25Snapshot:
+        """A snapshot over ``texts`` (not yet searchable; see :meth:`publish`)."""
+        tokens = [tuple(t) for t in self.tokenizer.tokenize(texts)]
+        return _build(version, ids, tokens)
+
+    def derive(
+        self,
+        base: Bm25Snapshot,
+        *,
+        remove: Collection[str],
+        add_ids: Sequence[str] = (),
+        add_texts: Sequence[str] = (),
+        version: int,
+    ) -> Bm25Snapshot | None:
+        """``base`` without ``remove`` and with the added chunks, tokenising only those; None
+        when ``base`` kept no tokens (it was loaded from disk) and a full build is needed."""
+        if base.tokens is None:
+            return None
+        drop = set(remove) | set(add_ids)
+        kept = [(i, t) for i, t in zip(base.ids, base.tokens, strict=True) if i not in drop]
+        added = [tuple(t) for t in self.tokenizer.tokenize(add_texts)]
+        ids = [i for i, _ in kept] + list(add_ids)
+        return _build(version, ids, [t for _, t in kept] + added)
+
+    def publish(self, snapshot: Bm25Snapshot) -> bool:
+        """Make ``snapshot`` the one searches use, unless a newer one is already published."""
+        with self._publish_lock:
+            current = self._snapshot.version
+            if current is not None and snapshot.version is not None and snapshot.version < current:
+                return False
+            self._snapshot = snapshot  # one reference store: searches see old or new, whole
+            return True
+
+    def build(self, ids: Sequence[str], texts: Sequence[str], version: int) -> Bm25Snapshot:
+        snapshot = self.prepare(ids, texts, version)
+        self.publish(snapshot)
+        return snapshot
+
+    def search(self, query: str, k: int) -> list[tuple[str, float]]:
+        snapshot = self._snapshot  # read once: a concurrent publish cannot mix two indexes
+        if snapshot.retriever is None or k <= 0:
+            return []
+        tokens = self.tokenizer.tokenize([query])
+        return snapshot.search(tokens[0] if tokens else [], k)
+
+    def save(self, directory: Path, snapshot: Bm25Snapshot | None = None) -> None:
+        """Write a snapshot (default: the current one) to a temporary sibling and rename, so a
+        crash never leaves half an index. Older than what is on disk already: skipped."""
+        snapshot = snapshot or self._snapshot
+        with self._save_lock:
+            saved = self._saved_version
+            if snapshot.version is not None and saved is not None and snapshot.version <= saved:
+                return
+            _write_dir(directory, snapshot, self.tokenizer.describe())
+            self._saved_version = snapshot.version
+
+    def load(self, directory: Path, version: int) -> bool:
+        """Load and publish the saved index if it was built from manifest ``version`` with this
+        tokenizer; False when there is none, it is stale or it was built differently."""
+        meta_path = directory / "meta.json"
+        if not meta_path.exists():
+            return False
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("tokenizer") != self.tokenizer.describe() or meta["version"] != version:
+                return False
+            has_index = (directory / "bm25").is_dir()
+            retriever = _bm25s().BM25.load(str(directory / "bm25")) if has_index else None
+            snapshot = Bm25Snapshot(version, tuple(meta["ids"]), retriever, None)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("BM25 index at %s unreadable (%s); it will be rebuilt", directory, exc)
+            return False
+        with self._save_lock:
+            self._saved_version = version
+        self.publish(snapshot)
+        return True
+
+
+def _write_dir(directory: Path, snapshot: Bm25Snapshot, tokenizer: dict[str, bool]) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if snapshot.retriever is not None:
+        snapshot.retriever.save(str(tmp / "bm25"), show_progress=False)
+    meta = {"version": snapshot.version, "ids": list(snapshot.ids), "tokenizer": tokenizer}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)

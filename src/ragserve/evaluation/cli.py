@@ -1,4 +1,4 @@
-"""``ragserve eval retrieval`` and ``ragserve eval answers``."""
+"""``ragserve eval retrieval``, ``ragserve eval answers`` and ``ragserve eval conversations``."""
 
 from __future__ import annotations
 
@@ -149,3 +149,47 @@ def answers(
         articles=articles,
     )
     typer.echo(json.dumps(result, indent=2 if as_json else None))
+
+
+@app.command()
+@friendly_errors
+def conversations(
+    tasks: Annotated[
+        Path, typer.Option(help="MTRAG-style tasks.jsonl: a conversation and its turn to answer.")
+    ],
+    corpus: Annotated[
+        Path | None, typer.Option(help="BEIR corpus.jsonl; default: the one beside --tasks.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Ask only the first N tasks.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write report.md, results.json, tasks.jsonl and plots here."),
+    ] = None,
+) -> None:
+    """Each task's last user turn asked the /chat way, with the earlier turns as history:
+    source hit, cited-is-reference, refused, clarify, answer quality and TTFT per label."""
+    from rich.console import Console
+
+    from ragserve.evaluation.conversations import evaluate_conversations, targets_table
+
+    configure_cli_logging(False)
+    result = evaluate_conversations(
+        load_settings(),
+        tasks,
+        corpus,
+        limit=limit,
+        progress=True,  # on stderr: stdout stays the JSON
+        report=report,
+    )
+    # Under --json the tables go to stderr, so a logged run still shows them and stdout stays
+    # one JSON object.
+    console = Console(stderr=as_json)
+    if not console.is_terminal:
+        console.width = 160  # a log or a pipe: the per-label table needs its columns
+    for table in targets_table(result):
+        console.print(table)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    elif report is not None:
+        typer.echo(f"report: {report / 'report.md'}")

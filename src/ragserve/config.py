@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import re
 import tomllib
@@ -60,6 +61,7 @@ __all__ = [
     "SettingsError",
     "config_path",
     "load_settings",
+    "setting_default",
 ]
 
 ChunkerName = Literal["recursive", "fixed", "sentence", "semantic"]
@@ -70,6 +72,8 @@ _MiB = 1024 * 1024
 # Token budgets and windows: generous ceilings that still catch a units mistake (bytes, chars).
 _MAX_TOKENS = 1_048_576
 _ENV_PREFIX = "RAGSERVE_"
+
+log = logging.getLogger("ragserve.config")
 
 
 class SettingsError(ConfigError):
@@ -127,7 +131,12 @@ class IngestSettings(_Group):
     chunk_size: int = Field(
         512, ge=16, le=_MAX_TOKENS, description="Tokens; clamped to the embedder's limit."
     )
-    chunk_overlap: int = Field(51, ge=0, le=_MAX_TOKENS)
+    chunk_overlap: int = Field(
+        51,
+        ge=0,
+        le=_MAX_TOKENS,
+        description="Tokens repeated between chunks; at most half a chunk.",
+    )
     semantic_percentile: float = Field(90.0, gt=0, lt=100)
     embedding_model: str = Field(
         "builtin:all-MiniLM-L6-v2",
@@ -175,10 +184,24 @@ class IngestSettings(_Group):
         "deletes (Linux, per thread; at most 19), so chat gets the CPU first; 0: the server's "
         "own priority.",
     )
-    max_file_bytes: int = Field(100 * _MiB, ge=1, description="Files larger than this are refused.")
+    max_file_bytes: int = Field(
+        100 * _MiB,
+        ge=1,
+        description="Each file ingested (CLI, library or upload) larger than this is skipped "
+        "with an error. Not max_upload_bytes, the size of one upload request.",
+    )
     ingest_root: Path | None = Field(
         None, description="If set, only paths under this directory may be ingested."
     )
+
+    # The chunkers cut a longer overlap to half a chunk; an error here, not a silent change.
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_within_half(cls, value: int, info: ValidationInfo) -> int:
+        size = info.data.get("chunk_size")
+        if size is not None and value > size // 2:
+            raise ValueError(f"chunk_overlap ({value}) must be at most half of chunk_size ({size})")
+        return value
 
 
 class RetrievalSettings(_Group):
@@ -339,7 +362,9 @@ class GenerationSettings(_Group):
         240,
         ge=32,
         le=8000,
-        description="Most tokens of source text in a focused or compact context.",
+        description="context_style 'focused' and 'compact' only: most tokens of source text "
+        "in the prompt (the local reader's latency is its prompt). Not budget_context, which is "
+        "the 'full' style's share of the window.",
     )
     context_sources: int = Field(
         3, ge=1, le=20, description="Sources a focused or compact context draws from."
@@ -377,12 +402,25 @@ class GenerationSettings(_Group):
     openai_model: str = "local"
     openai_api_key: SecretStr | None = None
     llm_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
-    # Token budgets of the prompt's parts, scaled down together to fit llm_context_window.
+    # context_style 'full' only: token budgets of the prompt's parts, set for a 16k window and
+    # scaled down together to fit llm_context_window; the context gets at most what is left.
     budget_system: int = Field(500, ge=0, le=_MAX_TOKENS)
-    budget_context: int = Field(8000, ge=1, le=_MAX_TOKENS)
+    budget_context: int = Field(
+        8000,
+        ge=1,
+        le=_MAX_TOKENS,
+        description="context_style 'full' only: most tokens of whole chunks in the prompt, "
+        "within what llm_context_window leaves. Not context_budget (focused and compact).",
+    )
     budget_query: int = Field(200, ge=1, le=_MAX_TOKENS)
     budget_response: int = Field(2000, ge=1, le=_MAX_TOKENS)
-    history_turns: int = Field(6, ge=0, le=1000)
+    history_turns: int = Field(
+        6,
+        ge=0,
+        le=1000,
+        description="Earlier turns (question and answer) put in the reader's context; older "
+        "ones are left out. Not max_history_turns, the most a request may send.",
+    )
     history_budget: int = Field(
         200,
         ge=0,
@@ -397,8 +435,15 @@ class GenerationSettings(_Group):
         "says which of, and the best sources are about several such things.",
     )
     # --- refusal gates (whether the reader answers at all) ----------------------------------
-    refusal_threshold: float | None = Field(
-        None, description="Minimum best re-rank score to answer; None uses the calibrated default."
+    refusal_threshold: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="With the re-ranker: minimum best cross-encoder probability to answer; 0 "
+        "turns the gate off. 0.1: with the lexical support gate it refuses about as many "
+        "answerable questions as the cosine gate does without a re-ranker (0.120-0.127) and more "
+        "unanswerable ones (0.573-0.577 against 0.493), on 300 SQuAD training-article questions "
+        "(docs/eval/rerank-default). None (Python only) means this default.",
     )
     min_support: float = Field(
         0.32,
@@ -432,9 +477,21 @@ class GenerationSettings(_Group):
     answerability_candidates: int = Field(
         3, ge=1, le=50, description="Best sources judged (the calibration judged 3)."
     )
-    answerability_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="Refuse below this; None uses the calibrated default."
+    answerability_threshold: float = Field(
+        0.08,
+        ge=0.0,
+        le=1.0,
+        description="Refuse when the judge's best probability is below this. 0.08: the highest "
+        "that refuses at most 5% of answerable held-out SQuAD questions "
+        "(benchmarks/calibrate_answerability.py). None (Python only) means this default.",
     )
+
+    # Both thresholds were once None for "the calibrated default"; that still means it.
+    @field_validator("refusal_threshold", "answerability_threshold", mode="before")
+    @classmethod
+    def _none_is_the_default(cls, value: Any, info: ValidationInfo) -> Any:
+        assert info.field_name is not None
+        return cls.model_fields[info.field_name].default if value is None else value
 
 
 class ApiSettings(_Group):
@@ -448,9 +505,21 @@ class ApiSettings(_Group):
         default_factory=lambda: ["http://127.0.0.1:8000", "http://localhost:8000"]
     )
     max_query_chars: int = Field(2000, ge=1, le=1_000_000)
-    max_history_turns: int = Field(20, ge=0, le=1000)
+    max_history_turns: int = Field(
+        20,
+        ge=0,
+        le=1000,
+        description="A request (HTTP or MCP) with more earlier turns than this is refused "
+        "(400). Not history_turns, how many of them the reader sees.",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, le=1024 * _MiB)
-    max_upload_bytes: int = Field(100 * _MiB, ge=1024, le=64 * 1024 * _MiB)
+    max_upload_bytes: int = Field(
+        100 * _MiB,
+        ge=1024,
+        le=64 * 1024 * _MiB,
+        description="Largest /documents request body (all its files together; 413 past it). "
+        "Each file must also be within max_file_bytes to be ingested.",
+    )
     rate_limit_per_minute: int = Field(
         60, ge=0, le=1_000_000, description="Chat requests per client per minute; 0 = no limit."
     )
@@ -578,6 +647,13 @@ def _grouped(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def setting_default(name: str) -> Any:
+    """The default of the setting with flat name ``name``, for components' constructors, so
+    a component built by hand behaves as the configured one does."""
+    group, field = _FLAT[name]
+    return _GROUPS[group].model_fields[field].get_default(call_default_factory=True)
+
+
 def _field_in(group: str, name: str) -> str | None:
     """The field ``name`` means in ``group``: a field's name, or the flat name of one of the
     group's fields (``rerank`` in the rerank group is its field ``enabled``)."""
@@ -619,7 +695,29 @@ class _FlatEnvSource(PydanticBaseSettingsSource):
                         hint=f'Write a list as JSON, e.g. {var}=\'["a", "b"]\'.',
                     ) from None
             out.setdefault(group, {})[field] = value
+        _warn_near_misses(env)
         return out
+
+
+# RAGSERVE_* variables that other code reads; not settings, and not misspellings of one.
+_NOT_SETTINGS = frozenset({"CONFIG", "NO_PROGRESS", "DATASETS"})
+
+
+def _warn_near_misses(env: dict[str, str]) -> None:
+    """The environment stays lenient (other tools' variables live there), but a variable one
+    edit away from a setting is most likely that setting misspelled: say so in the log."""
+    for var in env:
+        name = var.removeprefix(_ENV_PREFIX)
+        if name == var or name in _NOT_SETTINGS or name.lower() in _FLAT:
+            continue
+        close = difflib.get_close_matches(name.lower(), list(_FLAT), n=1, cutoff=0.85)
+        if close:
+            log.warning(
+                "environment variable %s is not a ragserve setting (ignored); did you mean %s%s?",
+                var,
+                _ENV_PREFIX,
+                close[0].upper(),
+            )
 
 
 def _is_structured(annotation: Any) -> bool:
@@ -640,6 +738,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
                 hint="Point RAGSERVE_CONFIG at your ragserve.toml, or unset it.",
             )
         return {}
+    path = path.absolute()  # a service's working directory is not obvious from its log
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -708,17 +807,43 @@ def _reason(exc: ValueError) -> str:
 
 def load_settings(**overrides: Any) -> Settings:
     """``Settings(**overrides)`` (``None`` values left out), with every problem as one
-    :class:`SettingsError` that names the setting, the bad value and the sources to fix."""
+    :class:`SettingsError` that names the setting, the bad value, where it was set and the
+    sources to fix."""
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
+        problems = "; ".join(f"{_describe(e)} ({_source(e['loc'], given)})" for e in exc.errors())
         names = sorted({_flat_name(e["loc"]).upper() for e in exc.errors() if e["loc"]})
         sources = [f"{_ENV_PREFIX}{n}" for n in names] + [str(config_path())]
         raise SettingsError(
             f"Invalid settings: {problems}.",
             hint=f"Fix it where it is set: {', '.join(sources)} or the command's options.",
         ) from None
+
+
+def _source(loc: tuple[int | str, ...], keywords: dict[str, Any]) -> str:
+    """Where the value at ``loc`` came from: the highest-precedence source that sets it."""
+    if len(loc) < 2:
+        return "keyword arguments"
+    group, field = str(loc[0]), str(loc[1])
+    flat = _FLAT_OF.get((group, field), field)
+    if (group, field) in _set_by(_grouped(keywords)):
+        return "keyword argument or command option"
+    var = f"{_ENV_PREFIX}{flat.upper()}"
+    if any(name.upper() == var for name in os.environ):
+        return f"environment variable {var}"
+    if (group, field) in _set_by(_read_toml(config_path())):
+        return f"in {config_path().absolute()}"
+    return "its default; check the settings it depends on"
+
+
+def _set_by(grouped: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (group, field)
+        for group, values in grouped.items()
+        for field in (values.model_fields_set if isinstance(values, BaseModel) else values)
+    }
 
 
 def _flat_name(loc: tuple[int | str, ...]) -> str:

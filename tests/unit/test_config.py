@@ -269,3 +269,140 @@ def test_commands_stop_at_start_with_the_message_and_no_traceback(command: list[
     assert "Did you mean 'port'?" in result.output
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), "handled"
+
+
+# --- issue 35: defaults in config, nothing overridden silently, errors say where ------------
+
+
+def test_the_thresholds_default_to_their_calibrated_values_with_bounds() -> None:
+    from ragserve.grounding.answerability import ANSWERABLE_THRESHOLD
+
+    g = Settings().generation
+    assert (g.refusal_threshold, g.answerability_threshold) == (0.1, 0.08)
+    assert g.answerability_threshold == ANSWERABLE_THRESHOLD  # the module's copy agrees
+    # None was "the calibrated default" and still means it (Python callers passed it).
+    s = Settings(refusal_threshold=None, answerability_threshold=None)
+    assert (s.generation.refusal_threshold, s.generation.answerability_threshold) == (0.1, 0.08)
+    assert Settings(refusal_threshold=0.0).generation.refusal_threshold == 0.0  # gate off
+    for name in ("refusal_threshold", "answerability_threshold"):
+        with pytest.raises(SettingsError, match=rf"generation\.{name} = 1\.5"):
+            load_settings(**{name: 1.5})
+        with pytest.raises(SettingsError, match=rf"generation\.{name} = -0\.1"):
+            load_settings(**{name: -0.1})
+
+
+def test_components_built_by_hand_default_to_the_configured_values() -> None:
+    """A constructor default that disagreed with config (max_tokens 256 against 160,
+    feedback_docs 0 against 2) made a hand-built component behave unlike the served one."""
+    import inspect
+
+    from ragserve.config import setting_default
+    from ragserve.generation.llama import LlamaCppGenerator
+    from ragserve.retrieval.hybrid import HybridRetriever
+
+    same = {
+        LlamaCppGenerator: {
+            "model_path": "llm_model_path",
+            "n_ctx": "llm_context_window",
+            "n_threads": "llm_threads",
+            "temperature": "llm_temperature",
+            "max_tokens": "llm_max_tokens",
+            "prompt_style": "llm_prompt_style",
+            "completion_sources": "llm_completion_sources",
+            "timeout_s": "llm_timeout_s",
+            "max_waiting": "llm_max_waiting",
+        },
+        HybridRetriever: {
+            "fusion": "fusion",
+            "alpha": "fusion_alpha",
+            "depth": "fusion_depth",
+            "overfetch": "overfetch",
+            "rrf_k": "rrf_k",
+            "feedback_docs": "dense_feedback_docs",
+            "feedback_weight": "dense_feedback_weight",
+        },
+    }
+    for component, params in same.items():
+        signature = inspect.signature(component.__init__)
+        for param, setting in params.items():
+            default = signature.parameters[param].default
+            assert default == setting_default(setting), (component.__name__, param)
+    assert setting_default("llm_max_tokens") == 160
+    assert setting_default("dense_feedback_docs") == 2
+
+
+@pytest.mark.parametrize(("overlap", "ok"), [(256, True), (257, False)])
+def test_a_chunk_overlap_over_half_a_chunk_is_refused_not_cut(overlap: int, ok: bool) -> None:
+    # The chunkers would cut it to half a chunk without a word; config says so at start.
+    if ok:
+        assert load_settings(chunk_size=512, chunk_overlap=overlap).ingest.chunk_overlap == 256
+        return
+    with pytest.raises(SettingsError, match=r"chunk_overlap \(257\) must be at most half"):
+        load_settings(chunk_size=512, chunk_overlap=overlap)
+
+
+def test_an_error_names_where_the_bad_value_was_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _toml("port = 70000\n").absolute()
+    monkeypatch.setenv("RAGSERVE_WORKERS", "0")
+    with pytest.raises(SettingsError) as err:
+        load_settings(top_k=0)
+    message = err.value.message
+    assert f"api.port = 70000: Input should be less than or equal to 65535 (in {path})" in message
+    assert "api.workers = 0" in message and "(environment variable RAGSERVE_WORKERS)" in message
+    assert "retrieval.top_k = 0" in message and "(keyword argument or command option)" in message
+
+
+def test_the_environment_wins_in_the_error_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    _toml("port = 9000\n")  # valid, but overridden by the environment's bad value
+    monkeypatch.setenv("RAGSERVE_PORT", "0")
+    with pytest.raises(
+        SettingsError, match=r"api\.port = 0: .*\(environment variable RAGSERVE_PORT\)"
+    ):
+        load_settings()
+
+
+def test_a_misspelled_environment_variable_is_logged_not_fatal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("RAGSERVE_TOPK", "3")
+    monkeypatch.setenv("RAGSERVE_NO_PROGRESS", "1")  # not a setting, and not a misspelling
+    monkeypatch.setenv("RAGSERVE_SOMETHING_ELSE", "x")  # nothing like a setting: silence
+    with caplog.at_level("WARNING", logger="ragserve.config"):
+        assert load_settings().retrieval.top_k == 5
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        "environment variable RAGSERVE_TOPK is not a ragserve setting (ignored); "
+        "did you mean RAGSERVE_TOP_K?"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("context_budget", "budget_context"),
+        ("history_turns", "max_history_turns"),
+        ("max_file_bytes", "max_upload_bytes"),
+    ],
+)
+def test_near_duplicate_settings_each_say_how_they_differ(a: str, b: str) -> None:
+    # Two settings, two meanings (see each description); each names the other.
+    for this, other in ((a, b), (b, a)):
+        group, field = _FLAT[this]
+        assert other in (_GROUPS[group].model_fields[field].description or ""), this
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("prot = 9000\n", "'prot' is not a ragserve setting. Did you mean 'port'?"),
+        ("port = 70000\n", "api.port = 70000"),
+        ("port: 8000\n", "is not valid TOML at line 1"),
+    ],
+)
+def test_ragserve_list_stops_with_a_message_naming_key_and_file(text: str, fragment: str) -> None:
+    path = _toml(text).absolute()
+    result = CliRunner().invoke(cli, ["list"])
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())  # the message may wrap
+    assert fragment in output and str(path) in "".join(result.output.split())
+    assert "Traceback" not in result.output

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
+from ragserve.config import setting_default
 from ragserve.context.assembler import AssembledContext
 from ragserve.errors import (
     GenerationBusyError,
@@ -89,7 +90,7 @@ class LlamaCppGenerator:
         n_ctx: int = 4096,
         n_threads: int | None = None,
         temperature: float = 0.0,
-        max_tokens: int = 256,
+        max_tokens: int = setting_default("llm_max_tokens"),
         chat_format: str | None = None,
         prompt_style: Literal["auto", "chat", "completion"] = "auto",
         completion_sources: int = 1,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from ragserve.config import setting_default
 from ragserve.embedding.embedder import Embedder
 from ragserve.errors import StoreError
 from ragserve.stores.base import DocumentIndex
@@ -132,7 +133,7 @@ class HybridRetriever:
         depth: int = 100,
         overfetch: int = 2,
         rrf_k: int = 60,
-        feedback_docs: int = 0,
+        feedback_docs: int = setting_default("dense_feedback_docs"),
         feedback_weight: float = 1.0,
     ) -> None:
         self.index = index

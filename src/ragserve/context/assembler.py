@@ -247,15 +247,15 @@ class CompactContextAssembler:
         (``_READ_FIRST_MARGIN``; also when they cover none of it). That moved 8 of 300 training-article
         questions and 7 of the 300 held-out ones, and put the gold paragraph first more often
         on both (0.750 to 0.767, 0.830 to 0.840); reading all three in coverage order lost on
-        both (0.737, 0.817). ``benchmarks/read_first_margin.py`` measures it.
+        both (0.737, 0.817). ``research/read_first_margin.py`` measures it.
         """
-        keep, anchors = self._picks(query, hits)
+        keep, anchors = self.picks(query, hits)
         cover = [coverage for _, coverage in anchors]
         if len(hits) > self.max_sources > 1 and cover[-1] > _READ_FIRST_MARGIN * max(cover[:-1]):
             keep, anchors = keep[-1:] + keep[:-1], anchors[-1:] + anchors[:-1]
         return [hits[i] for i in keep], anchors
 
-    def _picks(self, query: str, hits: Sequence[Hit]) -> tuple[list[int], list[tuple[int, float]]]:
+    def picks(self, query: str, hits: Sequence[Hit]) -> tuple[list[int], list[tuple[int, float]]]:
         """``_choose``'s picks in retrieval order (indices into ``hits``), with their anchors."""
         fixed = max(self.max_sources - 1, 0)
         if len(hits) <= self.max_sources or fixed == 0:

@@ -29,7 +29,15 @@ from ragserve.config import Settings
 from ragserve.errors import DatasetError
 from ragserve.generation.citations import strip_markers
 
-__all__ = ["evaluate_answers", "normalize_answer", "squad_f1", "subsample"]
+__all__ = [
+    "evaluate_answers",
+    "index_corpus",
+    "load_questions",
+    "normalize_answer",
+    "run_questions",
+    "squad_f1",
+    "subsample",
+]
 
 REPO = Path(__file__).resolve().parents[3]
 SPLIT_FILE = REPO / "data" / "squad_article_split.json"
@@ -83,7 +91,7 @@ def _is_squad(qa_file: Path) -> bool:
     return qa_file.parent.name.lower().startswith("squad")
 
 
-def _load_questions(
+def load_questions(
     qa_file: Path, n: int, seed: int, articles: str = "eval"
 ) -> list[dict[str, Any]]:
     rows = _read_qa(qa_file)
@@ -143,10 +151,10 @@ def evaluate_answers(
     corpus = qa_file.parent / "corpus.jsonl"
     if not corpus.is_file():
         raise DatasetError(f"Missing {corpus}", hint="The QA file's folder must hold corpus.jsonl.")
-    questions = subsample(_load_questions(qa_file, n, seed, articles), limit, seed)
+    questions = subsample(load_questions(qa_file, n, seed, articles), limit, seed)
     main, absent = paired_pipelines(settings, qa_file, questions, articles, progress)
-    present = _run(main, questions, progress, "answers")
-    missing = _run(absent, questions, progress, "answers (gold removed)")
+    present = run_questions(main, questions, progress, "answers")
+    missing = run_questions(absent, questions, progress, "answers (gold removed)")
     main.close()
     absent.close()
     result = _summary(present, missing, settings)
@@ -170,7 +178,7 @@ def paired_pipelines(
     name = re.sub(r"[^A-Za-z0-9_-]", "-", qa_file.parent.name)[:40]
     main = RagPipeline(settings.replace(collection=f"eval-{name}"))
     main.warm_up()
-    _index_corpus(main, qa_file.parent / "corpus.jsonl", progress)
+    index_corpus(main, qa_file.parent / "corpus.jsonl", progress)
     suffix = "" if articles == "eval" else f"-{articles}"
     absent = RagPipeline(
         settings.replace(collection=f"eval-{name}-absent{suffix}"),
@@ -198,7 +206,7 @@ def subsample(
     return [q for i, q in enumerate(questions) if i in keep]
 
 
-def _index_corpus(pipeline: Any, corpus: Path, progress: bool) -> None:
+def index_corpus(pipeline: Any, corpus: Path, progress: bool) -> None:
     from ragserve.ingest.loaders import iter_beir_corpus
     from ragserve.ingest.pipeline import Ingestor
 
@@ -242,7 +250,7 @@ def _summary(
     }
 
 
-def _run(
+def run_questions(
     pipeline: Any, questions: Sequence[dict[str, Any]], progress: bool, label: str
 ) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm

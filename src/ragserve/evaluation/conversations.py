@@ -445,11 +445,11 @@ def _run(
     from tqdm.auto import tqdm
 
     from ragserve import RagPipeline
-    from ragserve.evaluation.answers import _index_corpus
+    from ragserve.evaluation.answers import index_corpus
 
     with RagPipeline(settings.replace(collection="eval-conversations")) as pipeline:
         pipeline.warm_up()
-        _index_corpus(pipeline, corpus, progress)
+        index_corpus(pipeline, corpus, progress)
         bar: Callable[..., Iterable[ConversationTask]] = tqdm
         return [
             ask(pipeline, t)

@@ -30,8 +30,10 @@ __all__ = [
     "configured_stage",
     "estimate_seconds",
     "evaluate_retrieval",
+    "index_corpus",
     "ranx_metrics",
     "select_stages",
+    "stage_retrievers",
 ]
 
 ALL_STAGES = (
@@ -179,7 +181,7 @@ def evaluate_retrieval(
     wants_rerank = any("rerank" in s for s in stages)
     pipeline = RagPipeline(settings.replace(rerank=wants_rerank and settings.rerank.enabled))
     pipeline.warm_up(generation=False)
-    _index_corpus(pipeline, dataset, progress)
+    index_corpus(pipeline, dataset, progress)
     run = _StageRunner(pipeline, settings, stages, wants_rerank)
     qids = sorted(dataset.qrels)[: limit or None]
     bar = _bar(len(qids), progress)
@@ -207,7 +209,7 @@ def _check_stages(stages: tuple[str, ...]) -> None:
         )
 
 
-def _index_corpus(pipeline: Any, dataset: BeirDataset, progress: bool) -> None:
+def index_corpus(pipeline: Any, dataset: BeirDataset, progress: bool) -> None:
     from ragserve.ingest.loaders import iter_beir_corpus
     from ragserve.ingest.pipeline import Ingestor
 
@@ -240,7 +242,7 @@ class _StageRunner:
         self.expand = RuleBasedQueryProcessor(
             condense_history=False, expansion=True, intent_detection=False
         )
-        self.retrievers = _retrievers(pipeline, settings)
+        self.retrievers = stage_retrievers(pipeline, settings)
         self.runs: dict[str, dict[str, dict[str, float]]] = {s: {} for s in stages}
         self.latency: dict[str, dict[str, list[float]]] = {s: {} for s in stages}
 
@@ -276,7 +278,7 @@ class _StageRunner:
         return head + hits[n:]
 
 
-def _retrievers(pipeline: Any, settings: Settings) -> dict[str, HybridRetriever]:
+def stage_retrievers(pipeline: Any, settings: Settings) -> dict[str, HybridRetriever]:
     # overfetch 1: every side fetches DEPTH (or fusion_depth, if deeper) candidates.
     eval_settings = settings.replace(overfetch=1)
     return {

@@ -200,6 +200,12 @@ class LlamaCppGenerator:
         if self._prefix_tokens is not None:
             self._llm.n_tokens = min(self._llm.n_tokens, self._prefix_tokens)
 
+    @property
+    def llm(self) -> Any:
+        """The loaded ``llama_cpp.Llama`` (None before ``warm_up``), for studies that read its
+        logits."""
+        return self._llm
+
     def count_tokens(self, text: str) -> int:
         if self._llm is None:
             self.warm_up()

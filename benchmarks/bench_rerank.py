@@ -150,7 +150,7 @@ def ort_sweep(cases: list[tuple[str, list[str]]]) -> None:
     """onnxruntime session settings for the auto form, each at 256 tokens, taking turns."""
     import onnxruntime as ort
 
-    from ragserve.rerank.cross_encoder import _session_options
+    from ragserve.rerank.cross_encoder import session_options
 
     levels = ort.GraphOptimizationLevel
     settings = {
@@ -164,12 +164,12 @@ def ort_sweep(cases: list[tuple[str, list[str]]]) -> None:
     for name, (level, spin, batch) in settings.items():
         r = CrossEncoderReranker(max_length=256, batch_size=batch)
         r.warm_up()
-        model = r._model
-        options = _session_options()
+        model = r.model
+        options = session_options()
         options.graph_optimization_level = level
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         model.session = ort.InferenceSession(  # type: ignore[union-attr]
-            model.session._model_path,
+            str(model.model_file),
             options,
             providers=["CPUExecutionProvider"],  # type: ignore[union-attr]
         )

@@ -69,7 +69,7 @@ def test_gold_paragraph_outscores_same_article_negatives(
         gold_p.append(probs[0])
         neg_p += probs[1:]
     # Chance is 1 in 4. Guards against a broken export or an untrained head; the measured
-    # trade-off is benchmarks/calibrate_answerability.py.
+    # trade-off is research/calibrate_answerability.py.
     assert first >= 15, f"gold paragraph first in only {first}/{len(cases)} cases"
     # Calibrated probabilities: the gold nearly always clears the (low) answerable threshold,
     # and sits well above the typical same-article paragraph.

@@ -473,7 +473,7 @@ def build_examples(args: argparse.Namespace, embedder) -> TrainingData:
     )
     answers: list[tuple[str, list[str], list[float]]] = []
     if args.answer_squad_queries:
-        # benchmarks/tune_rerank_default.py chooses settings on a seeded sample of these
+        # research/tune_rerank_default.py chooses settings on a seeded sample of these
         # articles' questions: those stay out, so that sample is held out from phase 6.
         tuning = set(squad_tuning_sample(qa, args.answer_tuning_holdout))
         answer_rng = random.Random(args.seed + 4)

@@ -41,7 +41,7 @@ __all__ = [
 log = logging.getLogger("ragserve.grounding.answerability")
 
 # Chosen on the held-out training articles (Black_Death, Force, Victoria_and_Albert_Museum;
-# never the evaluation articles) with benchmarks/calibrate_answerability.py: the highest
+# never the evaluation articles) with research/calibrate_answerability.py: the highest
 # threshold on the best probability over the top 3 retrieved passages that still refuses at
 # most 5% of answerable questions (200 questions: refused 0.050 with the gold indexed, 0.36
 # with it removed). A deliberately low bar: refuse only when the judge is nearly sure none of

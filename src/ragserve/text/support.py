@@ -4,7 +4,7 @@ One scorer serves two stages: the extractive answerer quotes the best-supported 
 the pipeline's refusal gate declines to answer (with any backend) when even the best sentence
 covers too little of the question (``settings.generation.min_support``). On held-out SQuAD questions this
 lexical support separates "the answer is in the sources" from "its paragraph was removed" far
-better than the best dense cosine (ROC AUC 0.83 vs 0.63; ``benchmarks/calibrate_refusal.py``).
+better than the best dense cosine (ROC AUC 0.83 vs 0.63; ``research/calibrate_refusal.py``).
 
 Sentences are scored by stemmed, IDF-weighted overlap with the question, the IDF taken over the
 candidate sentences themselves so that the topic words every source repeats count little and

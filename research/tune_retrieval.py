@@ -5,7 +5,7 @@ same `evaluate_retrieval` the eval CLI runs, and nDCG@10 is printed per dataset 
 both (the selection criterion: a default must hold up on both corpora, not win one). The test
 splits are never touched here; `bench_retrieval.py` reports them once with the chosen defaults.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/tune_retrieval.py \
+    HF_HUB_OFFLINE=1 .venv/bin/python research/tune_retrieval.py \
         [--data-dir DIR] [--knobs bm25,fusion,feedback,chunk,rerank] [--rerank-queries 100]
 
 Knobs: BM25 tokenisation (stemming, stop words); fusion (convex alpha, RRF k, over-fetch

@@ -10,7 +10,7 @@ sentence (stride 2, what ``rerank_sentences=2`` reads), N candidates, alpha, and
 side enters the fusion (min-max logits as ``interpolate``, logits with a floored range, or the
 probability as ``probability``). Dev sets choose; test sets are printed to report.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/rerank_runs.py --cache CACHE [--stride 2]
+    HF_HUB_OFFLINE=1 .venv/bin/python research/rerank_runs.py --cache CACHE [--stride 2]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rerank_signals import _unit, print_table, windows
+from rerank_signals import print_table, unit_scale, windows
 from tune_rerank_default import doc_run, load_set
 
 SETS = {  # cache prefix -> (load_set name, test split)
@@ -75,14 +75,14 @@ def ce_term(probs: list[float], side: str) -> np.ndarray:
         return np.asarray(probs, dtype=float)
     logits = probability_logits(probs)
     if side == "logit" or not len(logits):
-        return _unit(logits)
+        return unit_scale(logits)
     span = max(float(np.ptp(logits)), float(side.removeprefix("logit-floor")))
     return (logits - logits.min()) / span
 
 
 def order(c: dict[str, Any], best: list[float], n: int, alpha: float, side: str) -> list[int]:
     k = min(n, len(best), len(c["docs"]))
-    total = alpha * ce_term(best[:k], side) + (1 - alpha) * _unit(np.asarray(c["scores"][:k]))
+    total = alpha * ce_term(best[:k], side) + (1 - alpha) * unit_scale(np.asarray(c["scores"][:k]))
     head = sorted(range(k), key=lambda i: -total[i])
     return head + list(range(k, len(c["docs"])))
 

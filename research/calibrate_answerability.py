@@ -2,7 +2,7 @@
 when the gold paragraph is in the index vs when it is not, on the held-out *training* articles
 (the articles ``training/train_answerability.py`` held out; never the evaluation articles).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/calibrate_answerability.py [--compare] [--samples]
+    HF_HUB_OFFLINE=1 .venv/bin/python research/calibrate_answerability.py [--compare] [--samples]
 
 Retrieval, by default, ranks the 553 paragraphs of the 12 training articles with the pipeline's
 own convex fusion (dense weight 0.55) of BM25 and MiniLM cosine (the re-ranker training's
@@ -172,7 +172,7 @@ def report(
     for n, f in figures.items():
         present, absent, gold_in = f["present"], f["absent"], f["gold_in_top"]
         print(
-            f"top-{n}: ROC AUC present vs absent {_auc(present, absent):.3f}; "
+            f"top-{n}: ROC AUC present vs absent {roc_auc(present, absent):.3f}; "
             f"gold in top-{n}: {gold_in.mean():.3f}"
         )
         print(
@@ -206,7 +206,7 @@ def operating_point(
     return best
 
 
-def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
     """ROC AUC as the chance a positive outscores a negative (ties count half)."""
     diff = positive[:, None] - negative[None, :]
     return float(np.mean((diff > 0) + 0.5 * (diff == 0)))

@@ -24,9 +24,9 @@ ROC AUC, over all questions and over those the lexical gate lets through, then a
 regression on all of them (5-fold CV, grouped by question) at fixed refusal-when-present rates.
 Training articles by default: the evaluation sample is not read.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/answerability_signals.py \
+    HF_HUB_OFFLINE=1 .venv/bin/python research/answerability_signals.py \
         --qa ../shared/datasets/squad-v1.1-dev/qa.jsonl --limit 120 --out /tmp/signals.jsonl
-    .venv/bin/python benchmarks/answerability_signals.py --analyze /tmp/signals.jsonl
+    .venv/bin/python research/answerability_signals.py --analyze /tmp/signals.jsonl
 
 About 10 s a question on an idle 2-core CPU (three generations per condition).
 """
@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from calibrate_answerability import _auc as _auc_arrays  # benchmarks/ is on sys.path
+from calibrate_answerability import roc_auc as _auc_arrays  # research/ is on sys.path
 
 from ragserve.config import Settings
 from ragserve.context.assembler import AssembledContext, source_block
 from ragserve.evaluation.answers import (
-    _load_questions,
+    load_questions,
     normalize_answer,
     paired_pipelines,
     squad_f1,
@@ -160,10 +160,10 @@ def collect(qa: Path, limit: int, articles: str, out: Path) -> None:
     from tqdm.auto import tqdm
 
     settings = Settings(min_support=0.0, dense_refusal_threshold=0.0)
-    questions = subsample(_load_questions(qa, 300, 7, articles), limit, 7)
+    questions = subsample(load_questions(qa, 300, 7, articles), limit, 7)
     main, absent = paired_pipelines(settings, qa, questions, articles)
     # A measurement probe reaches past the generator's streaming API to the model's logits.
-    reader = Reader(main.generator._llm)  # type: ignore[attr-defined]
+    reader = Reader(main.generator.llm)  # type: ignore[attr-defined]
     with out.open("w") as fh:
         for q in tqdm(questions, desc="questions", dynamic_ncols=True):
             for condition, pipe in (("present", main), ("absent", absent)):

@@ -9,7 +9,7 @@ prompt's context tokens and against TTFT. The chosen default (``Settings.context
 read off this curve. TTFT is only meaningful on an otherwise idle machine: the load average is
 printed with each row.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sweep_reader_context.py \
+    HF_HUB_OFFLINE=1 .venv/bin/python research/sweep_reader_context.py \
         --qa ../shared/datasets/squad-v1.1-dev/qa.jsonl --limit 40 --budgets 120,180,240,360 \
         --out docs/reader
 """
@@ -25,24 +25,24 @@ import numpy as np
 
 from ragserve.config import Settings
 from ragserve.context.assembler import CompactContextAssembler
-from ragserve.evaluation.answers import _index_corpus, _load_questions, _run, subsample
+from ragserve.evaluation.answers import index_corpus, load_questions, run_questions, subsample
 from ragserve.pipeline import RagPipeline
-from ragserve.runtime.cpu import cpu_flags as _cpu_flags
+from ragserve.runtime.cpu import cpu_flags
 
 
-def cpu_flags() -> str:
+def vector_flags() -> str:
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
-    return " ".join(f for f in wanted if f in _cpu_flags())
+    return " ".join(f for f in wanted if f in cpu_flags())
 
 
 def sweep(qa: Path, limit: int, budgets: list[int], articles: str) -> list[dict[str, float]]:
     name = "".join(c if c.isalnum() or c in "_-" else "-" for c in qa.parent.name)
     settings = Settings(collection=f"eval-{name}"[:63])
-    questions = subsample(_load_questions(qa, 300, 7, articles), limit, 7)
+    questions = subsample(load_questions(qa, 300, 7, articles), limit, 7)
     rows = []
     with RagPipeline(settings) as pipe:
         pipe.warm_up()
-        _index_corpus(pipe, qa.parent / "corpus.jsonl", progress=True)
+        index_corpus(pipe, qa.parent / "corpus.jsonl", progress=True)
         assert pipe.generator is not None
         for budget in budgets:
             pipe.assembler = CompactContextAssembler(
@@ -51,7 +51,7 @@ def sweep(qa: Path, limit: int, budgets: list[int], articles: str) -> list[dict[
                 max_sources=settings.generation.context_sources,
                 context_window=pipe.generator.context_window,
             )
-            out = _run(pipe, questions, True, f"budget {budget}")
+            out = run_questions(pipe, questions, True, f"budget {budget}")
             answered = [r for r in out if not r["refused"]]
             rows.append(
                 {
@@ -114,9 +114,9 @@ def main() -> None:
     ap.add_argument("--articles", choices=("train", "eval"), default="train")
     a = ap.parse_args()
     budgets = [int(b) for b in a.budgets.split(",")]
-    print(f"CPU flags: {cpu_flags()}")
+    print(f"CPU flags: {vector_flags()}")
     rows = sweep(a.qa, a.limit, budgets, a.articles)
-    title = f"Reader context budget, {a.limit} SQuAD {a.articles}-article questions ({cpu_flags()})"
+    title = f"Reader context budget, {a.limit} SQuAD {a.articles}-article questions ({vector_flags()})"
     print(plot(rows, a.out, title))
 
 

@@ -2,7 +2,7 @@
 its paragraph was removed, on held-out SQuAD-dev questions (articles not used for training,
 questions not in the sample that ``ragserve eval answers`` reports).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/calibrate_refusal.py [--n 200]
+    HF_HUB_OFFLINE=1 .venv/bin/python research/calibrate_refusal.py [--n 200]
 
 Prints both score distributions and, per threshold, the share of answerable questions still
 answered and of unanswerable ones refused; the default threshold in ragserve.pipeline comes

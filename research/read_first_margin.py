@@ -1,19 +1,19 @@
 """Which source the local reader reads first: how often it is the gold SQuAD paragraph.
 
 The compact context reads retrieval's top two and, in the last slot, whichever lower source
-covers the question best (``CompactContextAssembler._choose``). The small reader copies most
+covers the question best (``CompactContextAssembler.picks``). The small reader copies most
 from the source it reads first, so this measures, without running the reader, how often the
 gold paragraph is that source under each ordering rule:
 
 - retrieval's order (the top source first);
 - all chosen sources by coverage;
 - the last pick first when it covers the question more than K times as well as the top two
-  (the default is K = ``context._READ_FIRST_MARGIN``).
+  (the default is K = 2.0, ``context.assembler``'s read-first margin).
 
 Retrieval only (no LLM): about a minute for 300 questions. ``--articles train`` is the tuning
 sample (SQuAD training articles); ``eval`` is the fixed held-out sample the answers eval reads.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/read_first_margin.py \
+    HF_HUB_OFFLINE=1 .venv/bin/python research/read_first_margin.py \
         --qa ../shared/datasets/squad-v1.1-dev/qa.jsonl --articles train
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ragserve.config import Settings
 from ragserve.context.assembler import CompactContextAssembler
-from ragserve.evaluation.answers import _index_corpus, _load_questions
+from ragserve.evaluation.answers import index_corpus, load_questions
 from ragserve.pipeline import RagPipeline
 
 Rule = Callable[[list[float]], int]
@@ -34,18 +34,18 @@ Rule = Callable[[list[float]], int]
 def collect(qa: Path, articles: str) -> list[tuple[list[bool], list[float]]]:
     """Per question: which chosen source is gold, and each one's coverage, in retrieval order."""
     name = "".join(c if c.isalnum() or c in "_-" else "-" for c in qa.parent.name)
-    questions = _load_questions(qa, 300, 7, articles)
+    questions = load_questions(qa, 300, 7, articles)
     # _choose needs no tokenizer; only the windows it is not asked for do.
     assembler = CompactContextAssembler(lambda text: len(text.split()))
     rows = []
     with RagPipeline(Settings(collection=f"eval-{name}"[:63])) as pipe:
         pipe.warm_up(generation=False)
-        _index_corpus(pipe, qa.parent / "corpus.jsonl", progress=True)
+        index_corpus(pipe, qa.parent / "corpus.jsonl", progress=True)
         for q in questions:
             processed = pipe.process(q["question"])
             hits = pipe.search(processed)
             # The picks before the default's reordering, so every rule starts from them.
-            keep, anchors = assembler._picks(processed.text, hits)
+            keep, anchors = assembler.picks(processed.text, hits)
             gold = [hits[i].chunk.doc_id == q["context_id"] for i in keep]
             rows.append((gold, [coverage for _, coverage in anchors]))
     return rows

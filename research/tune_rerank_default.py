@@ -1,6 +1,6 @@
 """Issue 24: is some configuration of the built-in re-ranker worth turning on by default?
 
-The default hybrid retriever (the eval's own, ``evaluation.retrieval._retrievers``: configured
+The default hybrid retriever (the eval's own, ``evaluation.retrieval.stage_retrievers``: configured
 fusion + dense feedback, 100 candidates) runs once per query; the cross-encoder (the runtime
 ``rerank_runtime`` picks, e.g. int8 ONNX with VNNI) scores its top ``max(--candidates)`` chunks
 once per ``--windows`` size; both are cached on disk (``--cache``), so the grid is evaluated
@@ -16,7 +16,7 @@ the ``train_articles`` of data/squad_article_split.json (the re-ranker trained o
 questions, so this is not held out). ``--test`` runs SciFact / NFCorpus test and the SQuAD answer
 sample (data/squad_eval_sample.json) once, hybrid vs hybrid+rerank with the settings given.
 
-    HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python benchmarks/tune_rerank_default.py \
+    HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python research/tune_rerank_default.py \
         --data-dir /tmp/rerank24/data --cache /tmp/rerank24/cache [--sets scifact,nfcorpus,squad]
     ... --test --fusion interpolate --alpha 0.3 --candidates 20 --window 160
 
@@ -31,6 +31,8 @@ import json
 import os
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +100,15 @@ def load_set(name: str, test: bool, squad_n: int) -> dict[str, Any]:
 
 
 def open_pipeline(settings: Any, spec: dict[str, Any]) -> Any:
-    from ragserve.evaluation.answers import _index_corpus as index_qa_corpus
-    from ragserve.evaluation.retrieval import _index_corpus
+    from ragserve.evaluation.answers import index_corpus as index_qa_corpus
+    from ragserve.evaluation.retrieval import index_corpus
     from ragserve.pipeline import RagPipeline
 
     update = {"rerank": False, "collection": spec["collection"]}
     pipeline = RagPipeline(settings.replace(**update))
     pipeline.warm_up(generation=False)
     if spec["beir"] is not None:
-        _index_corpus(pipeline, spec["beir"], True)
+        index_corpus(pipeline, spec["beir"], True)
     else:
         index_qa_corpus(pipeline, spec["corpus"], True)
     return pipeline
@@ -116,11 +118,11 @@ def retrieve(settings: Any, spec: dict[str, Any], keep: int, path: Path) -> dict
     """Hybrid's 100 candidates per query: chunk/doc ids and scores, texts of the first ``keep``."""
     if path.is_file():
         return json.loads(path.read_text())
-    from ragserve.evaluation.retrieval import DEPTH, _retrievers
+    from ragserve.evaluation.retrieval import DEPTH, stage_retrievers
     from ragserve.query.processor import RuleBasedQueryProcessor
 
     pipeline = open_pipeline(settings, spec)
-    retriever = _retrievers(pipeline, pipeline.settings)["hybrid"]
+    retriever = stage_retrievers(pipeline, pipeline.settings)["hybrid"]
     plain = RuleBasedQueryProcessor(condense_history=False, expansion=False, intent_detection=False)
     out: dict[str, Any] = {}
     for qid, text in spec["queries"].items():
@@ -367,12 +369,29 @@ def print_table(results: dict[str, dict[str, dict[str, float]]], grid: list) -> 
         print(f"| {label(cfg)} | " + " | ".join(cells) + " |")
 
 
+class StageTimes:
+    """Milliseconds per stage, in the shape ``RagPipeline.search`` fills (``stage(name)``
+    as a context manager, ``timings``): the probe reads the pipeline's own stage split."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = (time.perf_counter() - began) * 1000
+            self.timings[name] = self.timings.get(name, 0.0) + elapsed
+
+
 def probe_latency(settings: Any, spec: dict[str, Any], n: int, threads: int = 0) -> None:
     """Stage timings of ``RagPipeline.search`` (the default pipeline's stages 1-3) on the first
     ``n`` queries, with the process CPU time the re-rank stage used: on a loaded machine the
     wall time says more about the neighbours than about the stage, the CPU time does not."""
     import ragserve.rerank.cross_encoder
-    from ragserve.pipeline import RagPipeline, _Timer
+    from ragserve.pipeline import RagPipeline
 
     if threads:
         # One intra-op thread: no spin-waiting, so CPU time is the work itself (an idle
@@ -394,7 +413,7 @@ def probe_latency(settings: Any, spec: dict[str, Any], n: int, threads: int = 0)
     reranker.rerank = timed  # type: ignore[method-assign]
     # What the model itself reads: with best runs a candidate is several (query, run) pairs.
     model_pairs: list[int] = []
-    model = reranker._model
+    model = reranker.model
     assert model is not None
     logits = model.logits
 
@@ -407,7 +426,7 @@ def probe_latency(settings: Any, spec: dict[str, Any], n: int, threads: int = 0)
     loads = []
     for text in list(spec["queries"].values())[:n]:
         pipeline.embedder.clear_cache()
-        timer = _Timer()
+        timer = StageTimes()
         pipeline.search(pipeline.process(text), timer)
         for k in wall:
             wall[k].append(timer.timings[k])

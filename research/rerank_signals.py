@@ -13,7 +13,7 @@ logits); the table gives the gold-first rate on SQuAD and nDCG@10 / R@10 on the 
 and the signals' extra cost per query. Dev sets choose; ``squad-test`` (the answer eval's
 300-question sample) is read only to report.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/rerank_signals.py --cache /tmp/rerank24/cache
+    HF_HUB_OFFLINE=1 .venv/bin/python research/rerank_signals.py --cache /tmp/rerank24/cache
 """
 
 from __future__ import annotations
@@ -93,11 +93,11 @@ def signals(cands: dict[str, Any], qids: list[str], path: Path) -> dict[str, Any
     return out
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_scale(x: np.ndarray) -> np.ndarray:
     """Min-max normalised as hybrid fusion and the re-ranker's interpolation do it."""
-    from ragserve.retrieval.hybrid import _min_max
+    from ragserve.retrieval.hybrid import min_max
 
-    scaled = _min_max([(str(i), float(v)) for i, v in enumerate(x)])
+    scaled = min_max([(str(i), float(v)) for i, v in enumerate(x)])
     return np.array([scaled[str(i)] for i in range(len(x))])
 
 
@@ -113,7 +113,7 @@ def order(
         "sent": np.asarray(sig["sent"][:n]),
         "maxp": probability_logits(sig["maxp"][:n]),
     }
-    total = sum(weight * _unit(terms[k]) for k, weight in w.items())
+    total = sum(weight * unit_scale(terms[k]) for k, weight in w.items())
     head = [int(i) for i in np.argsort(-np.asarray(total), kind="stable")]
     return head + list(range(n, len(c["docs"])))
 

@@ -11,9 +11,9 @@ once with it removed, records each answer's coverage, and prints what every thre
 do: refusals with the answer present and absent, containment, and how often an answer given
 with the gold paragraph present is right.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/answer_verification.py \
+    HF_HUB_OFFLINE=1 .venv/bin/python research/answer_verification.py \
         --qa ../shared/datasets/squad-v1.1-dev/qa.jsonl --limit 100 --out /tmp/verify.jsonl
-    .venv/bin/python benchmarks/answer_verification.py --analyze /tmp/verify.jsonl
+    .venv/bin/python research/answer_verification.py --analyze /tmp/verify.jsonl
 
 About 10 s a question on an idle 2-core CPU (two answers).
 """
@@ -29,7 +29,7 @@ import numpy as np
 
 from ragserve.config import Settings
 from ragserve.evaluation.answers import (
-    _load_questions,
+    load_questions,
     normalize_answer,
     paired_pipelines,
     subsample,
@@ -61,7 +61,7 @@ def measure(pipe: RagPipeline, q: dict[str, Any]) -> dict[str, Any]:
 def collect(qa: Path, limit: int, articles: str, out: Path, seed: int) -> None:
     from tqdm.auto import tqdm
 
-    questions = subsample(_load_questions(qa, 300, 7, articles), limit, seed)
+    questions = subsample(load_questions(qa, 300, 7, articles), limit, seed)
     main, absent = paired_pipelines(Settings(min_answer_coverage=0.0), qa, questions, articles)
     with out.open("w") as fh:
         for q in tqdm(questions, desc="questions", dynamic_ncols=True):

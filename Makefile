@@ -49,9 +49,11 @@ $(DEV_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# lint-imports checks the layer contracts in pyproject.toml (a stage imports only the ones below).
 lint: $(DEV_STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks training
-	$(VENV)/bin/ruff format --check src tests benchmarks training
+	$(VENV)/bin/ruff check src tests benchmarks research training
+	$(VENV)/bin/ruff format --check src tests benchmarks research training
+	$(VENV)/bin/lint-imports
 
 format: $(DEV_STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks training

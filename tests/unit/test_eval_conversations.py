@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ragserve.errors import DatasetError
+from ragserve.errors import DatasetError, GenerationTimeoutError
 from ragserve.evaluation.conversations import (
     ConversationTask,
     TaskResult,
@@ -246,6 +246,28 @@ def test_ask_streams_the_last_turn_with_the_history_and_times_the_first_token() 
     assert seen["history"] == [Message("user", "q0"), Message("assistant", "a0")]
     assert 0 <= result.ttft_ms <= result.total_ms
     assert result.cited_ref is True and result.kind == "answer"
+
+
+def test_a_reader_failure_is_retried_once_then_recorded_and_left_out_of_the_rates() -> None:
+    class FlakyPipeline:
+        def __init__(self, failures: int) -> None:
+            self.failures = failures
+            self.calls = 0
+
+        def stream(self, query: str, history: Sequence[Message]) -> Iterator[Any]:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise GenerationTimeoutError("The local model did not finish within 60 s.")
+            yield SimpleNamespace(kind="token", text="They last ten years [1].", answer=None)
+            yield SimpleNamespace(kind="done", text="", answer=_answer(["r1"]))
+
+    once = FlakyPipeline(failures=1)
+    assert ask(once, _task()).error is None and once.calls == 2
+    failed = ask(FlakyPipeline(failures=2), _task())
+    assert failed.error and "within 60 s" in failed.error and failed.kind == "error"
+    figures = summarise([failed, _result("answerable", refused=True)])["groups"]["answerable"]
+    assert figures["tasks"] == 2 and figures["errors"] == 1
+    assert figures["refused"] == 1.0 and figures["source_hit"] == 1.0  # the failure left out
 
 
 def test_the_report_holds_tables_rows_and_plots(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ragserve.config import Settings
-from ragserve.errors import DatasetError
+from ragserve.errors import DatasetError, GenerationError
 from ragserve.types import Answer, Message
 
 __all__ = [
@@ -115,6 +115,8 @@ class TaskResult:
     total_ms: float
     answer: str
     target: str
+    error: str | None = None
+    """Why the turn got no answer at all (the reader failed twice, e.g. timed out)."""
 
 
 # --- reading the tasks file ----------------------------------------------------------------------
@@ -225,12 +227,12 @@ def content_words(text: str) -> set[str]:
 
 
 def _keywords(text: str) -> list[str]:
-    # Imported here: ragserve.query is being split into a package (keywords moves to
-    # ragserve.query.processor); drop the fallback once the layout settles.
+    # Imported here, and from either layout: issue 35 split ragserve.query into a package
+    # (ragserve.query.keywords.keywords); the baseline commit 4dda4bd has the one module.
     try:
-        from ragserve.query import keywords  # type: ignore[attr-defined]
+        from ragserve.query.keywords import keywords
     except ImportError:
-        from ragserve.query.processor import keywords  # type: ignore[no-redef]
+        from ragserve.query import keywords  # type: ignore[attr-defined,no-redef]
     return list(keywords(text))
 
 
@@ -281,9 +283,23 @@ def score_answer(
     )
 
 
-def ask(pipeline: Any, task: ConversationTask) -> TaskResult:
-    """Stream the task's last turn with its history; TTFT is the first 'token' event."""
-    started = time.perf_counter()
+def ask(pipeline: Any, task: ConversationTask, attempts: int = 2) -> TaskResult:
+    """Stream the task's last turn with its history; TTFT is the first 'token' event.
+
+    A reader failure (a timeout on a loaded machine) is retried once, then recorded as the
+    task's ``error`` rather than ending a half-hour run.
+    """
+    for attempt in range(1, attempts + 1):
+        started = time.perf_counter()
+        try:
+            return _ask_once(pipeline, task, started)
+        except GenerationError as exc:
+            if attempt == attempts:
+                return _failed(task, str(exc), (time.perf_counter() - started) * 1000)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
+
+
+def _ask_once(pipeline: Any, task: ConversationTask, started: float) -> TaskResult:
     ttft: float | None = None
     final: Answer | None = None
     for event in pipeline.stream(task.query, task.history):
@@ -294,6 +310,29 @@ def ask(pipeline: Any, task: ConversationTask) -> TaskResult:
     total = (time.perf_counter() - started) * 1000
     assert final is not None, "the stream ended without its 'done' event"
     return score_answer(task, final, total if ttft is None else ttft, total)
+
+
+def _failed(task: ConversationTask, error: str, elapsed_ms: float) -> TaskResult:
+    return TaskResult(
+        task_id=task.task_id,
+        label=task.label,
+        multi_turn=task.multi_turn,
+        history_turns=len(task.turns) - 1,
+        query=task.query,
+        standalone_query=None,
+        kind="error",
+        refused=False,
+        refusal_reason=None,
+        hit=None,
+        cited_ref=None,
+        recall=0.0,
+        rougeL=0.0,
+        ttft_ms=round(elapsed_ms, 1),
+        total_ms=round(elapsed_ms, 1),
+        answer="",
+        target=task.target,
+        error=error,
+    )
 
 
 # --- figures ---------------------------------------------------------------------------------------
@@ -336,6 +375,8 @@ DEFINITIONS = {
     "ttft_ms": "client-side: from calling RagPipeline.stream to its first 'token' event (a "
     "refusal's one token included)",
     "total_ms": "client-side: from calling RagPipeline.stream to its 'done' event",
+    "errors": "turns the reader failed on twice (e.g. its time-out): counted, and left out of "
+    "every rate and average",
 }
 
 
@@ -352,11 +393,14 @@ def _pct(values: Sequence[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
-def _figures(rows: Sequence[TaskResult]) -> dict[str, Any]:
+def _figures(every: Sequence[TaskResult]) -> dict[str, Any]:
+    # A turn the reader failed on has no answer to score: it is counted, not averaged in.
+    rows = [r for r in every if r.error is None]
     answered = [r for r in rows if not r.refused]
     ttft, total = [r.ttft_ms for r in rows], [r.total_ms for r in rows]
     return {
-        "tasks": len(rows),
+        "tasks": len(every),
+        "errors": len(every) - len(rows),
         "source_hit": _rate([r.hit for r in rows]),
         "refused": _rate([r.refused for r in rows]),
         "cited_is_reference": _rate([r.cited_ref for r in rows]),
@@ -483,7 +527,7 @@ def _cell(figures: dict[str, Any], key: str | tuple[str, str]) -> str:
 
 def _label_rows(result: dict[str, Any]) -> list[list[str]]:
     return [
-        [name, str(f["tasks"]), *(_cell(f, key) for _, key in _COLUMNS)]
+        [name, str(f["tasks"]), str(f["errors"]), *(_cell(f, key) for _, key in _COLUMNS)]
         for name, f in result["groups"].items()
     ]
 
@@ -506,7 +550,7 @@ def targets_table(result: dict[str, Any]) -> tuple[Any, Any]:
     from rich.table import Table
 
     labels = Table(title=f"{result['tasks']} conversation turns, {result['generator']}")
-    for name in ("label", "n", *(c for c, _ in _COLUMNS)):
+    for name in ("label", "n", "errors", *(c for c, _ in _COLUMNS)):
         labels.add_column(name, justify="left" if name == "label" else "right")
     for row in _label_rows(result):
         labels.add_row(*row)
@@ -533,7 +577,7 @@ def write_report(out: Path, rows: Sequence[TaskResult], result: dict[str, Any]) 
             fh.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
     _rates_plot(out / "rates.png", result)
     _latency_plot(out / "latency.png", rows)
-    head = ["label", "n", *(c for c, _ in _COLUMNS)]
+    head = ["label", "n", "errors", *(c for c, _ in _COLUMNS)]
     text = [
         f"# Conversations: {result['tasks']} turns of `{Path(result['tasks_file']).name}`",
         "",

@@ -342,7 +342,7 @@ class GenerationSettings(_Group):
         "one sentence either side) covers less than this share of the question's terms: an "
         "answer to a different question from an on-topic source. 0 turns the check off. "
         "0.4 is the strictest point that cost at most 0.02 containment on two samples of 100 "
-        "SQuAD training-article questions (benchmarks/answer_verification.py).",
+        "SQuAD training-article questions (research/answer_verification.py).",
     )
     show_code: bool = Field(
         True,
@@ -453,7 +453,7 @@ class GenerationSettings(_Group):
         "sources covers at least this share of the question's IDF-weighted terms; 0 turns the "
         "check off. 0.32 over 3 sources is the strictest point that refuses at most 5% of "
         "answerable questions on held-out SQuAD training articles "
-        "(benchmarks/calibrate_answerability.py --compare).",
+        "(research/calibrate_answerability.py --compare).",
     )
     support_sources: int = Field(
         3, ge=1, le=50, description="Best sources the lexical support gate reads."
@@ -463,7 +463,7 @@ class GenerationSettings(_Group):
         ge=-1.0,
         le=1.0,
         description="Without a re-ranker: minimum cosine similarity of the best dense hit to "
-        "answer (calibrated on held-out SQuAD, benchmarks/calibrate_refusal.py).",
+        "answer (calibrated on held-out SQuAD, research/calibrate_refusal.py).",
     )
     # --- answerability (the reader's refusal signal) ----------------------------------------
     answerability: bool = Field(
@@ -483,7 +483,7 @@ class GenerationSettings(_Group):
         le=1.0,
         description="Refuse when the judge's best probability is below this. 0.08: the highest "
         "that refuses at most 5% of answerable held-out SQuAD questions "
-        "(benchmarks/calibrate_answerability.py). None (Python only) means this default.",
+        "(research/calibrate_answerability.py). None (Python only) means this default.",
     )
 
     # Both thresholds were once None for "the calibrated default"; that still means it.

@@ -614,37 +614,60 @@ _FLAT = _flat_names()
 _FLAT_OF = {where: name for name, where in _FLAT.items()}
 
 
-def _grouped(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with each flat name moved into its group; an unknown name is an error."""
+def _grouped(data: dict[str, Any], file: Path | None = None) -> dict[str, Any]:
+    """``data`` with each flat name moved into its group: keyword arguments, or the settings
+    of the ragserve.toml ``file``, which the errors then name. One router for both, so the
+    file and the keywords accept the same names; an unknown, misplaced or repeated setting
+    is an error naming the closest one."""
+    at, table, spell = (f"{file}: ", "[{}]", "[{}] {}") if file else ("", "'{}'", "{}.{}")
     out: dict[str, Any] = {}
-    flat: dict[str, dict[str, Any]] = {}
-    for key, value in data.items():
-        if key in _GROUPS and isinstance(value, BaseModel):
-            out[key] = value
-        elif key in _GROUPS and isinstance(value, dict):
-            out[key] = {}
-            for name, item in value.items():
-                field = _field_in(key, name)
-                if field is None:
-                    fields = list(_GROUPS[key].model_fields)
-                    raise _unknown(f"'{name}' in '{key}' is not a ragserve setting", name, fields)
-                out[key][field] = item
-        elif key in _FLAT:
-            group, field = _FLAT[key]
-            flat.setdefault(group, {})[field] = value
-        else:
-            raise _unknown(f"'{key}' is not a ragserve setting", key, [*_FLAT, *_GROUPS])
-    for group, values in flat.items():
-        given = out.get(group, {})
-        if isinstance(given, BaseModel):
-            given = given.model_dump(exclude_unset=True)
-        for field in values.keys() & given.keys():
+    models: dict[str, BaseModel] = {}  # Settings(rerank=RerankSettings(...)) stays a model
+    spelled: dict[tuple[str, str], str] = {}  # (group, field) -> how it was given
+
+    def put(group: str, field: str, value: Any, how: str, keep: bool = True) -> None:
+        if (group, field) in spelled:
             raise SettingsError(
-                f"'{_FLAT_OF[group, field]}' is given twice: flat and in '{group}'.",
+                f"{at}'{_FLAT_OF[group, field]}' is set twice ({spelled[group, field]} and {how}).",
                 hint="Give each setting once.",
             )
-        out[group] = {**given, **values}
+        spelled[group, field] = how
+        if keep:
+            out.setdefault(group, {})[field] = value
+
+    for key, value in data.items():
+        if key in _GROUPS and isinstance(value, BaseModel) and not file:
+            models[key] = value
+            for field in value.model_fields_set:
+                put(key, field, None, f"{key}={type(value).__name__}(...)", keep=False)
+        elif key in _GROUPS and isinstance(value, dict):
+            for name, item in value.items():
+                put(key, _in_group(key, name, at, table), item, spell.format(key, name))
+        elif key in _FLAT:
+            put(*_FLAT[key], value, key)
+        else:
+            raise _unknown(f"{at}'{key}' is not a ragserve setting", key, [*_FLAT, *_GROUPS])
+    for group, model in models.items():  # merged with flat names given beside it
+        out[group] = (
+            {**model.model_dump(exclude_unset=True), **out[group]} if group in out else model
+        )
     return out
+
+
+def _in_group(group: str, name: str, at: str, table: str) -> str:
+    """The field ``name`` is in ``group``: a field's name, or the flat name of one of the
+    group's fields (``rerank`` in the rerank group is its field ``enabled``)."""
+    if name in _GROUPS[group].model_fields:
+        return name
+    home, field = _FLAT.get(name, ("", ""))
+    if home == group:
+        return field
+    if home:
+        raise SettingsError(
+            f"{at}'{name}' is not in {table.format(group)}; it belongs in {table.format(home)}.",
+            hint=f"Move it to {table.format(home)}, or give it by its flat name.",
+        )
+    what = f"{at}'{name}' in {table.format(group)} is not a ragserve setting"
+    raise _unknown(what, name, list(_GROUPS[group].model_fields))
 
 
 def setting_default(name: str) -> Any:
@@ -652,15 +675,6 @@ def setting_default(name: str) -> Any:
     a component built by hand behaves as the configured one does."""
     group, field = _FLAT[name]
     return _GROUPS[group].model_fields[field].get_default(call_default_factory=True)
-
-
-def _field_in(group: str, name: str) -> str | None:
-    """The field ``name`` means in ``group``: a field's name, or the flat name of one of the
-    group's fields (``rerank`` in the rerank group is its field ``enabled``)."""
-    if name in _GROUPS[group].model_fields:
-        return name
-    home, field = _FLAT.get(name, ("", ""))
-    return field if home == group else None
 
 
 def _unknown(what: str, key: str, known: list[str]) -> SettingsError:
@@ -748,47 +762,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise SettingsError(f"Cannot read {path}: {exc.strerror}.") from None
-    return _group_toml(data, path)
-
-
-def _group_toml(data: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Flat keys and ``[group]`` tables, both checked against the settings."""
-    out: dict[str, dict[str, Any]] = {}
-    where: dict[tuple[str, str], str] = {}  # (group, field) -> how the file spelled it
-
-    def put(group: str, field: str, value: Any, spelled: str) -> None:
-        if (group, field) in where:
-            raise SettingsError(
-                f"{path}: '{_FLAT_OF[group, field]}' is set twice "
-                f"({where[group, field]} and {spelled}).",
-                hint="Keep one of them.",
-            )
-        where[group, field] = spelled
-        out.setdefault(group, {})[field] = value
-
-    for key, value in data.items():
-        if key in _GROUPS and isinstance(value, dict):
-            for name, item in value.items():
-                field = _field_in(key, name)
-                if field is not None:
-                    put(key, field, item, f"[{key}] {name}")
-                elif name in _FLAT:
-                    home = _FLAT[name][0]
-                    raise SettingsError(
-                        f"{path}: '{name}' is not in [{key}]; it belongs in [{home}].",
-                        hint=f"Move it under [{home}], or to the top of the file.",
-                    )
-                else:
-                    raise _unknown(
-                        f"{path}: '{name}' in [{key}] is not a ragserve setting",
-                        name,
-                        list(_GROUPS[key].model_fields),
-                    )
-        elif key in _FLAT:
-            put(*_FLAT[key], value, key)
-        else:
-            raise _unknown(f"{path}: '{key}' is not a ragserve setting", key, [*_FLAT, *_GROUPS])
-    return out
+    return _grouped(data, path)
 
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")

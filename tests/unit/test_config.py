@@ -142,7 +142,7 @@ def test_grouped_keywords_work_too_and_keep_the_group_defaults() -> None:
 
 
 def test_a_setting_given_flat_and_grouped_is_an_error() -> None:
-    with pytest.raises(SettingsError, match="'top_k' is given twice"):
+    with pytest.raises(SettingsError, match=r"'top_k' is set twice \(.*retrieval\.top_k"):
         Settings(top_k=3, retrieval={"top_k": 4})
 
 
@@ -406,3 +406,18 @@ def test_ragserve_list_stops_with_a_message_naming_key_and_file(text: str, fragm
     output = " ".join(result.output.split())  # the message may wrap
     assert fragment in output and str(path) in "".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_keywords_and_the_file_share_one_router() -> None:
+    # A setting in the wrong group is named with its group, by keyword as in the file.
+    with pytest.raises(SettingsError, match=r"'top_k' is not in 'api'; it belongs in 'retrieval'"):
+        Settings(api={"top_k": 3})
+    # A group given as a model keeps it; a flat name beside it is merged in, not lost...
+    s = Settings(rerank=RerankSettings(rerank_candidates=9), rerank_alpha=0.3)
+    assert (s.rerank.rerank_candidates, s.rerank.rerank_alpha, s.rerank.enabled) == (9, 0.3, True)
+    # ...unless both give the same setting.
+    with pytest.raises(SettingsError, match=r"'rerank_alpha' is set twice"):
+        Settings(rerank=RerankSettings(rerank_alpha=0.2), rerank_alpha=0.3)
+    # A field and its flat name in one group are the same setting.
+    with pytest.raises(SettingsError, match=r"'rerank' is set twice"):
+        Settings(rerank={"enabled": True, "rerank": False})

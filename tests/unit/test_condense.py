@@ -148,3 +148,36 @@ def test_small_talk_is_chitchat(text: str) -> None:
 )
 def test_statements_that_need_an_answer_stay_questions(text: str) -> None:
     assert classify_intent(text) is Intent.QUESTION
+
+
+class _FakeIndex:
+    """version() and iter_chunks(), all CorpusTermWeights reads of an index."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts, self.v = texts, 1
+
+    def version(self) -> int:
+        return self.v
+
+    def iter_chunks(self, batch_size: int = 1000):  # type: ignore[no-untyped-def]
+        from types import SimpleNamespace
+
+        yield [SimpleNamespace(searchable_text=t) for t in self.texts]
+
+
+def test_corpus_term_weights_read_the_index_and_follow_its_version() -> None:
+    import time
+
+    from ragserve.query.term_weights import CorpusTermWeights
+
+    index = _FakeIndex(["timeouts raise TimeoutException", "clients pool", "clients send"])
+    weights = CorpusTermWeights(index, check_every_s=0.0)  # type: ignore[arg-type]
+    assert weights("timeout") > weights("client") > 0  # stemmed as BM25 is
+    assert weights("informing") == 0.0 and weights("the") == 0.0
+    index.texts.append("informing users")
+    index.v = 2
+    weights("pool")  # starts the rebuild in the background; the old table answers meanwhile
+    deadline = time.monotonic() + 5
+    while weights("informing") == 0.0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert weights("informing") > 0

@@ -10,16 +10,23 @@ when the index's version moves on (an ingest), so a new document's words count a
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ragserve.stores.base import DocumentIndex
 from ragserve.stores.bm25 import Bm25Tokenizer
 
+if TYPE_CHECKING:
+    from ragserve.config import Settings
+
 __all__ = ["CorpusTermWeights", "TermWeight", "idf_weights"]
+
+log = logging.getLogger("ragserve.query.term_weights")
 
 
 @runtime_checkable
@@ -59,29 +66,80 @@ def _count(
 
 
 class CorpusTermWeights:
-    """A :class:`TermWeight` over one index, kept in step with its version."""
+    """A :class:`TermWeight` over one index, kept in step with its version.
 
-    def __init__(self, index: DocumentIndex, tokenizer: Bm25Tokenizer | None = None) -> None:
+    The first call builds the table (warm-up's priming search pays it); after an ingest the
+    next one is built in the background while the old one keeps answering, so no request
+    waits for a pass over the corpus. The index version is read at most once a second: a
+    turn asks about dozens of words.
+    """
+
+    def __init__(
+        self,
+        index: DocumentIndex,
+        tokenizer: Bm25Tokenizer | None = None,
+        *,
+        check_every_s: float = 1.0,
+    ) -> None:
         self.index = index
         self.tokenizer = tokenizer or Bm25Tokenizer()
-        self._weights: dict[str, float] = {}
+        self.check_every_s = check_every_s
+        # (IDF per token, weight per word asked): swapped together, one reference.
+        self._table: tuple[dict[str, float], dict[str, float]] | None = None
         self._version: int | None = None
+        self._checked = 0.0
         self._lock = threading.Lock()
+        self._building = False
+
+    @classmethod
+    def from_settings(cls, index: DocumentIndex, settings: Settings) -> CorpusTermWeights:
+        """Tokenised as the index's BM25 is, so a word's weight is its BM25 token's IDF."""
+        r = settings.retrieval
+        return cls(index, Bm25Tokenizer(stemming=r.bm25_stemming, stopwords=r.bm25_stopwords))
 
     def refresh(self) -> None:
-        """(Re)build the table if the index changed since the last build."""
+        """Build the table now if the index changed since the last build."""
         version = self.index.version()
-        if version == self._version:
-            return
+        if version != self._version:
+            self._build(version)
+
+    def _build(self, version: int) -> None:
         with self._lock:
             if version == self._version:
                 return
             texts = (c.searchable_text for batch in self.index.iter_chunks() for c in batch)
-            self._weights, _ = idf_weights(texts, self.tokenizer.tokenize)
-            self._version = version
+            weights, _ = idf_weights(texts, self.tokenizer.tokenize)
+            self._table, self._version = (weights, {}), version
+
+    def _maybe_rebuild(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.check_every_s:
+            return
+        self._checked = now
+        version = self.index.version()
+        if version == self._version or self._building:
+            return
+        self._building = True
+
+        def run() -> None:
+            try:
+                self._build(version)
+            except Exception as exc:  # the old table keeps answering
+                log.warning("term weights not rebuilt: %s", exc)
+            finally:
+                self._building = False
+
+        threading.Thread(target=run, name="ragserve-term-weights", daemon=True).start()
 
     def __call__(self, term: str) -> float:
-        self.refresh()
-        tokens = self.tokenizer.tokenize([term])[0]
-        # A stop word has no BM25 token: nothing a search could match on.
-        return max((self._weights.get(t, 0.0) for t in tokens), default=0.0)
+        if self._table is None:
+            self.refresh()
+        else:
+            self._maybe_rebuild()
+        weights, memo = self._table or ({}, {})
+        key = term.lower()
+        if key not in memo:
+            tokens = self.tokenizer.tokenize([key])[0]
+            # A stop word has no BM25 token: nothing a search could match on.
+            memo[key] = max((weights.get(t, 0.0) for t in tokens), default=0.0)
+        return memo[key]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ragserve.text.sentences import CODE_FENCES, split_sentences
 from ragserve.types import Hit, Message
@@ -27,7 +27,9 @@ __all__ = [
     "AssembledContext",
     "CompactContextAssembler",
     "ContextAssembler",
+    "ContextAssemblerProtocol",
     "FocusedContextAssembler",
+    "fit_history",
     "source_block",
     "source_label",
 ]
@@ -43,6 +45,58 @@ class AssembledContext:
     history: list[Message] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     """The (possibly sentence-trimmed) text of each source as given to the model."""
+
+
+@runtime_checkable
+class ContextAssemblerProtocol(Protocol):
+    """Stage 4's contract: the sources (and conversation) the reader sees, within budget."""
+
+    def assemble(
+        self, query: str, hits: Sequence[Hit], history: Sequence[Message] = ()
+    ) -> AssembledContext: ...
+
+
+def fit_history(
+    count_tokens: Callable[[str], int], history: Sequence[Message], budget: int
+) -> list[Message]:
+    """The most recent turns within ``budget`` tokens, oldest first.
+
+    The conversation has its own budget, apart from the sources': shared, one long assistant
+    answer used to crowd out every turn, and the reader answered "Are those the only steps?"
+    without the steps. A turn too long to fit whole is cut to its opening sentences (an
+    answer's first sentences carry its subject) instead of being dropped, and then the older
+    turns stop: a later turn is never dropped to keep an earlier one.
+    """
+    kept: list[Message] = []
+    left = budget
+    for message in reversed(history):
+        cost = count_tokens(message.content) + 4
+        if cost <= left:
+            kept.append(message)
+            left -= cost
+            continue
+        opening = _opening(count_tokens, message.content, left - 4)
+        if opening:
+            kept.append(Message(message.role, opening))
+        break
+    return kept[::-1]
+
+
+def _opening(count_tokens: Callable[[str], int], text: str, limit: int) -> str:
+    """The leading sentences of ``text`` within ``limit`` tokens (else its leading words)."""
+    if limit <= 0:
+        return ""
+    end = 0
+    for _a, b in split_sentences(text):
+        if count_tokens(text[:b]) > limit:
+            break
+        end = b
+    if end:
+        return text[:end].strip()
+    words = text.split()
+    while words and count_tokens(" ".join(words)) > limit:
+        words = words[: max(1, len(words) * 2 // 3)] if len(words) > 1 else []
+    return " ".join(words) + (" ..." if words else "")
 
 
 def source_label(hit: Hit, number: int) -> str:
@@ -106,6 +160,7 @@ class ContextAssembler:
         context: int = 8000,
         query: int = 200,
         response: int = 2000,
+        history_budget: int | None = None,
     ) -> None:
         self.count_tokens = count_tokens
         self.context_window = context_window
@@ -117,6 +172,8 @@ class ContextAssembler:
         rest = context_window - self.budget_system - self.budget_query - self.budget_response
         self.budget_context = max(0, min(int(context * max(scale, 1.0)), rest))
         self.budget_history = max(0, rest - self.budget_context)
+        if history_budget is not None:
+            self.budget_history = min(self.budget_history, history_budget)
 
     def assemble(
         self, query: str, hits: Sequence[Hit], history: Sequence[Message] = ()
@@ -170,16 +227,7 @@ class ContextAssembler:
         return text[:kept_end].strip()
 
     def trim_history(self, history: Sequence[Message], budget: int) -> list[Message]:
-        """The most recent turns that fit in ``budget`` tokens, oldest first."""
-        kept: list[Message] = []
-        used = 0
-        for message in reversed(history):
-            cost = self.count_tokens(message.content) + 4
-            if used + cost > budget:
-                break
-            kept.append(message)
-            used += cost
-        return kept[::-1]
+        return fit_history(self.count_tokens, history, budget)
 
 
 class CompactContextAssembler:
@@ -204,6 +252,7 @@ class CompactContextAssembler:
         budget: int = 240,
         max_sources: int = 3,
         context_window: int = 4096,
+        history_budget: int = 200,
     ) -> None:
         from ragserve.text.support import SentenceSupport
 
@@ -211,8 +260,8 @@ class CompactContextAssembler:
         self.budget = budget
         self.max_sources = max_sources
         self.context_window = context_window
+        self.history_budget = history_budget
         self.support = SentenceSupport()
-        self._history = ContextAssembler(count_tokens, context_window=context_window)
 
     def assemble(
         self, query: str, hits: Sequence[Hit], history: Sequence[Message] = ()
@@ -227,7 +276,7 @@ class CompactContextAssembler:
             chosen,
             texts,
             dropped=max(0, len(hits) - len(chosen)),
-            history=self._history.trim_history(history, self.budget),
+            history=fit_history(self.count_tokens, history, self.history_budget),
         )
 
     def _choose(self, query: str, hits: Sequence[Hit]) -> tuple[list[Hit], list[tuple[int, float]]]:
@@ -349,6 +398,7 @@ class FocusedContextAssembler:
         max_sources: int = 3,
         context_window: int = 4096,
         grow: int = 80,
+        history_budget: int = 200,
     ) -> None:
         from ragserve.text.support import SentenceSupport
 
@@ -357,8 +407,8 @@ class FocusedContextAssembler:
         self.grow = grow
         self.budget = budget
         self.max_sources = max_sources
+        self.history_budget = history_budget
         self.support = SentenceSupport()
-        self._history = ContextAssembler(count_tokens, context_window=context_window)
 
     def assemble(
         self, query: str, hits: Sequence[Hit], history: Sequence[Message] = ()
@@ -373,7 +423,7 @@ class FocusedContextAssembler:
             [chosen[n] for n in numbered],
             pieces,
             dropped=max(0, len(hits) - len(numbered)),
-            history=self._history.trim_history(history, self.budget),
+            history=fit_history(self.count_tokens, history, self.history_budget),
         )
 
     def _picks(self, query: str, texts: list[str]) -> dict[int, list[tuple[int, int]]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator as TextStream
 from typing import Protocol, runtime_checkable
 
 from ragserve.context.assembler import AssembledContext
@@ -17,11 +17,19 @@ class Generator(Protocol):
 
     name: str
     context_window: int
+    quotes_sources: bool
+    """Its answers are source sentences verbatim (extractive): grounding has nothing to check."""
 
     def warm_up(self) -> None: ...
+
+    def check_capacity(self) -> None:
+        """Raise ``GenerationBusyError`` now if a new request would only queue past the bound
+        (a 503 before a stream opens, rather than an error event after it has)."""
 
     def count_tokens(self, text: str) -> int: ...
 
     def stream(
         self, query: str, context: AssembledContext, history: list[Message]
-    ) -> Iterator[str]: ...
+    ) -> TextStream[str, None, None]:
+        """The answer's pieces as the model writes them; closing it stops the model."""
+        ...

@@ -22,6 +22,7 @@ __all__ = ["ExtractiveGenerator"]
 
 class ExtractiveGenerator:
     name = "extractive"
+    quotes_sources = True
     context_window = 16384
 
     def __init__(self, *, max_sentences: int = 2, min_overlap: float = 0.2) -> None:
@@ -31,6 +32,9 @@ class ExtractiveGenerator:
 
     def warm_up(self) -> None:
         self.support.warm_up()
+
+    def check_capacity(self) -> None:
+        return  # no queue of its own: nothing to bound
 
     def count_tokens(self, text: str) -> int:
         # No model, so no tokenizer: words and punctuation are a close, slightly generous proxy.

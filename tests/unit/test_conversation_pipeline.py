@@ -1,0 +1,300 @@
+"""The conversation path with small fakes at the model boundary: verified streaming, clarifying
+questions, the history budget, small talk, and the pipeline bugs of issue 35 (1, 3, 6)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Generator, Sequence
+
+import numpy as np
+import pytest
+
+from ragserve.config import Settings
+from ragserve.context.assembler import AssembledContext, CompactContextAssembler, fit_history
+from ragserve.generation.citations import REFUSAL_TEXT
+from ragserve.grounding.clarify import clarifying_question, unresolved_reference
+from ragserve.grounding.policy import AnswerPolicy
+from ragserve.grounding.verified_stream import VerifiedStream
+from ragserve.pipeline import RagPipeline
+from ragserve.pipeline.cache import SearchCache
+from ragserve.pipeline.rag import recent_turns
+from ragserve.types import Chunk, Hit, Message
+
+SOURCES = [
+    "Timeouts are enforced by default. The default timeout is five seconds of network "
+    "inactivity. Set it with httpx.Client(timeout=10.0).",
+    "A timeout raises httpx.TimeoutException. Catch it to retry the request.",
+]
+
+
+def _hit(text: str, n: int, *, title: str | None = None, rerank: float = 0.9) -> Hit:
+    chunk = Chunk(
+        id=f"c{n}",
+        doc_id=f"doc{n}",
+        source=f"doc{n}.md",
+        text=text,
+        chunk_index=0,
+        char_start=0,
+        char_end=len(text),
+        content_hash=str(n),
+        title=title,
+    )
+    return Hit(chunk, rerank, {"rerank": rerank, "dense": 0.8})
+
+
+def _context(texts: Sequence[str] = SOURCES) -> AssembledContext:
+    hits = [_hit(t, n) for n, t in enumerate(texts, 1)]
+    return AssembledContext(sources=hits, text="\n\n".join(texts), tokens=50, texts=list(texts))
+
+
+def _pieces(text: str) -> list[str]:
+    """The answer as a reader streams it: a few characters at a time."""
+    return [text[i : i + 3] for i in range(0, len(text), 3)]
+
+
+def _run(
+    answer: str, question: str = "What is the default timeout?"
+) -> tuple[str, str, str | None]:
+    """(everything the client was sent, the final text, the refusal reason)."""
+    draft = VerifiedStream(AnswerPolicy(Settings()), question, _context())
+    sent = "".join(draft.feed(p) for p in _pieces(answer))
+    verdict, rest = draft.finish()
+    return sent + rest, verdict.text, verdict.reason
+
+
+def test_an_unsupported_second_sentence_never_reaches_the_client() -> None:
+    sent, final, reason = _run(
+        "The default timeout is five seconds of network inactivity [1]. "
+        "Moon rabbits juggle purple elephants underwater every Tuesday."
+    )
+    assert reason is None
+    assert "five seconds" in sent
+    assert "elephants" not in sent and "elephants" not in final
+    assert final.startswith(sent.split(" [")[0])  # the final answer extends what was shown
+
+
+def test_a_refused_answer_streams_nothing() -> None:
+    sent, final, reason = _run("Moon rabbits juggle purple elephants underwater every Tuesday.")
+    assert reason == "unsupported"
+    assert sent == "" and final == ""
+
+
+def test_every_token_sent_is_in_the_final_answer() -> None:
+    sent, final, reason = _run(
+        "The default timeout is five seconds of network inactivity. "
+        "Set it with httpx.Client(timeout=10.0) [1]."
+    )
+    assert reason is None
+    assert final.startswith(sent.rstrip(" [1]")) or sent == final
+    assert "[1]" in final
+
+
+def test_the_readers_own_refusal_is_caught_at_its_first_sentence() -> None:
+    draft = VerifiedStream(AnswerPolicy(Settings()), "What is it?", _context())
+    for piece in _pieces("I don't know. Something else follows here."):
+        assert draft.feed(piece) == ""
+        if draft.refused_at_once:
+            break
+    assert draft.refused_at_once
+    assert draft.finish()[0].reason == "model"
+
+
+def test_no_text_is_released_inside_an_open_code_block() -> None:
+    draft = VerifiedStream(AnswerPolicy(Settings()), "How do I set a timeout?", _context())
+    released = "".join(
+        draft.feed(p) for p in _pieces("Set it like this:\n```python\nclient = httpx.Client(")
+    )
+    assert "```" not in released
+
+
+# --- clarifying questions ------------------------------------------------------------------
+
+
+def test_an_unresolved_reference_with_several_readings_is_asked_back() -> None:
+    hits = [
+        _hit("Chris Hemsworth\nHe trained for Thor.", 1),
+        _hit("Harrison Ford\nHe kept fit for Indiana Jones.", 2),
+    ]
+    question = clarifying_question("What is the actor's approach to fitness?", [], hits)
+    assert question == "Do you mean Chris Hemsworth or Harrison Ford?"
+
+
+def test_a_reference_the_conversation_resolved_is_not_asked_back() -> None:
+    history = [
+        Message("user", "Tell me about the actor Harrison Ford."),
+        Message("assistant", "He is an actor."),
+    ]
+    hits = [_hit("Chris Hemsworth\nThor.", 1), _hit("Harrison Ford\nIndiana Jones.", 2)]
+    assert clarifying_question("What is the actor's approach to fitness?", history, hits) is None
+
+
+def test_one_reading_or_a_named_subject_is_not_asked_back() -> None:
+    one = [_hit("Harrison Ford\nA.", 1), _hit("Harrison Ford\nB.", 2)]
+    assert clarifying_question("What is the actor's approach to fitness?", [], one) is None
+    assert unresolved_reference("How do I set the timeout on an httpx Client?", []) is None
+    assert unresolved_reference("who won the battle of Bull Run", []) is None
+
+
+# --- the reader's view of the conversation ---------------------------------------------------
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def test_history_has_its_own_budget_and_long_turns_are_cut_not_dropped() -> None:
+    long_answer = "First, open the settings page. " + "Then do many other things. " * 80
+    history = [
+        Message("user", "How do I reset my password?"),
+        Message("assistant", long_answer),
+    ]
+    kept = fit_history(_words, history, 40)
+    assert kept and kept[-1].role == "assistant"
+    assert kept[-1].content.startswith("First, open the settings page.")
+    assert sum(_words(m.content) + 4 for m in kept) <= 40
+    assembler = CompactContextAssembler(_words, budget=32, history_budget=60)
+    context = assembler.assemble("Are those the only steps?", [_hit(SOURCES[0], 1)], history)
+    assert context.history, "a long answer no longer crowds the conversation out"
+
+
+def test_history_turns_zero_keeps_no_history() -> None:  # issue 35, bug 1
+    history = [Message("user", "a"), Message("assistant", "b")] * 3
+    assert recent_turns(history, 0) == []
+    assert recent_turns(history, 1) == history[-2:]
+
+
+# --- the pipeline with fakes ------------------------------------------------------------------
+
+
+class _FakeIndex:
+    def version(self) -> int:
+        return 1
+
+    def close(self) -> None:
+        pass
+
+
+class _FakeEmbedder:
+    dimension = 4
+
+    def warm_up(self) -> None:
+        pass
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return np.ones(4, dtype=np.float32)
+
+
+class _FakeRetriever:
+    def __init__(self, hits: list[Hit]) -> None:
+        self.hits, self.calls = hits, 0
+
+    def retrieve(self, query: object, k: int) -> list[Hit]:
+        self.calls += 1
+        return [Hit(h.chunk, h.score, dict(h.scores)) for h in self.hits[:k]]
+
+
+class _FakeReader:
+    name = "fake"
+    context_window = 4096
+    quotes_sources = False
+
+    def __init__(self, answer: str, load_seconds: float = 0.0) -> None:
+        self.answer, self.load_seconds = answer, load_seconds
+
+    def warm_up(self) -> None:
+        time.sleep(self.load_seconds)
+
+    def check_capacity(self) -> None:
+        pass
+
+    def count_tokens(self, text: str) -> int:
+        return _words(text)
+
+    def stream(self, query: str, context: object, history: object) -> Generator[str, None, None]:
+        yield from _pieces(self.answer)
+
+
+def _pipeline(answer: str, *, load_seconds: float = 0.0, **settings: object) -> RagPipeline:
+    s = Settings(rerank=False, min_support=0.0, **settings)  # type: ignore[arg-type]
+    p = RagPipeline(
+        s, index=_FakeIndex(), embedder=_FakeEmbedder(), generator=_FakeReader(answer, load_seconds)
+    )  # type: ignore[arg-type]
+    p.retriever = _FakeRetriever([_hit(t, n) for n, t in enumerate(SOURCES, 1)])  # type: ignore[assignment]
+    p._retrieval_ready = True
+    return p
+
+
+def test_the_pipeline_stream_withholds_an_unsupported_sentence() -> None:
+    p = _pipeline(
+        "The default timeout is five seconds of network inactivity [1]. "
+        "Moon rabbits juggle purple elephants underwater every Tuesday."
+    )
+    events = list(p.stream("What is the default timeout?"))
+    sent = "".join(e.text for e in events if e.kind == "token")
+    answer = events[-1].answer
+    assert answer is not None and not answer.refused and answer.kind == "answer"
+    assert "elephants" not in sent and "elephants" not in answer.text
+    assert answer.text.startswith(sent[: len(sent) - len(sent.lstrip())] + sent.split(" [")[0])
+
+
+def test_a_refused_stream_sends_only_the_refusal() -> None:
+    p = _pipeline("Moon rabbits juggle purple elephants underwater every Tuesday.")
+    events = list(p.stream("What is the default timeout?"))
+    assert [e.text for e in events if e.kind == "token"] == [REFUSAL_TEXT]
+    assert events[-1].answer is not None and events[-1].answer.kind == "refusal"
+
+
+def test_small_talk_in_a_conversation_gets_a_reply_not_a_refusal() -> None:
+    p = _pipeline("unused")
+    history = [
+        Message("user", "What is the default timeout?"),
+        Message("assistant", "Five seconds."),
+    ]
+    answer = p.answer("thanks, that helps!", history)
+    assert answer.kind == "reply" and not answer.refused and not answer.sources
+
+
+def test_cached_hits_are_not_shared_between_requests() -> None:  # issue 35, bug 6
+    cache = SearchCache()
+    cache.put("q", [_hit("text", 1)])
+    first = cache.get("q")
+    assert first is not None
+    first[0].scores["answerable"] = 0.0
+    second = cache.get("q")
+    assert second is not None and "answerable" not in second[0].scores
+
+
+def test_a_search_does_not_wait_for_the_reader_to_load() -> None:  # issue 35, bug 3
+    p = _pipeline("The default timeout is five seconds.", load_seconds=1.5)
+    loader = threading.Thread(target=p.warm_up)
+    loader.start()
+    time.sleep(0.1)
+    began = time.perf_counter()
+    p.search(p.process("What is the default timeout?"))
+    waited = time.perf_counter() - began
+    loader.join()
+    assert waited < 1.0, f"search waited {waited:.1f} s behind the reader's load"
+
+
+@pytest.mark.parametrize("turns", [200])
+def test_a_long_history_is_trimmed_not_failing(turns: int) -> None:
+    p = _pipeline("The default timeout is five seconds of network inactivity [1].")
+    history = [Message("user" if i % 2 == 0 else "assistant", f"turn {i}") for i in range(turns)]
+    answer = p.answer("What is the default timeout?", history)
+    assert not answer.refused
+
+
+def test_history_turns_zero_shows_the_reader_no_history() -> None:  # issue 35, bug 1
+    seen: list[object] = []
+    p = _pipeline("The default timeout is five seconds of network inactivity [1].", history_turns=0)
+    reader = p.generator
+    original = reader.stream  # type: ignore[union-attr]
+
+    def recording(query: str, context: object, history: object) -> Generator[str, None, None]:
+        seen.append(history)
+        yield from original(query, context, history)
+
+    reader.stream = recording  # type: ignore[union-attr,method-assign]
+    p.answer("What is the default timeout?", [Message("user", "hi"), Message("assistant", "hello")])
+    assert seen == [[]]

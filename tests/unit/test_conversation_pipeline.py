@@ -298,3 +298,8 @@ def test_history_turns_zero_shows_the_reader_no_history() -> None:  # issue 35, 
     reader.stream = recording  # type: ignore[union-attr,method-assign]
     p.answer("What is the default timeout?", [Message("user", "hi"), Message("assistant", "hello")])
     assert seen == [[]]
+
+
+def test_a_closing_marker_still_cites_the_answer() -> None:
+    sent, final, reason = _run("The default timeout is five seconds of network inactivity [1].")
+    assert reason is None and final.endswith("[1]") and sent.startswith("The default timeout")

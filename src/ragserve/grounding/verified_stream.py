@@ -73,8 +73,7 @@ class VerifiedStream:
 
     def finish(self) -> tuple[Verdict, str]:
         """The final verdict (its text extends :attr:`shown`) and the text still to send."""
-        if self._checked < len(self._raw.rstrip()):
-            self._try(self._raw)
+        released = self._try(self._raw) if self._checked < len(self._raw.rstrip()) else ""
         if self._released is None:
             reason = self._first.reason if self._first else "model"
             return Verdict("", reason=reason or "model"), ""
@@ -83,7 +82,7 @@ class VerifiedStream:
         text = cite_at_end(bare, cited) if cited else bare
         text = self.policy.show_code(self.question, Verdict(text, verdict.citations), self.context)
         final_text, citations, _ = validate_citations(text, self.context)
-        return Verdict(final_text, citations), final_text[len(bare) :]
+        return Verdict(final_text, citations), released + final_text[len(bare) :]
 
     def _try(self, prefix: str) -> str:
         verdict = self.policy.verify(self.question, prefix, self.context, quoted=self.quoted)
@@ -93,8 +92,9 @@ class VerifiedStream:
             return ""
         bare = strip_markers(verdict.text)
         shown = self.shown
-        if not bare.startswith(shown) or len(bare) <= len(shown):
+        if not bare.startswith(shown):
             return ""  # grounding cut back into released text: keep what was shown
+        # Equal text still updates the verdict: the marker that closes an answer comes last.
         self._released = _Released(verdict, bare)
         return bare[len(shown) :]
 

@@ -3,11 +3,14 @@ builder for the one-chunk hits that the post-retrieval stages are tested with.""
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -41,6 +44,95 @@ os.environ["RAGSERVE_GENERATOR"] = "extractive"
 os.environ["RAGSERVE_ANSWERABILITY"] = "false"
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# --- the fast tier stays fast by construction ------------------------------------------------
+# A test marked `fast` must not load a model runtime: importing torch alone takes seconds, and
+# once one fast test imports it the tier is no longer "no model loads". Two checks: every fast
+# test fails if one of these appeared in sys.modules while it ran (any session); and a session
+# that runs only fast tests (`-m fast`) blocks the imports outright from the start, so a test
+# is caught even when an earlier one already imported the runtime.
+HEAVY_MODULES = ("torch", "onnxruntime", "openvino", "llama_cpp")
+_HEAVY_BEFORE = pytest.StashKey[frozenset[str]]()
+
+
+def _heavy_loaded() -> frozenset[str]:
+    # Only the real packages count: a test may stand a fake module in for one
+    # (monkeypatch.setitem(sys.modules, "llama_cpp", fake)), and a fake has no __file__.
+    return frozenset(
+        name
+        for name in HEAVY_MODULES
+        if isinstance(getattr(sys.modules.get(name), "__file__", None), str)
+    )
+
+
+class _BlockedLoader(importlib.abc.Loader):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        raise ImportError(
+            f"{self.name} imported in a `-m fast` session: the fast tier loads no model "
+            "runtime (tests/conftest.py)",
+            name=self.name,
+        )
+
+    def exec_module(self, module: ModuleType) -> None:  # never reached: create_module raises
+        raise ImportError(self.name)
+
+
+class HeavyImportBlocker(importlib.abc.MetaPathFinder):
+    """Makes ``import torch`` (and the others) raise ImportError.
+    ``importlib.util.find_spec`` still finds an installed runtime, so code that only probes
+    for one behaves as in production; a runtime that is not installed stays not found."""
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name.partition(".")[0] not in HEAVY_MODULES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None:
+            return None
+        spec.loader = _BlockedLoader(name)
+        return spec
+
+
+_BLOCKER = HeavyImportBlocker()
+
+
+def _fast_only(config: pytest.Config) -> bool:
+    return config.getoption("markexpr", "").strip() == "fast"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _fast_only(config) and _BLOCKER not in sys.meta_path:
+        sys.meta_path.insert(0, _BLOCKER)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _BLOCKER in sys.meta_path:
+        sys.meta_path.remove(_BLOCKER)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    # Recorded before the fixtures run: a fixture's import counts as the test's.
+    item.stash[_HEAVY_BEFORE] = _heavy_loaded()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    result = yield
+    new = _heavy_loaded() - item.stash.get(_HEAVY_BEFORE, frozenset())
+    if new and item.get_closest_marker("fast") is not None:
+        pytest.fail(
+            f"fast test imported {', '.join(sorted(new))}: the fast tier loads no model "
+            "runtime; fake the model boundary, or drop the `fast` mark",
+            pytrace=False,
+        )
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ A fast test as well as ``make lint``, so an upward import fails ``make test-fast
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,3 +19,68 @@ def test_import_linter_contracts_pass() -> None:
         [str(lint_imports)], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- the fast-tier guard (tests/conftest.py) -------------------------------------------------
+
+_TINY_TESTS = """
+import sys
+import types
+
+import pytest
+
+
+@pytest.mark.fast
+def test_imports_torch():
+    import torch  # noqa: F401
+
+
+@pytest.mark.fast
+def test_pure():
+    assert 1 + 1 == 2
+
+
+@pytest.mark.fast
+def test_fake_runtime(monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.ModuleType("llama_cpp"))
+    import llama_cpp  # noqa: F401
+"""
+
+
+EXPECTED = {"test_imports_torch": "FAILED", "test_pure": "PASSED", "test_fake_runtime": "PASSED"}
+
+
+def _run_guarded(tmp_path: Path, *args: str) -> tuple[dict[str, str], str]:
+    """pytest on the tiny file above with the suite's conftest as a plugin: each test's
+    outcome by name, and the report."""
+    (tmp_path / "test_tiny.py").write_text(_TINY_TESTS)
+    command = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider"]
+    done = subprocess.run(
+        [*command, "-q", "-rA", "-o", "markers=fast", "--rootdir", ".", "test_tiny.py", *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = done.stdout + done.stderr
+    outcomes = {}
+    for line in report.splitlines():
+        outcome, _, rest = line.partition(" test_tiny.py::")
+        if outcome in ("PASSED", "FAILED") and rest:
+            outcomes[rest.split(" ")[0]] = outcome
+    return outcomes, report
+
+
+def test_a_fast_test_that_imports_torch_fails_in_a_fast_only_session(tmp_path: Path) -> None:
+    # `-m fast` blocks the import itself: torch never loads, so this run takes no torch time.
+    outcomes, report = _run_guarded(tmp_path, "-m", "fast")
+    assert outcomes == EXPECTED, report
+    assert "torch imported in a `-m fast` session" in report
+
+
+def test_a_fast_test_that_imports_torch_fails_in_any_session(tmp_path: Path) -> None:
+    # Without `-m fast` torch really loads (about 2 s): the test fails on sys.modules.
+    outcomes, report = _run_guarded(tmp_path)
+    assert outcomes == EXPECTED, report
+    assert "fast test imported torch" in report

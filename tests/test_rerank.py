@@ -270,20 +270,21 @@ def test_disagreeing_or_failing_export_falls_back_to_pytorch(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     import ragserve.rerank.cross_encoder as rerank
+    import ragserve.rerank.onnx_export as onnx_export
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(rerank, "agreement", lambda a, b: 0.5)
-    with caplog.at_level(logging.WARNING, logger="ragserve.rerank.cross_encoder"):
+    with caplog.at_level(logging.WARNING, logger="ragserve.rerank"):
         r = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-int8", max_length=64)
         assert r.score("Where is the Eiffel Tower?", _PASSAGES).shape == (5,)
     assert r.form == "torch-fp32" and "disagrees" in caplog.text
     # The verdict is cached: the next start falls back without exporting again.
-    monkeypatch.setattr(rerank, "export_cross_encoder_onnx", _boom)
+    monkeypatch.setattr(onnx_export, "export_cross_encoder_onnx", _boom)
     again = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-int8", max_length=64)
     again.warm_up()
     assert again.form == "torch-fp32"
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="ragserve.rerank.cross_encoder"):
+    with caplog.at_level(logging.WARNING, logger="ragserve.rerank"):
         failed = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-fp32")
         failed.warm_up()
     assert failed.form == "torch-fp32" and "export failed" in caplog.text
@@ -297,6 +298,7 @@ def test_agreeing_export_is_cached_and_reused(
     small_cross_encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ragserve.rerank.cross_encoder as rerank
+    import ragserve.rerank.onnx_export as onnx_export
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-fp32", max_length=64)
@@ -304,7 +306,7 @@ def test_agreeing_export_is_cached_and_reused(
     assert first.form.startswith("onnx-fp32")
     (folder,) = (tmp_path / "cache" / "ragserve" / "reranker-onnx").glob("*-fp32-ort*[0-9]")
     assert json.loads((folder / "export.json").read_text())["spearman"] >= 0.99
-    monkeypatch.setattr(rerank, "export_cross_encoder_onnx", _boom)
+    monkeypatch.setattr(onnx_export, "export_cross_encoder_onnx", _boom)
     second = CrossEncoderReranker(str(small_cross_encoder), runtime="onnx-fp32", max_length=64)
     second.warm_up()
     assert second.form.startswith("onnx-fp32")

@@ -96,7 +96,7 @@ def test_support_gate_refuses_on_topic_sources_that_lack_the_answer(
         assert "generate" in pipeline.answer(query).timings
         # The re-ranker's gate (on by default) refuses it on its own as well: no candidate
         # reads as answering it.
-        gen.refusal_threshold = None
+        gen.refusal_threshold = Settings().generation.refusal_threshold
         b = pipeline.answer(query)
         assert pipeline.reranker is not None and b.refused and "generate" not in b.timings
     finally:

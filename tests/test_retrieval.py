@@ -158,7 +158,7 @@ def test_dense_feedback_searches_again_from_the_query_moved_toward_the_best_chun
 ) -> None:
     index, _docs = scifact_index
     query = ProcessedQuery(original="q", text="vitamin D deficiency and bone fractures")
-    plain = HybridRetriever(index, embedder).retrieve(query, 10)
+    plain = HybridRetriever(index, embedder, feedback_docs=0).retrieve(query, 10)
     calls: list[tuple[np.ndarray, int]] = []
     _spy_dense(index, calls)
     try:
@@ -185,7 +185,7 @@ def test_dense_feedback_is_skipped_when_a_feedback_chunk_vanished(scifact_index,
 
     index, _docs = scifact_index
     query = ProcessedQuery(original="q", text="cancer immunotherapy")
-    plain = HybridRetriever(index, embedder).retrieve(query, 10)
+    plain = HybridRetriever(index, embedder, feedback_docs=0).retrieve(query, 10)
 
     def gone(ids):  # type: ignore[no-untyped-def]
         raise StoreError("deleted meanwhile")

@@ -111,7 +111,7 @@ class AnswerabilityJudge:
         threshold = settings.generation.answerability_threshold
         return cls(
             settings.generation.answerability_model,
-            threshold=ANSWERABLE_THRESHOLD if threshold is None else threshold,
+            threshold=threshold,
             top_n=settings.generation.answerability_candidates,
         )
 

@@ -91,12 +91,9 @@ class AnswerPolicy:
 
     @property
     def refusal_threshold(self) -> float:
-        # Set on 300 SQuAD training-article questions with and without their gold paragraph
-        # (docs/eval/rerank-default): with the lexical gate, 0.1 refuses about as many
-        # answerable questions as the dense-cosine gate (0.120-0.127 vs 0.120) and more
-        # unanswerable ones (0.573-0.577 vs 0.493).
-        t = self.generation.refusal_threshold
-        return 0.1 if t is None else t
+        # Chosen on 300 SQuAD training-article questions with and without their gold
+        # paragraph (docs/answer-policy.md).
+        return self.generation.refusal_threshold
 
     # --- after generation --------------------------------------------------------------------
 

@@ -335,3 +335,54 @@ def test_document_uris_round_trip(doc_id: str) -> None:
     from ragserve.serving.mcp import DOCUMENT_URI, _document_uri
 
     assert UriTemplate.parse(DOCUMENT_URI).match(_document_uri(doc_id)) == {"doc_id": doc_id}
+
+
+class _FakePipeline:
+    """Only what ``ask`` reads; records the history each question came with."""
+
+    def __init__(self) -> None:
+        self.histories: list[list[tuple[str, str]]] = []
+
+    def answer(self, question: str, history: Any = ()) -> Any:
+        from ragserve.types import Answer
+
+        self.histories.append([(m.role, m.content) for m in history])
+        return Answer(question, "Do you mean A or B?", [], kind="clarify", standalone_query="q")
+
+
+BAD_HISTORIES = [
+    ([{"role": "assistant", "content": "Hello"}], "history[0].role"),
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "history[1].role"),
+    ([{"role": "user", "content": " "}], "history[0].content: history[0].content is empty"),
+    (
+        [{"role": "user", "content": "x" * 100_000}, {"role": "assistant", "content": "ok"}],
+        "the limit is 20000",
+    ),
+]
+
+
+@pytest.mark.fast
+@pytest.mark.anyio
+@pytest.mark.parametrize(("history", "expected"), BAD_HISTORIES)
+async def test_ask_refuses_a_bad_history_by_the_api_rule_and_keeps_serving(
+    tmp_path: Path, history: list[dict[str, str]], expected: str
+) -> None:
+    from ragserve.serving.mcp import build_server
+
+    pipeline = _FakePipeline()
+    server = build_server(lambda: pipeline, Settings(data_dir=tmp_path))  # type: ignore[arg-type,return-value]
+    async with Client(server) as client:
+        bad = await client.call_tool("ask", {"question": "And then?", "history": history})
+        assert bad.is_error and expected in _text(bad), _text(bad)
+        assert len(_text(bad)) < 1000 and not pipeline.histories
+        turns = [{"role": "system", "content": "be brief"}] + [
+            {"role": r, "content": f"{r} {i}"} for i in range(30) for r in ("user", "assistant")
+        ]
+        good = await client.call_tool("ask", {"question": "And then?", "history": turns})
+        assert not good.is_error, _text(good)
+        assert good.structured_content["kind"] == "clarify"
+        assert good.structured_content["standalone_query"] == "q"
+        # 60 turns: the most recent max_history_turns exchanges, the system message left out.
+        kept = pipeline.histories[-1]
+        assert len(kept) == 2 * Settings().api.max_history_turns
+        assert kept[-1] == ("assistant", "assistant 29") and kept[0][0] == "user"

@@ -122,9 +122,156 @@ def test_openai_completion_and_stream(client: TestClient) -> None:
 
 
 def test_openai_last_message_must_be_the_users(client: TestClient) -> None:
-    messages = [{"role": "assistant", "content": "Hello"}]
+    messages = [
+        {"role": "user", "content": "How do I set a timeout?"},
+        {"role": "assistant", "content": "Pass timeout=5.0."},
+    ]
     r = client.post("/v1/chat/completions", json={"messages": messages})
-    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+    assert r.status_code == 400 and r.json()["error"] == "invalid_history"
+    assert r.json()["field"] == "messages" and "last message" in r.json()["message"]
+
+
+# --- conversations: one rule on every face ----------------------------------------------------
+
+Q = {"role": "user", "content": "How do I set a timeout?"}
+A = {"role": "assistant", "content": "Pass timeout=5.0 to the client [1]."}
+FOLLOW_UP = "And for the async client?"
+
+
+class _Recorder:
+    """Wraps the fake pipeline's answer/stream to keep the history each call received."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.histories: list[list[tuple[str, str]]] = []
+        pipeline = client.app.state.ragserve.pipeline  # type: ignore[attr-defined]
+        answer, stream = pipeline.answer, pipeline.stream
+
+        def record(history: Any) -> None:
+            self.histories.append([(m.role, m.content) for m in history])
+
+        pipeline.answer = lambda q, h=(): (record(h), answer(q, h))[1]
+        pipeline.stream = lambda q, h=(): (record(h), stream(q, h))[1]
+
+
+def _ask(client: TestClient, face: str, history: list[dict[str, str]]) -> Any:
+    if face == "openai":
+        messages = [*history, {"role": "user", "content": FOLLOW_UP}]
+        return client.post("/v1/chat/completions", json={"messages": messages})
+    return client.post(face, json={"query": FOLLOW_UP, "history": history})
+
+
+FACES = ["/chat", "/chat/stream", "openai"]
+BAD_HISTORIES = [
+    # (history, the field named, words of the message)
+    ([Q, Q, A], "[1].role", "by 'user' after a turn by 'user'"),
+    ([A], "[0].role", "by 'assistant' as the first turn"),
+    ([Q, {"role": "assistant", "content": "  "}], "[1].content", "is empty"),
+    ([Q, {"role": "assistant", "content": "x" * 100_000}], "[1].content", "the limit is 20000"),
+]
+
+
+@pytest.mark.parametrize("face", FACES)
+@pytest.mark.parametrize(("history", "field", "words"), BAD_HISTORIES)
+def test_a_bad_history_is_a_typed_400_naming_the_field_and_serving_goes_on(
+    client: TestClient, face: str, history: list[dict[str, str]], field: str, words: str
+) -> None:
+    r = _ask(client, face, history)
+    assert r.status_code == 400, r.text
+    body = r.json()
+    name = "messages" if face == "openai" else "history"
+    assert body["error"] == "invalid_history" and body["field"] == name + field
+    assert words in body["message"] and body["hint"]
+    assert len(r.text) < 1000, "a 100 kB turn is not echoed back"
+    assert _ask(client, face, [Q, A]).status_code == 200, "the server keeps serving"
+
+
+@pytest.mark.parametrize("face", ["/chat", "openai"])
+def test_a_history_ending_with_a_question_is_out_of_order_too(
+    client: TestClient, face: str
+) -> None:
+    r = _ask(client, face, [Q, A, Q])
+    assert r.status_code == 400 and r.json()["error"] == "invalid_history"
+    # /chat: the history's last turn; OpenAI: the question after it is the second user turn.
+    expected = "messages[3].role" if face == "openai" else "history[2].role"
+    assert r.json()["field"] == expected, r.json()
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_200_turns_are_trimmed_to_the_most_recent_not_refused(
+    client: TestClient, face: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = _Recorder(client)
+    history = []
+    for i in range(100):  # 200 turns: 100 exchanges, each numbered so the kept ones show
+        history += [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+    with caplog.at_level("INFO", logger="ragserve.serving.api"):
+        r = _ask(client, face, history)
+    assert r.status_code == 200, r.text
+    kept = recorder.histories[-1]
+    limit = client.app.state.ragserve.settings.api.max_history_turns  # type: ignore[attr-defined]
+    assert len(kept) == 2 * limit
+    assert kept[0] == ("user", f"q{100 - limit}") and kept[-1] == ("assistant", "a99")
+    assert any("trimmed" in rec.getMessage() for rec in caplog.records)
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_system_messages_are_left_out_on_every_face(client: TestClient, face: str) -> None:
+    recorder = _Recorder(client)
+    system = {"role": "system", "content": "You are terse."}
+    r = _ask(client, face, [system, Q, system, A])
+    assert r.status_code == 200, r.text
+    assert recorder.histories[-1] == [("user", Q["content"]), ("assistant", A["content"])]
+
+
+def _with_kind(client: TestClient, kind: str) -> None:
+    """The fake pipeline's answers become clarifying questions (or another kind)."""
+    pipeline = client.app.state.ragserve.pipeline  # type: ignore[attr-defined]
+    make_answer = type(pipeline)(pipeline.settings).answer  # a fresh fake's, not a patched one
+
+    def answer(query: str) -> Any:
+        a = make_answer(query)
+        a.kind, a.text, a.citations = kind, "Do you mean Basic plan or Team plan?", []
+        a.standalone_query = f"{query} (plan)"
+        return a
+
+    pipeline.answer = lambda q, h=(): answer(q)
+
+    def stream(q: str, h: Any = ()) -> Any:
+        from ragserve.pipeline import StreamEvent
+
+        a = answer(q)
+        yield StreamEvent("token", text=a.text)
+        yield StreamEvent("done", answer=a)
+
+    pipeline.stream = stream
+
+
+def test_kind_and_standalone_query_on_every_face(client: TestClient) -> None:
+    _with_kind(client, "clarify")
+    body = client.post("/chat", json={"query": "What does the plan cost?"}).json()
+    assert body["kind"] == "clarify" and body["refused"] is False
+    assert body["standalone_query"] == "What does the plan cost? (plan)"
+    r = client.post("/chat/stream", json={"query": "What does the plan cost?"})
+    done = json.loads(_sse_events(r.text)[-1][1])
+    assert done["kind"] == "clarify" and done["standalone_query"].endswith("(plan)")
+    messages = [{"role": "user", "content": "What does the plan cost?"}]
+    full = client.post("/v1/chat/completions", json={"messages": messages}).json()
+    assert full["kind"] == "clarify" and full["standalone_query"].endswith("(plan)")
+    r = client.post("/v1/chat/completions", json={"messages": messages, "stream": True})
+    last = json.loads([d for _, d in _sse_events(r.text)][-2])
+    assert last["kind"] == "clarify" and last["refused"] is False
+    assert last["standalone_query"].endswith("(plan)") and "refusal_reason" in last
+
+
+def test_a_clarify_or_a_reply_is_never_counted_as_a_refusal(client: TestClient) -> None:
+    for kind in ("clarify", "reply"):
+        _with_kind(client, kind)
+        client.post("/chat", json={"query": "What does the plan cost?"})
+        client.post("/chat/stream", json={"query": "What does the plan cost?"})
+    metrics = client.get("/metrics").text
+    assert 'ragserve_answers_total{kind="clarify"} 2.0' in metrics
+    assert 'ragserve_answers_total{kind="reply"} 2.0' in metrics
+    assert "ragserve_refusals_total 0.0" in metrics
 
 
 def test_metrics_reads_the_index_off_the_event_loop(client: TestClient) -> None:

@@ -28,7 +28,12 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ragserve.config import Settings
 from ragserve.errors import EmptyQueryError, RagServeError
-from ragserve.types import Hit, Message
+from ragserve.serving.api.conversation import (
+    MAX_TURN_CHARS,
+    InvalidHistoryError,
+    conversation_turns,
+)
+from ragserve.types import AnswerKind, Hit
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -83,6 +88,15 @@ class AskResult(BaseModel):
     refused: bool = Field(
         description="True when the documents do not hold the answer (the answer then says so)."
     )
+    kind: AnswerKind = Field(
+        "answer",
+        description="answer (from the sources), refusal (refused is true), clarify (a question "
+        "back naming the readings the documents hold: ask the user, never a refusal) or reply "
+        "(a short reply to small talk).",
+    )
+    standalone_query: str | None = Field(
+        None, description="What was searched: the question made standalone with the history."
+    )
     citations: list[CitationOut]
     sources: list[Passage] = Field(description="The passages the answer was grounded on.")
     timings: dict[str, float] = Field(description="Milliseconds per pipeline stage.")
@@ -102,8 +116,9 @@ class DocumentList(BaseModel):
 
 
 class Turn(BaseModel):
-    role: Literal["user", "assistant"]
-    content: Annotated[str, Field(max_length=20_000)]
+    # Order, emptiness, length and trimming are checked by conversation_turns, as for /chat.
+    role: Literal["user", "assistant", "system"]
+    content: str = Field(description=f"The turn's text (at most {MAX_TURN_CHARS} characters).")
 
 
 # --- the server --------------------------------------------------------------------------------
@@ -201,7 +216,7 @@ class _Tools:
 
     def register(self, server: MCPServer) -> None:
         limit = self.settings.api.max_query_chars
-        turns = 2 * self.settings.api.max_history_turns
+        turns = self.settings.api.max_history_turns
         query_t = _text_argument(limit, "What to look for, in natural language")
         k_t = Annotated[
             int,
@@ -214,9 +229,9 @@ class _Tools:
         history_t = Annotated[
             list[Turn] | None,
             Field(
-                max_length=turns,
-                description="Earlier turns of the conversation, oldest first, so follow-up "
-                f"questions are understood (at most {turns} messages).",
+                description="Earlier turns of the conversation, oldest first, alternating user "
+                "and assistant and starting with user, so follow-up questions are understood "
+                f"(past {turns} exchanges the oldest are dropped).",
             ),
         ]
 
@@ -274,7 +289,10 @@ class _Tools:
 
     async def ask(self, question: str, history: list[Turn]) -> AskResult:
         _require_text(question)
-        turns = [Message(t.role, t.content) for t in history]
+        try:
+            turns = conversation_turns(history, self.settings.api.max_history_turns)
+        except InvalidHistoryError as exc:
+            raise ToolError(f"{exc.field}: {exc}") from exc
 
         def run(pipeline: "RagPipeline") -> Any:
             return pipeline.answer(question, turns)
@@ -283,6 +301,8 @@ class _Tools:
         return AskResult(
             answer=answer.text,
             refused=answer.refused,
+            kind=answer.kind,
+            standalone_query=answer.standalone_query,
             citations=[
                 CitationOut(
                     number=c.number, source=c.source, page=c.page, section=c.section, span=c.span

@@ -44,6 +44,12 @@ class Metrics:
         self.refusals = Counter(
             "ragserve_refusals_total", "Answers refused.", registry=self.registry
         )
+        self.answers = Counter(
+            "ragserve_answers_total",
+            "Replies by kind: answer, refusal, clarify or reply.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "ragserve_rate_limited_total", "Requests refused with 429.", registry=self.registry
         )

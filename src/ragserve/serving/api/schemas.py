@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ragserve.types import Answer, DocumentRecord
+from ragserve.serving.api.conversation import MAX_TURN_CHARS
+from ragserve.types import Answer, AnswerKind, DocumentRecord
 
 __all__ = [
     "ChatCompletionRequest",
@@ -20,19 +21,28 @@ __all__ = [
     "ErrorBody",
     "ReadyOut",
     "SourceOut",
+    "answer_fields",
     "completion_response",
 ]
 
 
 class ChatMessage(BaseModel):
     role: Literal["user", "assistant", "system"]
-    content: str = Field(max_length=20_000)
+    # Checked with the turn's order in serving.api.conversation (one rule for every face):
+    # an empty or over-long turn is a 400 naming it, not a 422 from here.
+    content: str = Field(
+        description=f"The turn's text (1 to {MAX_TURN_CHARS} characters; system messages are "
+        "left out of the conversation)."
+    )
 
 
 class ChatRequest(BaseModel):
     query: str = Field(description="The question.", examples=["How do I set a timeout?"])
     history: list[ChatMessage] = Field(
-        default_factory=list, description="Earlier turns, oldest first."
+        default_factory=list,
+        description="Earlier turns, oldest first, alternating user and assistant and starting "
+        "with user (else 400 invalid_history). Past max_history_turns exchanges the oldest are "
+        "dropped, not refused.",
     )
     stream: bool = Field(False, description="Answer as Server-Sent Events.")
 
@@ -69,8 +79,16 @@ class ChatResponse(BaseModel):
         description="Why refused: out_of_scope, no_sources, low_support, model, unsupported or "
         "unverified.",
     )
+    kind: AnswerKind = Field(
+        "answer",
+        description="What the reply is: answer (from the sources), refusal (refused is true), "
+        "clarify (a question back naming the readings the sources hold; never a refusal) or "
+        "reply (a short conversational reply to small talk, without sources).",
+    )
     intent: str = "question"
-    standalone_query: str | None = None
+    standalone_query: str | None = Field(
+        None, description="What was searched: the turn made standalone with the conversation."
+    )
     invalid_citations: list[int] = Field(default_factory=list)
 
     @classmethod
@@ -105,6 +123,7 @@ class ChatResponse(BaseModel):
             timings=answer.timings,
             refused=answer.refused,
             refusal_reason=answer.refusal_reason,
+            kind=answer.kind,
             intent=str(answer.intent),
             standalone_query=answer.standalone_query,
             invalid_citations=answer.invalid_citations,
@@ -115,6 +134,9 @@ class ErrorBody(BaseModel):
     error: str
     message: str
     hint: str | None = None
+    field: str | None = Field(
+        None, description="The request field at fault, when one is (history[1].role)."
+    )
 
 
 class ReadyOut(BaseModel):
@@ -173,6 +195,17 @@ def completion_response(answer: Answer, model: str) -> dict[str, Any]:
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         "sources": [s.model_dump() for s in body.sources],
         "citations": [c.model_dump() for c in body.citations],
+        **answer_fields(answer),
+    }
+
+
+def answer_fields(answer: Answer) -> dict[str, Any]:
+    """What the OpenAI route adds beside OpenAI's fields (the non-stream body and the last
+    stream chunk alike), as ChatResponse names them."""
+    return {
         "timings": answer.timings,
         "refused": answer.refused,
+        "refusal_reason": answer.refusal_reason,
+        "kind": answer.kind,
+        "standalone_query": answer.standalone_query,
     }

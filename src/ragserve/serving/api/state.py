@@ -23,13 +23,15 @@ from ragserve.runtime.priority import BackgroundWorker
 from ragserve.serving.api.errors import NotReadyError
 from ragserve.serving.api.metrics import Metrics
 from ragserve.serving.api.security import ForbiddenError, RateLimitedError, RateLimiter, check_key
-from ragserve.types import Answer, Message
+from ragserve.types import Answer
 
 __all__ = [
     "AdminDep",
     "AppState",
     "PipelineDep",
     "StateDep",
+    "check_client",
+    "check_query",
     "get_pipeline",
     "get_state",
     "guard_chat",
@@ -52,7 +54,9 @@ class AppState:
         # Uploads and deletes run on their own lowered thread, not in cpu_pool: an answer never
         # waits behind an upload for a slot, and the OS prefers chat's threads for the CPU.
         self.writer = BackgroundWorker(nice=settings.ingest.ingest_nice, name="writer")
-        self.rate = RateLimiter(settings.api.rate_limit_per_minute)
+        self.rate = RateLimiter(
+            settings.api.rate_limit_per_minute, storage=settings.api.rate_limit_storage
+        )
         self.ready = False
         # One writer at a time from this process; the Ingestor's file lock covers other ones.
         self.write_lock = threading.Lock()
@@ -70,7 +74,9 @@ class AppState:
     def observe_answer(self, answer: Answer) -> None:
         for stage, ms in answer.timings.items():
             self.metrics.stage.labels(stage).observe(ms / 1000)
-        if answer.refused:
+        # By kind: a clarifying question or a small-talk reply is not a refusal.
+        self.metrics.answers.labels(answer.kind).inc()
+        if answer.kind == "refusal":
             self.metrics.refusals.inc()
 
 
@@ -108,26 +114,28 @@ def require_admin(request: Request, state: StateDep) -> None:
 AdminDep = Annotated[None, Depends(require_admin)]
 
 
-def guard_chat(state: AppState, request: Request, query: str, history: list[Message]) -> None:
-    """Key, rate limit and size limits of every chat route, in that order."""
-    settings = state.settings
-    check_key(request, secret(settings.api.chat_api_key), "chat")
+def guard_chat(state: AppState, request: Request, query: str) -> None:
+    """Key, rate limit and query size of every chat route, in that order (the history's
+    checks are :func:`~ragserve.serving.api.conversation.conversation_turns`)."""
+    check_client(state, request)
+    check_query(state.settings, query)
+
+
+def check_client(state: AppState, request: Request) -> None:
+    check_key(request, secret(state.settings.api.chat_api_key), "chat")
     client = request.client.host if request.client else "unknown"
     try:
         state.rate.check(client)
     except RateLimitedError:
         state.metrics.rate_limited.inc()
         raise
+
+
+def check_query(settings: Settings, query: str) -> None:
     if not query.strip():
         raise EmptyQueryError()
     if len(query) > settings.api.max_query_chars:
         raise BadRequestError(
             f"The query is {len(query)} characters; the limit is {settings.api.max_query_chars}.",
             hint="Ask a shorter question.",
-        )
-    if len(history) > 2 * settings.api.max_history_turns:
-        raise BadRequestError(
-            f"The history has {len(history)} messages; the limit is "
-            f"{2 * settings.api.max_history_turns}.",
-            hint="Send only the most recent turns.",
         )

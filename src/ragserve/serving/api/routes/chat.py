@@ -13,6 +13,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from ragserve.errors import RagServeError
 from ragserve.pipeline import RagPipeline
+from ragserve.serving.api.conversation import conversation_turns
 from ragserve.serving.api.schemas import ChatRequest, ChatResponse
 from ragserve.serving.api.state import AppState, PipelineDep, StateDep, guard_chat
 from ragserve.serving.api.streaming import pipeline_events
@@ -30,10 +31,11 @@ _SSE = {200: {"content": {"text/event-stream": {}}}}
 @router.post("/chat", response_model=ChatResponse, responses=_SSE)
 async def chat(body: ChatRequest, request: Request, state: StateDep, pipeline: PipelineDep) -> Any:
     """Answer a question with sources. With ``"stream": true``, Server-Sent Events:
-    ``token`` events (``{"text"}``), then one ``done`` event with the full response, or an
-    ``error`` event."""
-    history = [Message(m.role, m.content) for m in body.history if m.role != "system"]
-    guard_chat(state, request, body.query, history)
+    ``token`` events (``{"text"}``: verified text only, each extending the last), then one
+    ``done`` event with the full response (its ``answer`` extends the tokens with citation
+    markers; ``kind`` says answer, refusal, clarify or reply), or an ``error`` event."""
+    guard_chat(state, request, body.query)
+    history = conversation_turns(body.history, state.settings.api.max_history_turns)
     if body.stream:
         pipeline.check_capacity()  # a full queue is a 503 before the stream opens
         events = _sse(state, pipeline, body.query, history)

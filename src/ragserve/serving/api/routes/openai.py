@@ -12,10 +12,15 @@ import anyio
 from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 
-from ragserve.errors import BadRequestError, RagServeError
+from ragserve.errors import RagServeError
 from ragserve.pipeline import RagPipeline
-from ragserve.serving.api.schemas import ChatCompletionRequest, completion_response
-from ragserve.serving.api.state import AppState, PipelineDep, StateDep, guard_chat
+from ragserve.serving.api.conversation import conversation_turns
+from ragserve.serving.api.schemas import (
+    ChatCompletionRequest,
+    answer_fields,
+    completion_response,
+)
+from ragserve.serving.api.state import AppState, PipelineDep, StateDep, check_client, check_query
 from ragserve.serving.api.streaming import pipeline_events
 from ragserve.types import Answer, Message
 
@@ -29,14 +34,17 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, state: StateDep, pipeline: PipelineDep
 ) -> Any:
     """OpenAI-compatible chat over the documents; ``sources`` is an extra field."""
-    turns = [Message(m.role, m.content) for m in body.messages if m.role != "system"]
-    if not turns or turns[-1].role != "user":
-        raise BadRequestError(
-            "The last message must be from the user.",
-            hint="End 'messages' with {'role': 'user', ...}.",
-        )
+    check_client(state, request)
+    # The messages are the conversation: the same rules as /chat's history, with the question
+    # as their last user turn.
+    turns = conversation_turns(
+        body.messages,
+        state.settings.api.max_history_turns,
+        field="messages",
+        ends_with_user=True,
+    )
     query, history = turns[-1].content, turns[:-1]
-    guard_chat(state, request, query, history)
+    check_query(state.settings, query)
     if body.stream:
         pipeline.check_capacity()  # a full queue is a 503 before the stream opens
         chunks = _completion_chunks(state, pipeline, query, history, body.model)
@@ -83,6 +91,7 @@ class _ChunkWriter:
             sources=full["sources"],
             citations=full["citations"],
             answer=answer.text,
+            **answer_fields(answer),
         )
 
 

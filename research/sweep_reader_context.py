@@ -116,7 +116,9 @@ def main() -> None:
     budgets = [int(b) for b in a.budgets.split(",")]
     print(f"CPU flags: {vector_flags()}")
     rows = sweep(a.qa, a.limit, budgets, a.articles)
-    title = f"Reader context budget, {a.limit} SQuAD {a.articles}-article questions ({vector_flags()})"
+    title = (
+        f"Reader context budget, {a.limit} SQuAD {a.articles}-article questions ({vector_flags()})"
+    )
     print(plot(rows, a.out, title))
 
 

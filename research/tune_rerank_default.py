@@ -31,8 +31,6 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -369,29 +367,13 @@ def print_table(results: dict[str, dict[str, dict[str, float]]], grid: list) -> 
         print(f"| {label(cfg)} | " + " | ".join(cells) + " |")
 
 
-class StageTimes:
-    """Milliseconds per stage, in the shape ``RagPipeline.search`` fills (``stage(name)``
-    as a context manager, ``timings``): the probe reads the pipeline's own stage split."""
-
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = (time.perf_counter() - began) * 1000
-            self.timings[name] = self.timings.get(name, 0.0) + elapsed
-
-
 def probe_latency(settings: Any, spec: dict[str, Any], n: int, threads: int = 0) -> None:
     """Stage timings of ``RagPipeline.search`` (the default pipeline's stages 1-3) on the first
     ``n`` queries, with the process CPU time the re-rank stage used: on a loaded machine the
     wall time says more about the neighbours than about the stage, the CPU time does not."""
     import ragserve.rerank.cross_encoder
     from ragserve.pipeline import RagPipeline
+    from ragserve.pipeline.timing import StageTimer
 
     if threads:
         # One intra-op thread: no spin-waiting, so CPU time is the work itself (an idle
@@ -426,7 +408,7 @@ def probe_latency(settings: Any, spec: dict[str, Any], n: int, threads: int = 0)
     loads = []
     for text in list(spec["queries"].values())[:n]:
         pipeline.embedder.clear_cache()
-        timer = StageTimes()
+        timer = StageTimer()
         pipeline.search(pipeline.process(text), timer)
         for k in wall:
             wall[k].append(timer.timings[k])

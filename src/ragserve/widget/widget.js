@@ -273,6 +273,21 @@
     btn.focus();
   });
 
+  // What the reply is decides how it looks: a question back is not a refusal, and a
+  // small-talk reply or a question back has no sources to list.
+  function replyKind(done) {
+    if (done.kind) return done.kind;
+    return done.refused || done.answer === REFUSAL ? "refusal" : "answer";  // an older server
+  }
+  function showKind(msg, done) {
+    const kind = replyKind(done);
+    msg.dataset.kind = kind;
+    if (kind === "refusal") msg.classList.add("rs-refused");
+    else if (kind === "clarify") msg.classList.add("rs-clarify");
+    else if (kind === "reply") msg.classList.add("rs-reply");
+    else addSources(msg, done.sources, done.citations);
+  }
+
   function showError(msg, text, retry) {
     msg.classList.add("rs-error");
     const body = msg.querySelector(".rs-body");
@@ -339,9 +354,10 @@
       }
       if (!done) { showError(msg, "The connection closed before the answer finished.", retry); return; }
       msg.classList.remove("rs-pending");
+      // The tokens were verified text only; the final answer extends them (citation markers,
+      // a code block), so replacing the bubble never takes back what was read.
       renderMarkdown(body, done.answer);
-      if (done.refused || done.answer === REFUSAL) msg.classList.add("rs-refused");
-      else addSources(msg, done.sources, done.citations);
+      showKind(msg, done);
       history = [...priorHistory, { role: "user", content: question }, { role: "assistant", content: done.answer }].slice(-20);
       sessionStorage.setItem(STORE_KEY, JSON.stringify(history));
     } catch (err) {

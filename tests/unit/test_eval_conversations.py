@@ -280,3 +280,48 @@ def test_the_report_holds_tables_rows_and_plots(tmp_path: Path) -> None:
     assert [json.loads(line)["label"] for line in lines] == ["answerable", "unanswerable"]
     assert json.loads((tmp_path / "results.json").read_text())["tasks"] == 2
     assert (tmp_path / "rates.png").stat().st_size > 0 and (tmp_path / "latency.png").exists()
+
+
+def test_resume_keeps_the_scored_rows_and_asks_only_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ragserve.config import Settings
+    from ragserve.evaluation import conversations
+
+    tasks = _write(
+        tmp_path / "tasks.jsonl", [_row(task_id="a"), _row(task_id="b"), _row(task_id="c")]
+    )
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n')
+    asked: list[str] = []
+
+    def fake_run(settings: Any, todo: Any, corpus: Path, progress: bool, sink: Any) -> None:
+        for task in todo:
+            asked.append(task.task_id)
+            sink(_result(task.label, task_id=task.task_id))
+
+    monkeypatch.setattr(conversations, "_run", fake_run)
+    report = tmp_path / "rep"
+    report.mkdir()
+    kept = json.dumps({**asdict_row(_result("answerable", task_id="a"))})
+    failed = json.dumps({**asdict_row(_result("answerable", task_id="b", error="time-out"))})
+    (report / "tasks.jsonl").write_text(kept + "\n" + failed + "\n" + '{"task_id": "c", "la')
+    result = conversations.evaluate_conversations(
+        Settings(), tasks, report=report, resume=True, progress=False
+    )
+    assert asked == ["b", "c"]  # the failed turn again, and the one cut off
+    assert result["tasks"] == 3
+    ids = [
+        json.loads(line)["task_id"] for line in (report / "tasks.jsonl").read_text().splitlines()
+    ]
+    assert ids == ["a", "b", "c"]
+    asked.clear()
+    conversations.evaluate_conversations(Settings(), tasks, report=report, progress=False)
+    assert asked == ["a", "b", "c"]  # without --resume every task is asked
+    with pytest.raises(DatasetError, match="--resume needs --report"):
+        conversations.evaluate_conversations(Settings(), tasks, resume=True)
+
+
+def asdict_row(row: TaskResult) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(row)

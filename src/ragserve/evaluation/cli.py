@@ -166,6 +166,13 @@ def conversations(
         Path | None,
         typer.Option(help="Write report.md, results.json, tasks.jsonl and plots here."),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the rows --report's tasks.jsonl already holds (a stopped run) and ask "
+            "only the remaining tasks."
+        ),
+    ] = False,
 ) -> None:
     """Each task's last user turn asked the /chat way, with the earlier turns as history:
     source hit, cited-is-reference, refused, clarify, answer quality and TTFT per label."""
@@ -181,6 +188,7 @@ def conversations(
         limit=limit,
         progress=True,  # on stderr: stdout stays the JSON
         report=report,
+        resume=resume,
     )
     # Under --json the tables go to stderr, so a logged run still shows them and stdout stays
     # one JSON object.

@@ -465,8 +465,14 @@ def evaluate_conversations(
     limit: int | None = None,
     progress: bool = True,
     report: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Ingest the corpus into a throwaway index, ask every task (the first ``limit``), score."""
+    """Ingest the corpus into a throwaway index, ask every task (the first ``limit``), score.
+
+    With ``report``, each row is appended to ``report/tasks.jsonl`` as soon as it is scored,
+    so a stopped run keeps what it did; ``resume`` keeps those rows (not the failed ones) and
+    asks only the remaining tasks.
+    """
     tasks = load_tasks(tasks_file)[:limit] if limit else load_tasks(tasks_file)
     corpus = corpus or tasks_file.parent / "corpus.jsonl"
     if not corpus.is_file():
@@ -474,18 +480,71 @@ def evaluate_conversations(
             f"Corpus not found: {corpus}",
             hint="Pass --corpus, or put corpus.jsonl beside the tasks file.",
         )
-    # A data dir of its own: the run neither reads nor leaves anything in the configured index.
-    with tempfile.TemporaryDirectory(prefix="ragserve-eval-conv-") as data_dir:
-        rows = _run(settings.replace(data_dir=data_dir), tasks, corpus, progress)
+    if resume and report is None:
+        raise DatasetError("--resume needs --report: the rows to resume are in its tasks.jsonl.")
+    wanted = {t.task_id for t in tasks}
+    done = {r.task_id: r for r in _done_rows(report, resume) if r.task_id in wanted}
+    todo = [t for t in tasks if t.task_id not in done]
+    sink = _row_sink(report, list(done.values()))
+    if todo:
+        # A data dir of its own: the run neither reads nor leaves anything in the configured
+        # index.
+        with tempfile.TemporaryDirectory(prefix="ragserve-eval-conv-") as data_dir:
+            _run(settings.replace(data_dir=data_dir), todo, corpus, progress, sink)
+    rows = [sink.rows[t.task_id] for t in tasks if t.task_id in sink.rows]
     result = summarise(rows, settings) | {"tasks_file": str(tasks_file), "corpus": str(corpus)}
     if report is not None:
         write_report(report, rows, result)
     return result
 
 
+def _done_rows(report: Path | None, resume: bool) -> list[TaskResult]:
+    path = report / "tasks.jsonl" if report is not None else None
+    if not resume or path is None or not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = TaskResult(**json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            continue  # the half-written last line of a killed run
+        if row.error is None:  # a failed turn is asked again
+            rows.append(row)
+    return rows
+
+
+class _RowSink:
+    """Keeps the scored rows, and appends each to the report's tasks.jsonl as it comes."""
+
+    def __init__(self, path: Path | None, done: Sequence[TaskResult]) -> None:
+        self.path = path
+        self.rows = {r.task_id: r for r in done}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(_jsonl(r) for r in done), encoding="utf-8")
+
+    def __call__(self, row: TaskResult) -> None:
+        self.rows[row.task_id] = row
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(_jsonl(row))
+
+
+def _row_sink(report: Path | None, done: Sequence[TaskResult]) -> _RowSink:
+    return _RowSink(report / "tasks.jsonl" if report is not None else None, done)
+
+
+def _jsonl(row: TaskResult) -> str:
+    return json.dumps(asdict(row), ensure_ascii=False) + "\n"
+
+
 def _run(
-    settings: Settings, tasks: Sequence[ConversationTask], corpus: Path, progress: bool
-) -> list[TaskResult]:
+    settings: Settings,
+    tasks: Sequence[ConversationTask],
+    corpus: Path,
+    progress: bool,
+    sink: Callable[[TaskResult], None],
+) -> None:
     from tqdm.auto import tqdm
 
     from ragserve import RagPipeline
@@ -495,10 +554,8 @@ def _run(
         pipeline.warm_up()
         index_corpus(pipeline, corpus, progress)
         bar: Callable[..., Iterable[ConversationTask]] = tqdm
-        return [
-            ask(pipeline, t)
-            for t in bar(tasks, desc="conversations", disable=not progress, dynamic_ncols=True)
-        ]
+        for task in bar(tasks, desc="conversations", disable=not progress, dynamic_ncols=True):
+            sink(ask(pipeline, task))
 
 
 # --- tables, plots, report -----------------------------------------------------------------------
@@ -572,9 +629,7 @@ def write_report(out: Path, rows: Sequence[TaskResult], result: dict[str, Any]) 
     the plots."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    with (out / "tasks.jsonl").open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+    (out / "tasks.jsonl").write_text("".join(_jsonl(r) for r in rows), encoding="utf-8")
     _rates_plot(out / "rates.png", result)
     _latency_plot(out / "latency.png", rows)
     head = ["label", "n", "errors", *(c for c, _ in _COLUMNS)]

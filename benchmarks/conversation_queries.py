@@ -134,11 +134,11 @@ def build_variants(weights: CorpusTermWeights) -> dict[str, Variant]:
         "b: no condensation": none,
         "c: subject, every turn (k=4)": default,
         "c: subject, follow-ups only": subject(only_follow_ups=True),
+        "f: c (k=4) + d w=0.5": mixed(default, 2, 0.5),
+        "d: dense mix 2 user turns w=0.5": mixed(none, 2, 0.5),
         "c: subject, no IDF (lexicon only)": subject(term_weight=None),
         "c: subject, user turns only": subject(assistant_weight=0.0),
         "c: subject, k=8": subject(max_terms=8),
-        "d: dense mix 2 user turns w=0.5": mixed(none, 2, 0.5),
-        "f: c (k=4) + d w=0.5": mixed(default, 2, 0.5),
     }
 
 
@@ -316,10 +316,14 @@ def main() -> None:
         default=None,
         help="the full results as JSON, to stdout (no table) or to the file given",
     )
+    ap.add_argument("--rewrite-only", action="store_true", help="only (e): no index, no variants")
     a = ap.parse_args()
     flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))))
     every = load_tasks(a.data / "tasks.jsonl")
     tasks = [t for t in every if t.answerability in ("ANSWERABLE", "PARTIAL")][: a.limit]
+    if a.rewrite_only:
+        print(json.dumps({"cpu_flags": flags, **rewrite_cost(tasks, a.rewrites)}, indent=1))
+        return
     with tempfile.TemporaryDirectory(prefix="ragserve-conv-") as tmp:
         pipe = RagPipeline(Settings(data_dir=Path(tmp), collection="mtrag"))
         pipe.warm_up(generation=False)
@@ -336,12 +340,12 @@ def main() -> None:
         variants = build_variants(weights)
         if a.only:
             wanted = a.only.split(",")
-        variants = {k: v for k, v in variants.items() if any(w in k for w in wanted)}
+            variants = {k: v for k, v in variants.items() if any(w in k for w in wanted)}
         results = {}
         for name, variant in variants.items():
             results[name] = run_variant(pipe, mixer, variant, tasks)
-            a_ = results[name]["summary"]["all"]
-            print(f"{name}: hit@5 {a_['hit@5']:.3f}", file=sys.stderr, flush=True)
+            # A row as soon as it is known: the run is long on a busy CPU.
+            print(markdown({name: results[name]}).splitlines()[2], file=sys.stderr, flush=True)
         pipe.close()
     report: dict[str, Any] = {
         "cpu_flags": flags,
@@ -360,7 +364,8 @@ def main() -> None:
         Path(a.json).write_text(json.dumps(report, indent=1), encoding="utf-8")
     print(f"CPU flags: {flags}\n")
     print(f"{len(tasks)} answerable + partial tasks; IDF table {idf_ms:.0f} ms\n")
-    print(markdown(results))
+    if results:
+        print(markdown(results))
     print("\nSmall talk (last turns called chit-chat):")
     for label, entry in report["small_talk"].items():
         print(f"- {label}: {len(entry['chitchat'])} of {entry.get('n', '-')}: {entry['chitchat']}")

@@ -181,3 +181,13 @@ def test_corpus_term_weights_read_the_index_and_follow_its_version() -> None:
     while weights("informing") == 0.0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert weights("informing") > 0
+
+
+def test_term_weights_from_settings_build_at_warm_up() -> None:
+    from ragserve.config import Settings
+    from ragserve.query.term_weights import CorpusTermWeights
+
+    index = _FakeIndex(["deflate compresses", "inflate decompresses"])
+    weights = CorpusTermWeights.from_settings(index, Settings())  # type: ignore[arg-type]
+    index.texts.clear()  # already read: the first question does not pay the pass
+    assert weights("deflate") > 0

@@ -92,10 +92,18 @@ class CorpusTermWeights:
         self._building = False
 
     @classmethod
-    def from_settings(cls, index: DocumentIndex, settings: Settings) -> CorpusTermWeights:
-        """Tokenised as the index's BM25 is, so a word's weight is its BM25 token's IDF."""
+    def from_settings(
+        cls, index: DocumentIndex, settings: Settings, *, build: bool = True
+    ) -> CorpusTermWeights:
+        """Tokenised as the index's BM25 is, so a word's weight is its BM25 token's IDF.
+
+        ``build`` reads the corpus now (warm-up), not on the first follow-up a user asks.
+        """
         r = settings.retrieval
-        return cls(index, Bm25Tokenizer(stemming=r.bm25_stemming, stopwords=r.bm25_stopwords))
+        weights = cls(index, Bm25Tokenizer(stemming=r.bm25_stemming, stopwords=r.bm25_stopwords))
+        if build:
+            weights.refresh()
+        return weights
 
     def refresh(self) -> None:
         """Build the table now if the index changed since the last build."""

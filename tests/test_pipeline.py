@@ -84,7 +84,7 @@ def test_support_gate_refuses_on_topic_sources_that_lack_the_answer(
     processed = pipeline.process(query)
     hits = pipeline.search(processed)
     assert any("httpx" in h.chunk.source for h in hits)
-    assert pipeline.support.best(processed.text, [h.chunk.text for h in hits]) < 0.25
+    assert pipeline.policy.support.best(processed.text, [h.chunk.text for h in hits]) < 0.25
     gen = pipeline.settings.generation
     try:
         # The support check alone (the re-rank gate off) refuses it before generation...
@@ -118,11 +118,15 @@ class _ScriptedGenerator:
 
     name = "scripted"
     context_window = 4096
+    quotes_sources = False
 
     def __init__(self, reply: str) -> None:
         self.reply = reply
 
     def warm_up(self) -> None:
+        pass
+
+    def check_capacity(self) -> None:
         pass
 
     def count_tokens(self, text: str) -> int:

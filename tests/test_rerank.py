@@ -427,7 +427,7 @@ def test_any_sentence_transformers_cross_encoder_loads_by_local_path(
 
 
 def test_onnx_export_scores_like_the_original(small_cross_encoder: Path, tmp_path: Path) -> None:
-    from ragserve.rerank.cross_encoder import export_cross_encoder_onnx
+    from ragserve.rerank.onnx_export import export_cross_encoder_onnx
 
     query = "Where is the Eiffel Tower?"
     original = CrossEncoderReranker(str(small_cross_encoder), max_length=128).score(

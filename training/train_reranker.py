@@ -864,7 +864,8 @@ def export_model(checkpoint: Path, out: Path, fmt: str) -> None:
     from scipy.stats import spearmanr
     from sentence_transformers.cross_encoder import CrossEncoder
 
-    from ragserve.rerank.cross_encoder import _load_cross_encoder, export_cross_encoder_onnx
+    from ragserve.rerank.cross_encoder import _load_cross_encoder
+    from ragserve.rerank.onnx_export import export_cross_encoder_onnx
 
     card_md = out / "MODEL_CARD.md"
     kept_card = card_md.read_text() if card_md.exists() else None  # hand-written: keep it

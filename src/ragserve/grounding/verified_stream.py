@@ -47,6 +47,7 @@ class VerifiedStream:
         self._checked = 0
         self._released: _Released | None = None
         self._first: Verdict | None = None
+        self._last: Verdict | None = None
 
     @property
     def shown(self) -> str:
@@ -75,7 +76,9 @@ class VerifiedStream:
         """The final verdict (its text extends :attr:`shown`) and the text still to send."""
         released = self._try(self._raw) if self._checked < len(self._raw.rstrip()) else ""
         if self._released is None:
-            reason = self._first.reason if self._first else "model"
+            # The whole answer's reason: its opening may fail for one reason and the rest for
+            # another (prose unverified, then code no source shows).
+            reason = self._last.reason if self._last else "model"
             return Verdict("", reason=reason or "model"), ""
         verdict, bare = self._released.verdict, self._released.bare
         cited = [c.number for c in verdict.citations]
@@ -88,6 +91,7 @@ class VerifiedStream:
         verdict = self.policy.verify(self.question, prefix, self.context, quoted=self.quoted)
         if self._first is None:
             self._first = verdict
+        self._last = verdict
         if not verdict.accepted:
             return ""
         bare = strip_markers(verdict.text)

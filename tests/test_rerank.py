@@ -297,7 +297,6 @@ def _boom(*args: object, **kwargs: object) -> Path:
 def test_agreeing_export_is_cached_and_reused(
     small_cross_encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ragserve.rerank.cross_encoder as rerank
     import ragserve.rerank.onnx_export as onnx_export
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

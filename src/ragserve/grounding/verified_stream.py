@@ -74,6 +74,8 @@ class VerifiedStream:
 
     def finish(self) -> tuple[Verdict, str]:
         """The final verdict (its text extends :attr:`shown`) and the text still to send."""
+        if self.refused_at_once:
+            return Verdict("", reason="model"), ""
         released = self._try(self._raw) if self._checked < len(self._raw.rstrip()) else ""
         if self._released is None:
             # The whole answer's reason: its opening may fail for one reason and the rest for

@@ -26,6 +26,14 @@ ARGS = [
     "--disable-quic",
 ]
 
+# Two documents about two different plans: "What does the plan cost?" gets a question back.
+PLAN_DOCS = {
+    "basic-plan.md": "# Basic plan\n\nThe Basic plan costs 10 dollars a month and includes 5 "
+    "projects and email support.\n",
+    "team-plan.md": "# Team plan\n\nThe Team plan costs 40 dollars a month and includes "
+    "unlimited projects and phone support.\n",
+}
+
 XSS_DOC = """# Llama festival archive
 
 The secret password of the llama festival is <img src=x onerror="window.__xss=1"> written on a
@@ -46,7 +54,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Ite
     corpus.mkdir()
     for name in ("timeouts.md", "http2.md", "proxies.md"):
         shutil.copy(sample_corpus / "httpx" / name, corpus / name)
+    # Near to, but not holding, "does a path exist?": its draft answer fails grounding.
+    shutil.copy(sample_corpus / "boost-filesystem" / "tutorial.html", corpus / "tutorial.html")
     (corpus / "festival.md").write_text(XSS_DOC)
+    for name, text in PLAN_DOCS.items():
+        (corpus / name).write_text(text)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -56,6 +68,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Ite
         "RAGSERVE_CORS_ORIGINS": f'["{url}"]',
         "RAGSERVE_NO_PROGRESS": "1",
         "RAGSERVE_RATE_LIMIT_PER_MINUTE": "1000",
+        # Two shared cores: a slow answer must still be an answer, not a timeout.
+        "RAGSERVE_LLM_TIMEOUT_S": "240",
     }
     subprocess.run(
         [sys.executable, "-m", "ragserve.cli.main", "ingest", str(corpus)],

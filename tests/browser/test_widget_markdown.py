@@ -191,3 +191,34 @@ def test_citations_open_their_source(page) -> None:  # type: ignore[no-untyped-d
     cites.nth(1).click()
     assert msg.locator(".rs-source-text").nth(1).is_visible()
     assert "zlib" in msg.locator(".rs-source-text").nth(1).inner_text()
+
+
+@pytest.mark.parametrize(
+    ("kind", "style"), [("clarify", "rs-clarify"), ("reply", "rs-reply"), ("refusal", "rs-refused")]
+)
+def test_each_kind_of_reply_has_its_own_look(page, kind: str, style: str) -> None:  # type: ignore[no-untyped-def]
+    # A question back is rendered as one (not as a refusal) and lists no sources; the done
+    # event's kind decides, not the answer's words.
+    text = {"clarify": "Do you mean **Basic plan** or Team plan?", "reply": "Glad it helps."}
+    answer = text.get(kind, "I couldn't find that in the documents.")
+    done = {"answer": answer, "sources": SOURCES, "citations": [], "timings": {}}
+    done |= {"refused": kind == "refusal", "kind": kind}
+    sse = f"event: token\ndata: {json.dumps({'text': answer})}\n\nevent: done\ndata: {json.dumps(done)}\n\n"
+    page.route(
+        "**/chat",
+        lambda route: route.fulfill(
+            status=200, body=sse, headers={"content-type": "text/event-stream"}
+        ),
+    )
+    page.locator("#ragserve-widget .rs-bubble").click()
+    box = page.locator("#ragserve-widget .rs-input")
+    box.fill("What does the plan cost?")
+    box.press("Enter")
+    msg = page.locator("#ragserve-widget .rs-assistant[data-kind]").last
+    msg.wait_for(timeout=15_000)
+    classes = (msg.get_attribute("class") or "").split()
+    assert msg.get_attribute("data-kind") == kind and style in classes
+    assert {"rs-clarify", "rs-reply", "rs-refused"} & set(classes) == {style}
+    assert msg.locator(".rs-sources").count() == 0
+    if kind == "clarify":
+        assert msg.locator("strong").inner_text() == "Basic plan"  # Markdown still renders

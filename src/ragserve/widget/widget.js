@@ -302,7 +302,14 @@
     msg.classList.add("rs-pending");
     const body = msg.querySelector(".rs-body");
     controller = new AbortController();
-    const timer = setTimeout(() => controller && controller.abort("timeout"), 90000);
+    // An idle timeout, re-armed by every byte (the server pings every 15 s): a slow answer on a
+    // busy CPU still arrives, a server gone silent is given up on.
+    let timer = null;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => controller && controller.abort("timeout"), 90000);
+    };
+    arm();
     send.hidden = true; stop.hidden = false;
     let answer = "", done = null;
     const retry = () => ask(question, priorHistory);
@@ -326,6 +333,7 @@
       for (;;) {
         const { value, done: finished } = await reader.read();
         if (finished) break;
+        arm();
         buffer += decoder.decode(value, { stream: true });
         let cut;
         while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {

@@ -28,6 +28,8 @@ __all__ = ["CorpusTermWeights", "TermWeight", "idf_weights"]
 
 log = logging.getLogger("ragserve.query.term_weights")
 
+_MEMO_LIMIT = 50_000
+
 
 @runtime_checkable
 class TermWeight(Protocol):
@@ -147,6 +149,8 @@ class CorpusTermWeights:
         weights, memo = self._table or ({}, {})
         key = term.lower()
         if key not in memo:
+            if len(memo) > _MEMO_LIMIT:  # users' vocabulary is unbounded; a table's is not
+                memo.clear()
             tokens = self.tokenizer.tokenize([key])[0]
             # A stop word has no BM25 token: nothing a search could match on.
             memo[key] = max((weights.get(t, 0.0) for t in tokens), default=0.0)

@@ -54,8 +54,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Ite
     corpus.mkdir()
     for name in ("timeouts.md", "http2.md", "proxies.md"):
         shutil.copy(sample_corpus / "httpx" / name, corpus / name)
-    # Near to, but not holding, "does a path exist?": its draft answer fails grounding.
-    shutil.copy(sample_corpus / "boost-filesystem" / "tutorial.html", corpus / "tutorial.html")
     (corpus / "festival.md").write_text(XSS_DOC)
     for name, text in PLAN_DOCS.items():
         (corpus / name).write_text(text)

@@ -58,7 +58,8 @@ def test_ask_streams_answer_with_sources_then_follow_up_uses_history(page) -> No
 
 def test_planted_html_is_shown_as_text_and_never_runs(page) -> None:  # type: ignore[no-untyped-def]
     _open(page)
-    _ask(page, "What is the secret password of the llama festival?")
+    # Capitalised, it names its subject: "the llama festival" alone is asked back (clarify).
+    _ask(page, "What is the secret password of the Llama festival?")
     answer = _last_answer(page)
     answer.locator(".rs-sources li").first.wait_for(timeout=60_000)
     text = answer.inner_text()

@@ -74,8 +74,10 @@ def _stream_once(url: str, question: str) -> tuple[float, float, dict]:
                 event = line[6:].strip()
             elif line.startswith("data:") and event == "token" and first is None:
                 first = (time.perf_counter() - t0) * 1000
-            elif line.startswith("data:") and event == "done":
-                done = json.loads(line[5:])
+            elif line.startswith("data:") and event in ("done", "error"):
+                # An error event (the reader's timeout on a busy CPU) is reported as its kind.
+                body = json.loads(line[5:])
+                done = body if event == "done" else {"kind": body.get("error", "error")}
     total = (time.perf_counter() - t0) * 1000
     return first if first is not None else total, total, done
 

@@ -132,6 +132,12 @@ class RagPipeline:
             return
         self.embedder.warm_up()
         open_index_with(self.index, self.embedder)
+        from ragserve.query.term_weights import CorpusTermWeights
+
+        # The corpus's IDF keeps chit-chat words out of a follow-up's subject.
+        self.query_processor.term_weight = CorpusTermWeights.from_settings(
+            self.index, self.settings
+        )
         if self.reranker is None and self.settings.rerank.enabled:
             from ragserve.rerank.cross_encoder import CrossEncoderReranker
 

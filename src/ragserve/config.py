@@ -523,6 +523,12 @@ class ApiSettings(_Group):
     rate_limit_per_minute: int = Field(
         60, ge=0, le=1_000_000, description="Chat requests per client per minute; 0 = no limit."
     )
+    rate_limit_storage: str = Field(
+        "memory://",
+        description="Where the rate limiter counts: 'memory://' (this process), or a store "
+        "every process behind one load balancer shares, such as 'redis://127.0.0.1:6379' "
+        "(pip install 'ragserve[redis]').",
+    )
     workers: int = Field(2, ge=1, le=256, description="Threads for CPU-bound stages.")
     mcp_enabled: bool = Field(
         False,

@@ -164,3 +164,28 @@ def test_unreachable_server_is_llm_unavailable(eiffel) -> None:  # type: ignore[
     gen = OpenAICompatibleGenerator(f"http://127.0.0.1:{_free_port()}/v1", "m", timeout_s=2)
     with pytest.raises(LLMUnavailableError, match="Cannot reach"):
         list(gen.stream("q", eiffel(gen.count_tokens), []))
+
+
+def test_a_context_window_past_the_readers_training_is_an_error_before_any_load() -> None:
+    """The default reader was trained on 32768 tokens: 65536 is refused naming the setting,
+    before llama.cpp allocates a KV cache for it (issue 35, bug 7)."""
+    from ragserve.config import SettingsError
+    from ragserve.generation.llama import gguf_context_length
+
+    assert gguf_context_length(resolve_gguf_model("builtin:qwen2.5-coder-1.5b-instruct")) == 32768
+    gen = LlamaCppGenerator(n_ctx=65536)
+    with pytest.raises(SettingsError, match=r"llm_context_window is 65536.*32768"):
+        gen.warm_up()
+    assert gen._llm is None
+
+
+def test_a_context_window_past_8192_reaches_llama_cpp() -> None:
+    """The builder no longer caps it at 8192 (issue 35, bug 7): the model gets what is asked."""
+    from ragserve.config import Settings
+    from ragserve.generation import build_generator
+
+    settings = Settings(generator="llama", llm_model_path="builtin:gemma-3-270m")
+    settings.generation.llm_context_window = 12288
+    gen = build_generator(settings)
+    gen.warm_up()
+    assert gen.context_window == 12288 and gen._llm.n_ctx() >= 12288  # type: ignore[attr-defined]

@@ -28,23 +28,29 @@ class _Clock:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    # The `limits` package reads the wall clock (time.time) for its windows.
     c = _Clock()
-    monkeypatch.setattr(security.time, "monotonic", c)
+    monkeypatch.setattr(security.time, "time", c)
     return c
 
 
-def test_bucket_allows_a_burst_then_refills_continuously(clock: _Clock) -> None:
+def test_a_client_gets_per_minute_requests_in_any_minute_then_waits_for_its_oldest(
+    clock: _Clock,
+) -> None:
     limiter = RateLimiter(per_minute=3)
-    for _ in range(3):
+    for _ in range(3):  # at 0, 10 and 20 s
         limiter.check("a")
+        clock.now += 10
+    clock.now -= 10
     with pytest.raises(RateLimitedError) as err:
         limiter.check("a")
-    assert err.value.retry_after == 20, "one token every 60/3 s"
-    limiter.check("b")  # buckets are per client
-    clock.now += 20
+    assert err.value.retry_after == 40, "until the request of 0 s leaves the window at 60 s"
+    limiter.check("b")  # windows are per client
+    clock.now += 41  # 61 s: the first request has left the window, the others have not
     limiter.check("a")
-    with pytest.raises(RateLimitedError):
+    with pytest.raises(RateLimitedError) as err:
         limiter.check("a")
+    assert err.value.retry_after == 9, "the request of 10 s leaves at 70 s"
 
 
 def test_zero_per_minute_means_no_limit(clock: _Clock) -> None:

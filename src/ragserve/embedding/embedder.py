@@ -29,13 +29,13 @@ import hashlib
 import json
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+from cachetools import LRUCache
 
 from ragserve.runtime.cpu import has_bf16, has_int8_dot_product, physical_cores
 from ragserve.runtime.models import build_once, cache_dir, resolve_embedding_model
@@ -260,7 +260,10 @@ class SentenceTransformerEmbedder:
         self.threads = threads
         self._onnx_cache = onnx_cache
         self._cache_size = cache_size
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        # Query vectors, least recently used out first (0: no cache).
+        self._cache: LRUCache[str, np.ndarray] | None = (
+            LRUCache(maxsize=cache_size) if cache_size > 0 else None
+        )
         self._backend: _Backend | None = None
         self._info: _ModelInfo | None = None
         self._runtime = ""
@@ -326,7 +329,8 @@ class SentenceTransformerEmbedder:
             return
         with self._lock:
             self._backend = None
-            self._cache.clear()
+            if self._cache is not None:
+                self._cache.clear()
             self._pinned = runtime
         self.warm_up()
 
@@ -509,21 +513,22 @@ class SentenceTransformerEmbedder:
 
     def clear_cache(self) -> None:
         with self._lock:
-            self._cache.clear()
+            if self._cache is not None:
+                self._cache.clear()
 
     def embed_query(self, text: str) -> np.ndarray:
+        # cachetools' caches are not thread-safe: every access is under the lock (a get
+        # reorders the LRU), the embedding itself is not.
         with self._lock:
-            cached = self._cache.get(text)
+            cached = self._cache.get(text) if self._cache is not None else None
             if cached is not None:
-                self._cache.move_to_end(text)
                 self.cache_hits += 1
                 return cached
         vector = self.embed([text])[0]
         with self._lock:
             self.cache_misses += 1
-            self._cache[text] = vector
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            if self._cache is not None:
+                self._cache[text] = vector
         return vector
 
 

@@ -29,7 +29,7 @@ def build_generator(settings: Settings) -> Generator:
     if settings.generation.generator == "llama":
         return LlamaCppGenerator(
             settings.generation.llm_model_path,
-            n_ctx=min(settings.generation.llm_context_window, 8192),
+            n_ctx=settings.generation.llm_context_window,
             n_threads=settings.generation.llm_threads,
             temperature=settings.generation.llm_temperature,
             max_tokens=settings.generation.llm_max_tokens,
@@ -46,6 +46,6 @@ def build_generator(settings: Settings) -> Generator:
             timeout_s=settings.generation.llm_timeout_s,
             context_window=settings.generation.llm_context_window,
             temperature=settings.generation.llm_temperature,
-            max_tokens=settings.generation.budget_response,
+            max_tokens=settings.generation.llm_max_tokens,
         )
     return ExtractiveGenerator()

@@ -13,6 +13,7 @@ from ragserve.types import Citation
 
 __all__ = [
     "REFUSAL_TEXT",
+    "answer_units",
     "attribute",
     "ground",
     "is_refusal",
@@ -26,13 +27,34 @@ REFUSAL_TEXT = "I couldn't find that in the documents."
 _MARKER = re.compile(
     r"\[(\s*(?:source\s*)?\d+(?:\s*[,;]\s*(?:source\s*)?\d+)*\s*)\]", re.IGNORECASE
 )
+# A refusal is a reply that *is* one: the prompt asks for exactly "I don't know.", and models
+# vary it ("The sources do not say.", "I couldn't find that in the documents."). Every sentence
+# of the reply must open as a refusal, so an answer that mentions missing information on the
+# way to its point ("There is no information about X in 2010, but the 2000 census lists ...")
+# is an answer, not a refusal.
+_SOURCES = r"(?:the\s+)?(?:provided\s+|given\s+|available\s+)?(?:document|source|context|text)s?"
 _REFUSAL = re.compile(
-    r"couldn'?t find|could not find|can ?not find|can'?t find|not (?:mentioned|found|"
-    r"contained|present|provided|stated|included) in the (?:provided )?(?:documents|sources|"
-    r"context|text)|(?:documents|sources|context) (?:do(?:es)? not|don'?t) (?:contain|mention|"
-    r"provide|say)|\bI (?:do not|don'?t) know\b|no information (?:about|on|in)",
+    (
+        # an apology or an attribution may lead in
+        r"(?:(?:(?:I'?m\s+|I\s+am\s+)?sorry|unfortunately|(?:based\s+on|according\s+to)\s+SRC)"
+        r"\s*[,:]?\s+(?:but\s+)?)*"
+        r"(?:I\s+(?:do\s+not|don'?t)\s+know"
+        r"|I\s+(?:could\s+not|couldn'?t|cannot|can\s?not|can'?t)\s+find"
+        r"|(?:(?:it|that|this|the\s+answer)\s+is\s+|it'?s\s+)?not\s+(?:mentioned|found|"
+        r"contained|present|provided|stated|included|given|specified)\s+in\s+SRC"
+        r"|SRC\s+(?:do(?:es)?\s+not|don'?t|doesn'?t)\s+(?:contain|mention|provide|say|state|"
+        r"specify|include|give)"
+        r"|(?:there\s+is\s+|there'?s\s+)?no\s+information\s+(?:about|on|in|regarding|of))\b"
+    ).replace("SRC", _SOURCES),
     re.IGNORECASE,
 )
+# What turns a refusal's sentence into an answer after all ("I don't know the exact figure,
+# but the report lists 1,234").
+_ANSWER_AFTER_ALL = re.compile(
+    r"\b(?:but|however|although|though|yet|except|whereas|while|instead|so|therefore|only)\b",
+    re.IGNORECASE,
+)
+_REFUSAL_WORDS = 40
 _WORD = re.compile(r"\w+")
 
 
@@ -56,8 +78,17 @@ def _tidy(prose: str) -> str:
 
 
 def is_refusal(text: str) -> bool:
-    """The answer says the sources do not answer the question (and makes no cited claim)."""
-    return bool(_REFUSAL.search(text)) and not _MARKER.search(text)
+    """The reply says the sources do not answer the question, and nothing else: short, no
+    ``[n]`` marker, and each sentence opens as a refusal without turning into an answer."""
+    reply = text.strip().replace("\u2019", "'")
+    if not reply or _MARKER.search(reply) or len(reply.split()) > _REFUSAL_WORDS:
+        return False
+    for a, b in split_sentences(reply):
+        sentence = reply[a:b]
+        opening = _REFUSAL.match(sentence)
+        if opening is None or _ANSWER_AFTER_ALL.search(sentence, opening.end()):
+            return False
+    return True
 
 
 def validate_citations(
@@ -176,7 +207,7 @@ def supported_prefix(
     without words of their own (a bare ``[3]``): the caller cites again. The first unit always
     stays.
     """
-    units = _units(answer)
+    units = answer_units(answer)
     if not units:
         return answer
     keep = len(units)
@@ -191,7 +222,7 @@ def supported_prefix(
     return answer[: units[keep - 1][1]].strip()
 
 
-def _units(text: str) -> list[tuple[int, int]]:
+def answer_units(text: str) -> list[tuple[int, int]]:
     """Sentence spans of ``text``, with each fenced code block as one span."""
     units: list[tuple[int, int]] = []
     cursor = 0

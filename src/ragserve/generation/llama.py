@@ -8,15 +8,18 @@ Retry-After) rather than piling up work no client will wait for.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
+import struct
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
 
-from ragserve.config import setting_default
+from ragserve.config import SettingsError, setting_default
 from ragserve.context.assembler import AssembledContext
 from ragserve.errors import (
     GenerationBusyError,
@@ -36,11 +39,33 @@ from ragserve.runtime.cpu import physical_cores
 from ragserve.runtime.models import resolve_gguf_model
 from ragserve.types import Message
 
-__all__ = ["GenerationSlots", "LlamaCppGenerator"]
+__all__ = ["GenerationSlots", "LlamaCppGenerator", "cancel_when", "gguf_context_length"]
 
 log = logging.getLogger("ragserve.generation")
 
 _END = object()
+# How often a question waiting for the model looks whether its client is still there.
+_POLL_S = 0.05
+_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "ragserve_generation_cancel", default=None
+)
+
+
+@contextmanager
+def cancel_when(event: threading.Event) -> Iterator[None]:
+    """Generations started inside give up once ``event`` is set: one still waiting for the
+    model leaves the queue at once (its prompt never evaluated), and a running one stops at
+    its next token. The HTTP bridge sets it when the client goes away, while the thread that
+    reads the generation is blocked waiting for its first token."""
+    token = _CANCEL.set(event)
+    try:
+        yield
+    finally:
+        _CANCEL.reset(token)
+
+
+class _GaveUp(Exception):
+    """The question left the queue before its turn: its client went away."""
 
 
 class GenerationSlots:
@@ -65,23 +90,46 @@ class GenerationSlots:
             )
 
     @contextmanager
-    def acquire(self) -> Iterator[None]:
+    def acquire(
+        self, *, deadline: float | None = None, stop: threading.Event | None = None
+    ) -> Iterator[None]:
+        """Hold the model for one generation. A wait ends at ``deadline`` (monotonic; a typed
+        timeout) or once ``stop`` is set (``_GaveUp``), giving its queue slot back at once."""
         with self._state:
             self._refuse_if_full()
             self._waiting += 1
         try:
-            self._lock.acquire()
+            self._wait_turn(deadline, stop)
         finally:
             with self._state:
                 self._waiting -= 1
         try:
+            if stop is not None and stop.is_set():  # left while its turn came
+                raise _GaveUp
             yield
         finally:
             self._lock.release()
 
+    def _wait_turn(self, deadline: float | None, stop: threading.Event | None) -> None:
+        if deadline is None and stop is None:
+            self._lock.acquire()
+            return
+        while True:
+            if stop is not None and stop.is_set():
+                raise _GaveUp
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise GenerationTimeoutError(
+                    "The local model was busy with other questions until this one's deadline.",
+                    hint="Retry, or raise RAGSERVE_LLM_TIMEOUT_S.",
+                )
+            if self._lock.acquire(timeout=_POLL_S if left is None else min(_POLL_S, left)):
+                return
+
 
 class LlamaCppGenerator:
     name = "llama"
+    quotes_sources = False
 
     def __init__(
         self,
@@ -119,6 +167,7 @@ class LlamaCppGenerator:
 
     def _load(self) -> None:
         path = resolve_gguf_model(self.model_path)
+        self._check_context_window(path)
         try:
             from llama_cpp import Llama
         except ImportError as exc:
@@ -154,8 +203,14 @@ class LlamaCppGenerator:
             llm.chat_handler = None
         # Gemma's template has no system turn; the rules then open the user turn instead.
         self.system_role = "system" in template and "gemma" not in path.name.lower()
+        if int(llm.n_ctx()) < self.context_window:  # never silently a shorter window
+            raise SettingsError(
+                f"llm_context_window is {self.context_window}, but llama.cpp allocated a "
+                f"context of {int(llm.n_ctx())} tokens for {path.name}.",
+                hint=f"Set RAGSERVE_LLM_CONTEXT_WINDOW (llm_context_window) to at most "
+                f"{int(llm.n_ctx())}.",
+            )
         self._llm = llm
-        self.context_window = min(self.context_window, int(llm.n_ctx()))
         log.info(
             "loaded %s (n_ctx %d, %d threads, %s prompts)",
             path.name,
@@ -165,6 +220,19 @@ class LlamaCppGenerator:
         )
         if self.prompt_style == "chat" and self.system_role:
             self._prime_system_prefix()
+
+    def _check_context_window(self, path: Path) -> None:
+        """A context longer than the model was trained on is refused before llama.cpp
+        allocates it: past it the model's answers degrade, and the KV cache of a mistyped
+        window can be larger than the machine's memory."""
+        trained = gguf_context_length(path)
+        if trained is not None and self.context_window > trained:
+            raise SettingsError(
+                f"llm_context_window is {self.context_window}, but {path.name} was trained on "
+                f"a context of {trained} tokens.",
+                hint=f"Set RAGSERVE_LLM_CONTEXT_WINDOW (llm_context_window) to at most {trained}, "
+                "or use a model with a longer context.",
+            )
 
     def _prime_system_prefix(self) -> None:
         # llama.cpp keeps the KV cache of the last prompt and reuses its longest common prefix:
@@ -199,6 +267,9 @@ class LlamaCppGenerator:
         """
         if self._prefix_tokens is not None:
             self._llm.n_tokens = min(self._llm.n_tokens, self._prefix_tokens)
+
+    def check_capacity(self) -> None:
+        self.slots.check()
 
     @property
     def llm(self) -> Any:
@@ -243,14 +314,20 @@ class LlamaCppGenerator:
         """
         pieces: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
+        cancel = _CANCEL.get()
+        deadline = time.monotonic() + self.timeout_s
 
         def work() -> None:
             try:
-                with self.slots.acquire(), _as_generation_error():
+                # A question waits for the model only while its client does: it gives up at
+                # its deadline or when the client leaves, and is never evaluated after that.
+                with self.slots.acquire(deadline=deadline, stop=stop), _as_generation_error():
                     for piece in run():
                         if stop.is_set():
                             break
                         pieces.put(piece)
+            except _GaveUp:
+                pass
             except BaseException as exc:  # handed to the consumer, raised there
                 pieces.put(exc)
             finally:
@@ -258,12 +335,18 @@ class LlamaCppGenerator:
 
         worker = threading.Thread(target=work, name="llama-generate", daemon=True)
         worker.start()
-        deadline = time.monotonic() + self.timeout_s
         try:
             while True:
+                if cancel is not None and cancel.is_set():
+                    return  # the client left: nobody reads the rest
+                left = deadline - time.monotonic()
+                # In short waits when a client can leave, so that its leaving is seen at once.
+                wait = left if cancel is None else min(left, _POLL_S)
                 try:
-                    item = pieces.get(timeout=max(0.0, deadline - time.monotonic()))
+                    item = pieces.get(timeout=max(0.0, wait))
                 except queue.Empty:
+                    if time.monotonic() < deadline:
+                        continue
                     raise GenerationTimeoutError(
                         f"The local model did not finish within {self.timeout_s:.0f} s.",
                         hint="Retry, or raise RAGSERVE_LLM_TIMEOUT_S.",
@@ -325,3 +408,61 @@ def _as_generation_error() -> Iterator[None]:
             f"Local generation failed: {exc}",
             hint="Lower RAGSERVE_BUDGET_CONTEXT or top_k.",
         ) from exc
+
+
+_GGUF_SCALARS = {
+    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+    12: "<d",
+}  # fmt: skip
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_context_length(path: Path) -> int | None:
+    """The context length a GGUF model was trained on (``<architecture>.context_length`` in its
+    metadata), read from the file's header without loading it; None when it does not say.
+
+    GGUF v2/v3 layout: magic, version (u32), tensor count and metadata count (u64), then
+    (key, type, value) triples, keys and strings prefixed by their u64 length.
+    """
+    try:
+        with path.open("rb") as fh:
+            if fh.read(4) != b"GGUF" or _unpack(fh, "<I") not in (2, 3):
+                return None
+            _unpack(fh, "<Q")  # tensors
+            arch, lengths = None, {}
+            for _ in range(_unpack(fh, "<Q")):
+                key = fh.read(_unpack(fh, "<Q")).decode("utf-8", "replace")
+                value = _gguf_value(fh, _unpack(fh, "<I"))
+                if key == "general.architecture" and isinstance(value, str):
+                    arch = value
+                elif key.endswith(".context_length") and isinstance(value, int):
+                    lengths[key] = value
+                if arch is not None and f"{arch}.context_length" in lengths:
+                    return lengths[f"{arch}.context_length"]
+    except (OSError, ValueError, struct.error):
+        return None
+    return None
+
+
+def _unpack(fh: BinaryIO, fmt: str) -> Any:
+    size = struct.calcsize(fmt)
+    raw = fh.read(size)
+    if len(raw) != size:
+        raise ValueError("truncated GGUF header")
+    return struct.unpack(fmt, raw)[0]
+
+
+def _gguf_value(fh: BinaryIO, kind: int) -> Any:
+    if kind in _GGUF_SCALARS:
+        return _unpack(fh, _GGUF_SCALARS[kind])
+    if kind == _GGUF_STRING:
+        return fh.read(_unpack(fh, "<Q")).decode("utf-8", "replace")
+    if kind == _GGUF_ARRAY:  # skipped (the tokenizer's vocabulary): only its size is read
+        item, count = _unpack(fh, "<I"), _unpack(fh, "<Q")
+        if item in _GGUF_SCALARS:
+            fh.seek(count * struct.calcsize(_GGUF_SCALARS[item]), 1)
+        else:
+            for _ in range(count):
+                _gguf_value(fh, item)
+        return None
+    raise ValueError(f"unknown GGUF value type {kind}")

@@ -22,6 +22,7 @@ log = logging.getLogger("ragserve.generation")
 
 class OpenAICompatibleGenerator:
     name = "openai"
+    quotes_sources = False
 
     def __init__(
         self,
@@ -53,6 +54,9 @@ class OpenAICompatibleGenerator:
                 headers=headers,
                 timeout=httpx.Timeout(self.timeout_s, connect=5.0),
             )
+
+    def check_capacity(self) -> None:
+        return  # no queue of its own: nothing to bound
 
     def count_tokens(self, text: str) -> int:
         # The server's tokenizer is not reachable offline-cheaply; ~4 characters per token

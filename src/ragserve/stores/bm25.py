@@ -16,11 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import threading
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ragserve.text.stemming import stemmer
 
 __all__ = ["BM25Index", "Bm25Snapshot", "Bm25Tokenizer"]
 
@@ -41,25 +45,17 @@ class Bm25Tokenizer:
     """Lower-case word tokens, English stop words removed, Snowball-stemmed (both switchable).
 
     Safe to share between threads: a Snowball stemmer keeps per-call state in C, so each thread
-    gets its own.
+    stems with its own (``ragserve.text.stemming``, which the sentence-support scorer uses too).
     """
 
     def __init__(self, *, stemming: bool = True, stopwords: bool = True) -> None:
         self.stemming = stemming
         self.stopwords = stopwords
-        self._local = threading.local()
         if stemming:
             self._stemmer()  # fail at construction, not at the first search, if it is missing
 
     def _stemmer(self) -> Any:
-        if not self.stemming:
-            return None
-        stemmer = getattr(self._local, "stemmer", None)
-        if stemmer is None:
-            import Stemmer
-
-            stemmer = self._local.stemmer = Stemmer.Stemmer("english")
-        return stemmer
+        return stemmer() if self.stemming else None
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
         """Each text's tokens, as strings (bm25s indexes and queries them directly)."""
@@ -181,29 +177,32 @@ class BM25Index:
         return snapshot.search(tokens[0] if tokens else [], k)
 
     def save(self, directory: Path, snapshot: Bm25Snapshot | None = None) -> None:
-        """Write a snapshot (default: the current one) to a temporary sibling and rename, so a
-        crash never leaves half an index. Older than what is on disk already: skipped."""
+        """Write a snapshot (default: the current one) to a fresh temporary sibling and swap it
+        in, so a crash never leaves half an index and another process saving the same index
+        (a CLI ingest beside a running server) never touches this one's files. Older than
+        what this process or another one saved already: skipped."""
         snapshot = snapshot or self._snapshot
         with self._save_lock:
             saved = self._saved_version
             if snapshot.version is not None and saved is not None and snapshot.version <= saved:
                 return
-            _write_dir(directory, snapshot, self.tokenizer.describe())
-            self._saved_version = snapshot.version
+            if _write_dir(directory, snapshot, self.tokenizer.describe()):
+                self._saved_version = snapshot.version
 
     def load(self, directory: Path, version: int) -> bool:
         """Load and publish the saved index if it was built from manifest ``version`` with this
         tokenizer; False when there is none, it is stale or it was built differently."""
-        meta_path = directory / "meta.json"
-        if not meta_path.exists():
-            return False
         try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("tokenizer") != self.tokenizer.describe() or meta["version"] != version:
-                return False
-            has_index = (directory / "bm25").is_dir()
-            retriever = _bm25s().BM25.load(str(directory / "bm25")) if has_index else None
-            snapshot = Bm25Snapshot(version, tuple(meta["ids"]), retriever, None)
+            with _dir_lock(directory):  # not while another process swaps it
+                meta_path = directory / "meta.json"
+                if not meta_path.exists():
+                    return False
+                meta = json.loads(meta_path.read_text())
+                if meta.get("tokenizer") != self.tokenizer.describe() or meta["version"] != version:
+                    return False
+                has_index = (directory / "bm25").is_dir()
+                retriever = _bm25s().BM25.load(str(directory / "bm25")) if has_index else None
+                snapshot = Bm25Snapshot(version, tuple(meta["ids"]), retriever, None)
         except (OSError, ValueError, KeyError) as exc:
             log.warning("BM25 index at %s unreadable (%s); it will be rebuilt", directory, exc)
             return False
@@ -213,17 +212,65 @@ class BM25Index:
         return True
 
 
-def _write_dir(directory: Path, snapshot: Bm25Snapshot, tokenizer: dict[str, bool]) -> None:
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if snapshot.retriever is not None:
-        snapshot.retriever.save(str(tmp / "bm25"), show_progress=False)
-    meta = {"version": snapshot.version, "ids": list(snapshot.ids), "tokenizer": tokenizer}
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+# A temporary directory this old was left by a writer that died mid-save.
+_STALE_TMP_S = 3600.0
+
+
+def _dir_lock(directory: Path) -> Any:
+    """The cross-process lock of one saved index (``bm25.lock`` beside ``bm25/``): held only
+    for the swap and for a load, never for a build or a write."""
+    from filelock import FileLock
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(directory.with_name(directory.name + ".lock")), timeout=120)
+
+
+def _on_disk_version(directory: Path, tokenizer: dict[str, bool]) -> int | None:
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("tokenizer") != tokenizer or not isinstance(meta.get("version"), int):
+        return None
+    return int(meta["version"])
+
+
+def _write_dir(directory: Path, snapshot: Bm25Snapshot, tokenizer: dict[str, bool]) -> bool:
+    """Write ``snapshot`` beside ``directory`` under a name no other writer uses, then swap it
+    in under the index's file lock. False when another process saved a newer one meanwhile."""
+    parent = directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+    old: Path | None = None
+    try:
+        if snapshot.retriever is not None:
+            snapshot.retriever.save(str(tmp / "bm25"), show_progress=False)
+        meta = {"version": snapshot.version, "ids": list(snapshot.ids), "tokenizer": tokenizer}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        with _dir_lock(directory):
+            on_disk = _on_disk_version(directory, tokenizer)
+            if on_disk is not None and snapshot.version is not None and on_disk > snapshot.version:
+                return False
+            if directory.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=parent))
+                directory.rename(old / directory.name)
+            tmp.rename(directory)
+            _remove_stale_tmp(directory)
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was swapped in
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_tmp(directory: Path) -> None:
+    """Temporary directories of writers that died mid-save: an hour old, so not another
+    writer's that is still being written (an ``.old-`` one is only live under the lock)."""
+    cutoff = time.time() - _STALE_TMP_S
+    for pattern in (f".{directory.name}.tmp-*", f".{directory.name}.old-*"):
+        for stale in directory.parent.glob(pattern):
+            try:
+                if stale.stat().st_mtime < cutoff:
+                    shutil.rmtree(stale, ignore_errors=True)
+            except OSError:
+                continue

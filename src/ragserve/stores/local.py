@@ -146,6 +146,9 @@ class LocalIndex:
         # Writers and lifecycle only: no read path takes it, so chat never waits for an upload.
         self._write_lock = threading.RLock()
         self._refresh_lock = threading.Lock()  # one full BM25 rebuild at a time
+        # Held from a background rebuild's start to its end: taken before the thread starts,
+        # so searches that find BM25 stale together start one rebuild, not one each.
+        self._refresh_started = threading.Lock()
         self._writing = False
         self._deferred: _PendingSparse | None = None
         self._missing: set[str] = set()
@@ -469,7 +472,7 @@ class LocalIndex:
         self._save_bm25()
 
     def _refresh_bm25_in_background(self) -> None:
-        if self._refresh_lock.locked():
+        if self._refresh_lock.locked() or not self._refresh_started.acquire(blocking=False):
             return  # one is under way
 
         def run() -> None:
@@ -477,8 +480,14 @@ class LocalIndex:
                 self._refresh_bm25()
             except Exception as exc:  # searches keep the previous index; the next one retries
                 log.warning("background BM25 rebuild failed: %s", exc)
+            finally:
+                self._refresh_started.release()
 
-        threading.Thread(target=run, name="ragserve-bm25-refresh", daemon=True).start()
+        try:
+            threading.Thread(target=run, name="ragserve-bm25-refresh", daemon=True).start()
+        except BaseException:
+            self._refresh_started.release()
+            raise
 
     def _save_bm25(self) -> None:
         try:

@@ -17,9 +17,9 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 from ragserve.text.sentences import CODE_FENCES, split_sentences
+from ragserve.text.stemming import stem_words, stemmer
 
 __all__ = ["STOPWORDS", "ScoredSentence", "SentenceSupport", "own_words"]
 
@@ -57,26 +57,22 @@ class ScoredSentence:
 
 
 class SentenceSupport:
-    """Scores every usable sentence of a set of sources against a question."""
+    """Scores every usable sentence of a set of sources against a question.
 
-    def __init__(self) -> None:
-        self._stemmer: Any = None
+    Safe to share between request threads: it keeps no stemmer of its own, each thread stems
+    with its own (``ragserve.text.stemming``, as BM25's tokenizer does).
+    """
 
     def warm_up(self) -> None:
-        import Stemmer
-
-        self._stemmer = Stemmer.Stemmer("english")
+        stemmer()  # fail at start, not at the first question, if PyStemmer is missing
 
     def terms(self, text: str) -> list[str]:
         """Stemmed content words: what the question and a sentence are compared on."""
         return self._terms(text)
 
     def _terms(self, text: str) -> list[str]:
-        if self._stemmer is None:
-            self.warm_up()
-        assert self._stemmer is not None
         words = [w.lower() for w in _WORD.findall(text)]
-        return self._stemmer.stemWords([w for w in words if w not in STOPWORDS])
+        return stem_words([w for w in words if w not in STOPWORDS])
 
     def rank(
         self, query: str, texts: list[str], *, answers_only: bool = True

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import math
-import threading
 import time
+from typing import Any
 
 from fastapi import Request
 
 from ragserve.errors import RagServeError
 
 __all__ = ["AuthError", "ForbiddenError", "RateLimitedError", "RateLimiter", "check_key"]
+
+log = logging.getLogger("ragserve.serving.api")
 
 
 class AuthError(RagServeError):
@@ -58,24 +61,63 @@ def check_key(request: Request, expected: str | None, what: str) -> None:
 
 
 class RateLimiter:
-    """Token bucket per client address: ``per_minute`` requests, refilling continuously."""
+    """At most ``per_minute`` requests from one client in any 60 seconds (a moving window, from
+    the ``limits`` package), then 429 with the seconds until its oldest request leaves the window.
 
-    def __init__(self, per_minute: int) -> None:
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
+    The counts live in ``storage``: this process's memory by default (``memory://``), or a store
+    several ragserve processes share (``redis://host:6379``, the ``redis`` extra), so one limit
+    holds across the replicas behind a load balancer. A ``limits`` storage object may be passed
+    too. A storage that cannot be used is an error at start naming ``rate_limit_storage``; one
+    that fails later lets requests through (logged), rather than refusing every client.
+    """
+
+    def __init__(self, per_minute: int, *, storage: str | Any = "memory://") -> None:
+        from limits import RateLimitItemPerMinute
+        from limits.strategies import MovingWindowRateLimiter
+
+        self.per_minute = per_minute
+        self._item = RateLimitItemPerMinute(max(per_minute, 1))
+        self._limiter: Any = None
+        self._warned = -math.inf
+        if per_minute > 0:
+            store = _open_storage(storage) if isinstance(storage, str) else storage
+            self._limiter = MovingWindowRateLimiter(store)
 
     def check(self, client: str) -> None:
-        if self.capacity <= 0:
+        if self._limiter is None:
             return
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(client, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            if tokens < 1.0:
-                self._buckets[client] = (tokens, now)
-                raise RateLimitedError(max(1, math.ceil((1.0 - tokens) / self.rate)))
-            self._buckets[client] = (tokens - 1.0, now)
-            if len(self._buckets) > 100_000:  # forget idle clients; bounded memory
-                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 120}
+        from limits.errors import StorageError
+
+        try:
+            if self._limiter.hit(self._item, _NAMESPACE, client):
+                return
+            stats = self._limiter.get_window_stats(self._item, _NAMESPACE, client)
+        except StorageError as exc:
+            now = time.monotonic()
+            if now - self._warned > 60:  # once a minute, not once a request
+                self._warned = now
+                log.warning("rate limit storage failed (%s); requests pass unlimited", exc)
+            return
+        raise RateLimitedError(max(1, math.ceil(stats.reset_time - time.time())))
+
+
+_NAMESPACE = "ragserve-chat"
+
+
+def _open_storage(uri: str) -> Any:
+    from limits.errors import ConfigurationError
+    from limits.storage import storage_from_string
+
+    from ragserve.config import SettingsError
+
+    hint = (
+        "Set RAGSERVE_RATE_LIMIT_STORAGE (rate_limit_storage) to memory:// (this process only) "
+        "or redis://host:port (shared by every process; pip install 'ragserve[redis]')."
+    )
+    try:
+        store = storage_from_string(uri, wrap_exceptions=True)
+    except ConfigurationError as exc:
+        raise SettingsError(f"rate_limit_storage {uri!r} cannot be used: {exc}", hint=hint) from exc
+    if not store.check():
+        raise SettingsError(f"rate_limit_storage {uri!r} does not answer.", hint=hint)
+    return store

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 
+from ragserve.generation.llama import cancel_when
 from ragserve.pipeline import RagPipeline, StreamEvent
 from ragserve.types import Message
 
@@ -35,10 +36,13 @@ async def pipeline_events(
     def produce() -> None:
         gen: Iterator[StreamEvent] = pipeline.stream(query, history)
         try:
-            for ev in gen:
-                loop.call_soon_threadsafe(queue.put_nowait, ev)
-                if stop.is_set():
-                    break
+            # cancel_when: a question still queued for the local model when the client
+            # leaves gives up its place at once, instead of blocking this thread until then.
+            with cancel_when(stop):
+                for ev in gen:
+                    loop.call_soon_threadsafe(queue.put_nowait, ev)
+                    if stop.is_set():
+                        break
         except BaseException as exc:  # forwarded to the consumer
             loop.call_soon_threadsafe(queue.put_nowait, exc)
         finally:

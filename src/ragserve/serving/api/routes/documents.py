@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +40,14 @@ async def upload(
     # (_loaded: the ingestor shares the pipeline's embedder, so uploads wait for it too.)
     index_dir = state.settings.index_dir
     try:
-        (index_dir / "uploads").mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=index_dir) as tmp:
-            staged, refused = await _stage(files, Path(tmp), state.settings.api.max_upload_bytes)
+        # Every file-system call runs in a worker thread: a slow disk never stalls the event
+        # loop, and with it every other client's chat.
+        tmp = Path(await anyio.to_thread.run_sync(_staging_dir, index_dir))
+        try:
+            staged, refused = await _stage(files, tmp, state.settings.api.max_upload_bytes)
             summary = await state.writer.run(_ingest_staged, state, staged)
+        finally:
+            await anyio.to_thread.run_sync(shutil.rmtree, tmp, True)
     except OSError as exc:
         raise storage_error(exc, index_dir) from exc
     except StoreError as exc:
@@ -86,7 +92,7 @@ async def _stage(
         name = _unique(name, used)
         dest = tmp / name
         if not await _copy_within(f, dest, limit):
-            dest.unlink(missing_ok=True)
+            await anyio.to_thread.run_sync(partial(dest.unlink, missing_ok=True))
             refused.append(
                 {"path": name, "status": "failed", "error": f"over the {limit} byte limit"}
             )
@@ -96,15 +102,23 @@ async def _stage(
 
 
 async def _copy_within(upload: UploadFile, dest: Path, limit: int) -> bool:
-    """Copy ``upload`` to ``dest``; False (and stop reading) once it passes ``limit`` bytes."""
+    """Copy ``upload`` to ``dest``; False (and stop reading) once it passes ``limit`` bytes.
+    The file is opened, written and closed in worker threads (anyio's async file)."""
     size = 0
-    with dest.open("wb") as out:
+    async with await anyio.open_file(dest, "wb") as out:
         while block := await upload.read(_CHUNK_BYTES):
             size += len(block)
             if size > limit:
                 return False
-            out.write(block)
+            await out.write(block)
     return True
+
+
+def _staging_dir(index_dir: Path) -> str:
+    """A fresh directory for one request's parts, beside the index (so the final move into
+    ``uploads/`` is a rename on the same file system)."""
+    (index_dir / "uploads").mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix=".upload-", dir=index_dir)
 
 
 def _ingest_staged(state: AppState, staged: list[Path]) -> Any:

@@ -140,10 +140,11 @@ def test_overfetch_depth(scifact_index, embedder) -> None:  # type: ignore[no-un
     calls: list[tuple[np.ndarray, int]] = []
     _spy_dense(index, calls)
     try:
-        HybridRetriever(index, embedder, overfetch=3, depth=1).retrieve(
+        # One dense search per retrieval: feedback (a second, moved search) is off here.
+        HybridRetriever(index, embedder, overfetch=3, depth=1, feedback_docs=0).retrieve(
             ProcessedQuery(original="q", text="cancer"), 7
         )
-        HybridRetriever(index, embedder, overfetch=3).retrieve(
+        HybridRetriever(index, embedder, overfetch=3, feedback_docs=0).retrieve(
             ProcessedQuery(original="q", text="cancer"), 7
         )
     finally:

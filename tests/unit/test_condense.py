@@ -191,3 +191,18 @@ def test_term_weights_from_settings_build_at_warm_up() -> None:
     weights = CorpusTermWeights.from_settings(index, Settings())  # type: ignore[arg-type]
     index.texts.clear()  # already read: the first question does not pay the pass
     assert weights("deflate") > 0
+
+
+def test_term_weights_built_over_an_empty_index_are_rebuilt_at_once_after_the_first_ingest() -> (
+    None
+):
+    """Warm-up before the first ingest builds an empty table; the first follow-up after the
+    ingest must not be answered from it (every subject word would weigh 0)."""
+    from ragserve.query.term_weights import CorpusTermWeights
+
+    index = _FakeIndex([])
+    weights = CorpusTermWeights(index, check_every_s=0.0)  # type: ignore[arg-type]
+    assert weights("proxies") == 0.0
+    index.texts.extend(["proxies route requests", "clients send requests"])
+    index.v = 2
+    assert weights("proxies") > 0

@@ -129,6 +129,11 @@ class CorpusTermWeights:
         version = self.index.version()
         if version == self._version or self._building:
             return
+        if self._table is not None and not self._table[0]:
+            # Built over an empty index (warm-up before the first ingest): there is no old
+            # table worth answering from, and every word would weigh 0 until the rebuild.
+            self._build(version)
+            return
         self._building = True
 
         def run() -> None:

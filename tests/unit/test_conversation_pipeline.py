@@ -303,3 +303,18 @@ def test_history_turns_zero_shows_the_reader_no_history() -> None:  # issue 35, 
 def test_a_closing_marker_still_cites_the_answer() -> None:
     sent, final, reason = _run("The default timeout is five seconds of network inactivity [1].")
     assert reason is None and final.endswith("[1]") and sent.startswith("The default timeout")
+
+
+def test_the_support_gate_accepts_a_follow_up_its_sources_cover_in_the_users_words() -> None:
+    """The condensed query carries the conversation's words; a source about the turn need not
+    repeat them all. Either reading covered is enough, and neither covered still refuses."""
+    policy = AnswerPolicy(Settings(min_support=0.5))
+    hits = [_hit("Call exists(p) to check whether the path p exists on disk.", 1)]
+    condensed = "How do I check whether a path exists? (iterate Boost.Filesystem directory)"
+    assert policy.gate(condensed, hits, reranked=True) == "low_support"
+    turn = "How do I check whether a path exists?"
+    assert policy.gate(condensed, hits, reranked=True, turn=turn) is None
+    other = "How do I rename a folder? (iterate Boost.Filesystem directory)"
+    assert policy.gate(other, hits, reranked=True, turn="How do I rename a folder?") == (
+        "low_support"
+    )

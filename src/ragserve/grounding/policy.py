@@ -67,8 +67,16 @@ class AnswerPolicy:
         *,
         reranked: bool,
         judge_threshold: float | None = None,
+        turn: str | None = None,
     ) -> str | None:
-        """The refusal reason before generation ('no_sources', 'low_support'), or None."""
+        """The refusal reason before generation ('no_sources', 'low_support'), or None.
+
+        ``question`` is the standalone question; ``turn``, the user's own words, when they
+        differ. The sources support the turn if they cover either reading: the subject words
+        a follow-up gains are the conversation's, and a source about the turn need not repeat
+        them all ("How do I check whether a path exists? (iterate Boost.Filesystem
+        directory_iterator)" is answered by the sentence on ``exists``).
+        """
         if not hits:
             return "no_sources"
         if self._weak_retrieval(hits, reranked=reranked, judge_threshold=judge_threshold):
@@ -77,7 +85,8 @@ class AnswerPolicy:
         if g.min_support <= 0:
             return None
         best = [h.chunk.text for h in hits[: g.support_sources]]
-        return "low_support" if self.support.best(question, best) < g.min_support else None
+        covered = max(self.support.best(q, best) for q in _readings(question, turn))
+        return "low_support" if covered < g.min_support else None
 
     def _weak_retrieval(
         self, hits: Sequence[Hit], *, reranked: bool, judge_threshold: float | None
@@ -98,13 +107,20 @@ class AnswerPolicy:
     # --- after generation --------------------------------------------------------------------
 
     def verify(
-        self, question: str, raw: str, context: AssembledContext, *, quoted: bool = False
+        self,
+        question: str,
+        raw: str,
+        context: AssembledContext,
+        *,
+        quoted: bool = False,
+        turn: str | None = None,
     ) -> Verdict:
         """The reader's ``raw`` answer checked: markers validated, then (unless ``quoted``:
         an extractive answer is source sentences by construction) grounding and verification.
 
         ``question`` is the standalone question: a follow-up's words alone would make every
-        answer about its subject look unverified.
+        answer about its subject look unverified. ``turn`` (the user's words) is the other
+        reading verification accepts, as in :meth:`gate`.
         """
         if not raw.strip() or is_refusal(raw):
             return Verdict("", reason="model")
@@ -119,11 +135,14 @@ class AnswerPolicy:
             if not text:
                 return Verdict("", reason="unsupported")
         if g.min_answer_coverage > 0 and (
-            self.support.answer_coverage(question, strip_markers(text), context.texts)
+            self._coverage(_readings(question, turn), strip_markers(text), context)
             < g.min_answer_coverage
         ):
             return Verdict("", reason="unverified")
         return Verdict(text, citations)
+
+    def _coverage(self, readings: list[str], text: str, context: AssembledContext) -> float:
+        return max(self.support.answer_coverage(q, text, context.texts) for q in readings)
 
     def show_code(self, question: str, verdict: Verdict, context: AssembledContext) -> str:
         """The accepted answer's text with the code its cited source shows for its steps."""
@@ -155,6 +174,11 @@ class AnswerPolicy:
             return text, citations
         recited, fixed, _ = validate_citations(cite_at_end(text, numbers), context)
         return recited, fixed
+
+
+def _readings(question: str, turn: str | None) -> list[str]:
+    """The standalone question, and the user's own words when the two differ."""
+    return [question] if not turn or turn == question else [question, turn]
 
 
 def cite_at_end(text: str, numbers: Sequence[int]) -> str:

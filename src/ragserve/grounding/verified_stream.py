@@ -41,8 +41,10 @@ class VerifiedStream:
         context: AssembledContext,
         *,
         quoted: bool = False,
+        turn: str | None = None,
     ) -> None:
         self.policy, self.question, self.context, self.quoted = policy, question, context, quoted
+        self.turn = turn
         self._raw = ""
         self._checked = 0
         self._released: _Released | None = None
@@ -90,7 +92,9 @@ class VerifiedStream:
         return Verdict(final_text, citations), released + final_text[len(bare) :]
 
     def _try(self, prefix: str) -> str:
-        verdict = self.policy.verify(self.question, prefix, self.context, quoted=self.quoted)
+        verdict = self.policy.verify(
+            self.question, prefix, self.context, quoted=self.quoted, turn=self.turn
+        )
         if self._first is None:
             self._first = verdict
         self._last = verdict

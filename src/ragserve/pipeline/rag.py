@@ -287,6 +287,7 @@ class RagPipeline:
             hits,
             reranked=self.reranker is not None,
             judge_threshold=self.judge.threshold if self.judge is not None else None,
+            turn=processed.original,
         )
         if reason is not None:
             base.refused, base.refusal_reason = True, reason
@@ -333,7 +334,11 @@ class RagPipeline:
     ) -> Iterator[StreamEvent]:
         assert self.generator is not None
         draft = VerifiedStream(
-            self.policy, processed.text, context, quoted=self.generator.quotes_sources
+            self.policy,
+            processed.text,
+            context,
+            quoted=self.generator.quotes_sources,
+            turn=processed.original,
         )
         pieces = self.generator.stream(processed.original, context, history)
         with timer.stage("generate"):

@@ -49,7 +49,6 @@ NOT_IN_REPO = (
     "/path/to/",  # placeholders in the MCP configuration
     "/models/",  # the ragserve.toml example's own GGUF
     ".venv/",  # made by `make run`
-    "docs/eval/conversations",  # the conversation evaluation's report, being written (issue 36)
 )
 
 

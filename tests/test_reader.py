@@ -96,8 +96,8 @@ _GATED = pytest.mark.xfail(
     reason="issue 36, open: a follow-up's turn is refused low_support (the re-ranker's 0.1 floor "
     "and the lexical-support gate, both calibrated on single SQuAD questions, judge the "
     "condensed query; e.g. 'Which flush values can I pass to it? (zlib deflate ...)' re-ranks "
-    "0.012) or a first turn 'unsupported'; 0.70 of MTRAG answerable turns are refused the same "
-    "way (docs/eval/conversations/main)",
+    "0.012) or a first turn 'unsupported'; 0.58 of MTRAG answerable turns are refused, mostly "
+    "the same way (docs/eval/conversations/readings)",
     strict=False,
 )
 CONVERSATIONS = [

@@ -76,7 +76,7 @@ def test_a_queued_request_past_its_deadline_leaves_the_queue_at_once_and_never_r
 
 
 def test_a_queued_request_whose_client_left_gives_up_its_place_at_once() -> None:
-    from ragserve.generation.llama import cancel_when
+    from ragserve.runtime.cancel import cancel_when
 
     gen = LlamaCppGenerator(timeout_s=30, max_waiting=1)
     release, holder = _hold_the_model(gen)

@@ -8,7 +8,6 @@ Retry-After) rather than piling up work no client will wait for.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import queue
 import struct
@@ -35,33 +34,18 @@ from ragserve.generation.prompts import (
     build_completion_prompt,
     build_messages,
 )
+from ragserve.runtime.cancel import current_cancel
 from ragserve.runtime.cpu import physical_cores
 from ragserve.runtime.models import resolve_gguf_model
 from ragserve.types import Message
 
-__all__ = ["GenerationSlots", "LlamaCppGenerator", "cancel_when", "gguf_context_length"]
+__all__ = ["GenerationSlots", "LlamaCppGenerator", "gguf_context_length"]
 
 log = logging.getLogger("ragserve.generation")
 
 _END = object()
 # How often a question waiting for the model looks whether its client is still there.
 _POLL_S = 0.05
-_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
-    "ragserve_generation_cancel", default=None
-)
-
-
-@contextmanager
-def cancel_when(event: threading.Event) -> Iterator[None]:
-    """Generations started inside give up once ``event`` is set: one still waiting for the
-    model leaves the queue at once (its prompt never evaluated), and a running one stops at
-    its next token. The HTTP bridge sets it when the client goes away, while the thread that
-    reads the generation is blocked waiting for its first token."""
-    token = _CANCEL.set(event)
-    try:
-        yield
-    finally:
-        _CANCEL.reset(token)
 
 
 class _GaveUp(Exception):
@@ -314,7 +298,7 @@ class LlamaCppGenerator:
         """
         pieces: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
-        cancel = _CANCEL.get()
+        cancel = current_cancel()
         deadline = time.monotonic() + self.timeout_s
 
         def work() -> None:

@@ -135,14 +135,14 @@ class AnswerPolicy:
             if not text:
                 return Verdict("", reason="unsupported")
         if g.min_answer_coverage > 0 and (
-            self._coverage(_readings(question, turn), strip_markers(text), context)
+            max(
+                self.support.answer_coverage(q, strip_markers(text), context.texts)
+                for q in _readings(question, turn)
+            )
             < g.min_answer_coverage
         ):
             return Verdict("", reason="unverified")
         return Verdict(text, citations)
-
-    def _coverage(self, readings: list[str], text: str, context: AssembledContext) -> float:
-        return max(self.support.answer_coverage(q, text, context.texts) for q in readings)
 
     def show_code(self, question: str, verdict: Verdict, context: AssembledContext) -> str:
         """The accepted answer's text with the code its cited source shows for its steps."""

@@ -192,11 +192,11 @@ class BM25Index:
     def load(self, directory: Path, version: int) -> bool:
         """Load and publish the saved index if it was built from manifest ``version`` with this
         tokenizer; False when there is none, it is stale or it was built differently."""
+        meta_path = directory / "meta.json"
+        if not meta_path.exists():  # nothing saved: no lock file made, no directory created
+            return False
         try:
             with _dir_lock(directory):  # not while another process swaps it
-                meta_path = directory / "meta.json"
-                if not meta_path.exists():
-                    return False
                 meta = json.loads(meta_path.read_text())
                 if meta.get("tokenizer") != self.tokenizer.describe() or meta["version"] != version:
                     return False
@@ -221,7 +221,6 @@ def _dir_lock(directory: Path) -> Any:
     for the swap and for a load, never for a build or a write."""
     from filelock import FileLock
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(directory.with_name(directory.name + ".lock")), timeout=120)
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import anyio
 
-from ragserve.generation.llama import cancel_when
 from ragserve.pipeline import RagPipeline, StreamEvent
+from ragserve.runtime.cancel import cancel_when
 from ragserve.types import Message
 
 __all__ = ["pipeline_events"]

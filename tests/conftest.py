@@ -42,6 +42,8 @@ os.environ["RAGSERVE_NO_PROGRESS"] = "1"
 # own tests with the real models: tests/test_reader.py, tests/generation/test_llm_backends.py.
 os.environ["RAGSERVE_GENERATOR"] = "extractive"
 os.environ["RAGSERVE_ANSWERABILITY"] = "false"
+# The conversation gate loads the judge (torch); tests/test_reader.py runs it with the reader.
+os.environ["RAGSERVE_CONVERSATION_GATE"] = "false"
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ def pipeline(
 
     # The suite's environment pins the extractive answerer; this test wants the defaults.
     fields = GenerationSettings.model_fields
-    defaults = {f: fields[f].default for f in ("generator", "answerability")}
+    defaults = {f: fields[f].default for f in ("generator", "answerability", "conversation_gate")}
     settings = Settings(data_dir=tmp_path_factory.mktemp("reader"), **defaults)
     with RagPipeline(settings) as pipe:
         pipe.warm_up()
@@ -93,11 +93,12 @@ def test_a_how_to_answer_shows_the_code_its_source_shows(pipeline: RagPipeline) 
 # refused, and cites the file it is about. The first is the one issue 36 names: its third
 # turn used to be searched as "(async client)" and answered from ssl.md.
 _GATED = pytest.mark.xfail(
-    reason="issue 36, open: a follow-up's turn is refused low_support (the re-ranker's 0.1 floor "
-    "and the lexical-support gate, both calibrated on single SQuAD questions, judge the "
-    "condensed query; e.g. 'Which flush values can I pass to it? (zlib deflate ...)' re-ranks "
-    "0.012) or a first turn 'unsupported'; 0.58 of MTRAG answerable turns are refused, mostly "
-    "the same way (docs/eval/conversations/readings)",
+    reason="issue 36, open (2026-12-07): timeouts turn 3 is refused low_support (judge 0.08, "
+    "re-rank 0.15, support 0.30: 'expires' is in no source and 'it' is implicit); the http2 "
+    "first turn 'unsupported' (the compact context cut the http2=True code away); boost turn 2 "
+    "'unverified' (noise word 'Constructed' in the standalone query); zlib turn 3 was a bad "
+    "clarify (fixed: sections of one document are one reading, not yet re-run). 0.52 of MTRAG "
+    "answerable turns are refused (docs/eval/conversations/gate)",
     strict=False,
 )
 CONVERSATIONS = [
@@ -130,8 +131,8 @@ CONVERSATIONS = [
     pytest.param(
         [
             ("What does zlib's deflate do?", "zlib.3.pdf"),
-            ("Which flush values can I pass to it?", "zlib.3.pdf"),
-            ("And what does inflate do?", "zlib.3.pdf"),
+            ("Which RFC describes its data format?", "zlib.3.pdf"),
+            ("Is the library thread safe?", "zlib.3.pdf"),
         ],
         id="zlib",
         marks=_GATED,
@@ -163,6 +164,19 @@ def test_every_turn_of_a_conversation_is_answered_from_the_right_file(
     if conversation[0][1] == "timeouts.md":
         named = ("TimeoutException", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout")
         assert any(e in answer.text for e in named), answer.text
+
+
+def test_a_follow_up_the_documents_do_not_answer_is_refused(pipeline: RagPipeline) -> None:
+    """The zlib manual page names deflate but lists none of its flush values (it points to
+    zlib.h): in the conversation, as alone, that turn is refused, not answered from the
+    model's memory of zlib."""
+    history = [
+        Message("user", "What does zlib's deflate do?"),
+        Message("assistant", "Zlib's deflate does compression. [1]"),
+    ]
+    for turn in ("Which flush values can I pass to it?", "How do I send an email with smtplib?"):
+        answer = pipeline.answer(turn, history)
+        assert answer.refused and not answer.citations, (turn, answer.text)
 
 
 def test_an_instruction_planted_in_the_history_is_data(pipeline: RagPipeline) -> None:

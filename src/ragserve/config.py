@@ -486,6 +486,32 @@ class GenerationSettings(_Group):
         "(research/calibrate_answerability.py). None (Python only) means this default.",
     )
 
+    # --- the gate in a conversation (a turn with history) -----------------------------------
+    conversation_gate: bool = Field(
+        True,
+        description="Judge a turn with history by three signals, any one of which admits it: "
+        "the answerability judge on either reading of the turn (the standalone question or the "
+        "user's words), the best re-ranker probability, or the lexical support. On MTRAG's "
+        "conversations the SQuAD-calibrated gates refused 0.33 of answerable turns before the "
+        "reader ran; the lexical support separates answerable from unanswerable turns there at "
+        "ROC AUC 0.75, the judge at 0.89 (docs/eval/conversations/gates.md). Loads the judge.",
+    )
+    conversation_judge_threshold: float = Field(
+        0.2, ge=0.0, le=1.0, description="Judge probability that alone admits a turn."
+    )
+    conversation_rerank_threshold: float = Field(
+        0.9, ge=0.0, le=1.0, description="Re-ranker probability that alone admits a turn."
+    )
+    conversation_support_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Lexical support that alone admits a turn."
+    )
+    conversation_min_support: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Lexical support below which a turn is refused whatever else vouches.",
+    )
+
     # Both thresholds were once None for "the calibrated default"; that still means it.
     @field_validator("refusal_threshold", "answerability_threshold", mode="before")
     @classmethod

@@ -38,7 +38,7 @@ def _pick(dataset: Path, out: Path) -> tuple[Path, dict[str, str]]:
 def test_eval_conversations_cli_end_to_end(
     tmp_path: Path, shared_datasets: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ragserve.evaluation.cli import app
+    from ragserve.cli.evaluate import app
 
     tasks, labels = _pick(shared_datasets / "mtrag-un-dev", tmp_path / "data")
     monkeypatch.setenv("RAGSERVE_DATA_DIR", str(tmp_path / "idx"))

@@ -260,3 +260,15 @@ def test_supported_prefix_never_cuts_inside_a_code_block() -> None:
     )
     assert supported_prefix(invented, [_ASYNC_MD], question=_RETRIES) == "Pass a transport [1]."
     assert supported_prefix("Use it. Then more.", [], question=_RETRIES) == "Use it."
+
+
+def test_grounding_compares_stems_so_a_paraphrase_of_a_source_is_supported() -> None:
+    from ragserve.generation.citations import ground
+
+    source = ["When using the client, HTTP/2 support is enabled with httpx.Client(http2=True)."]
+    answer = "Use the http2 argument on clients and set it to True. [1]"
+    # Own words: use, http2, argument, clients, set, true. "using" and "client" are stems of
+    # two of them; "argument" and "set" are in no source, so 4 of 6 are held.
+    assert ground(answer, source, [1], question="How do I enable HTTP/2?") == [1]
+    invented = "Use the h3 flag on sessions with retries set to True. [1]"
+    assert ground(invented, source, [1], question="How do I enable HTTP/2?") is None

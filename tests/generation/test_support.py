@@ -60,3 +60,16 @@ def test_answer_coverage_is_low_for_an_answer_taken_from_a_sentence_about_someth
     assert support.answer_coverage(question, "In 911 [2]", SOURCES) < 0.5
     assert support.answer_coverage(question, "", SOURCES) == 0.0
     assert support.answer_coverage("the of and", "Rollo", SOURCES) == 0.0
+
+
+def test_a_code_identifier_supports_the_words_it_is_made_of() -> None:
+    # "What exception ..." is answered by a sentence that names `TimeoutException`: the
+    # identifier's parts are words a user asks in (and `file_size` is "size of a file").
+    support = SentenceSupport()
+    sentence = ["The default behavior is to raise a `TimeoutException` after 5 seconds."]
+    assert support.best("Which exception is raised after a timeout?", sentence) > 0.9
+    assert (
+        support.best("How do I get the size of a file?", ["Call file_size(p) on it."]) > 0.5
+    )  # not "get"
+    # An apostrophe is not a boundary: "don't" stays one word.
+    assert "t" not in support.terms("don't")

@@ -188,4 +188,13 @@ def test_no_current_setting_is_missing_from_the_old_names_unless_new() -> None:
     show up in the test above; this lists the new ones so a rename cannot hide as one."""
     old = {flat for _, _, flat in OLD_SETTINGS}
     new = set(_FLAT) - old
-    assert new <= {"history_budget", "clarify", "rate_limit_storage"}, sorted(new)
+    conversation_gate = {
+        "conversation_gate",
+        "conversation_judge_threshold",
+        "conversation_rerank_threshold",
+        "conversation_support_threshold",
+        "conversation_min_support",
+    }
+    assert new <= {"history_budget", "clarify", "rate_limit_storage", *conversation_gate}, sorted(
+        new
+    )

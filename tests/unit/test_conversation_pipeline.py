@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Generator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -318,3 +319,32 @@ def test_the_support_gate_accepts_a_follow_up_its_sources_cover_in_the_users_wor
     assert policy.gate(other, hits, reranked=True, turn="How do I rename a folder?") == (
         "low_support"
     )
+
+
+def _judged(hit: Hit, probability: float) -> Hit:
+    return replace(hit, scores={**hit.scores, "answerable": probability})
+
+
+def test_the_conversation_gate_admits_a_turn_any_one_signal_vouches_for() -> None:
+    """In a conversation the judge, the re-ranker or the lexical support each admit a turn on
+    its own; with all three weak, or the support below its floor, the turn is refused. A turn
+    without history keeps the single-question gates."""
+    policy = AnswerPolicy(Settings(conversation_gate=True))
+    text = "The h2 package adds HTTP/2 support to the client."
+    question = "Which package do I need to install for it? (enable HTTP)"
+
+    def gate(judge: float, rerank: float, q: str = question, conversation: bool = True) -> object:
+        hits = [_judged(_hit(text, 1, rerank=rerank), judge)]
+        return policy.gate(q, hits, reranked=True, in_conversation=conversation)
+
+    assert gate(judge=0.25, rerank=0.05) is None  # the judge vouches
+    assert gate(judge=0.05, rerank=0.95) is None  # the re-ranker vouches
+    assert gate(judge=0.05, rerank=0.5) == "low_support"  # neither
+    fully = "Which package adds HTTP/2 support?"
+    assert gate(judge=0.05, rerank=0.5, q=fully) is None  # the words alone (support >= 0.5)
+    off_topic = "How do I send an email with smtplib?"
+    assert gate(judge=0.9, rerank=0.99, q=off_topic) == "low_support"  # below the support floor
+    # A single question: the re-rank floor (0.1) and min_support (0.32) decide as before.
+    assert gate(judge=0.0, rerank=0.5, q=fully, conversation=False) is None
+    assert gate(judge=0.9, rerank=0.05, q=fully, conversation=False) == "low_support"
+    assert gate(judge=0.9, rerank=0.99, conversation=False) == "low_support"  # support 0.28

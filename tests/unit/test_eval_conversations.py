@@ -103,7 +103,7 @@ def test_bad_lines_are_named(tmp_path: Path, line: dict[str, Any] | str, message
 
 
 def test_the_cli_prints_the_error_and_exits_non_zero(tmp_path: Path) -> None:
-    from ragserve.evaluation.cli import app
+    from ragserve.cli.evaluate import app
 
     broken = _row()
     del broken["input"]

@@ -11,9 +11,9 @@ from typing import Annotated, Any
 import typer
 
 from ragserve.cli import migrate
+from ragserve.cli.evaluate import app as eval_app
 from ragserve.cli.support import configure_cli_logging, friendly_errors
 from ragserve.config import Settings, load_settings
-from ragserve.evaluation.cli import app as eval_app
 
 __all__ = ["app"]
 

@@ -1,7 +1,7 @@
 """What every ``ragserve`` sub-command shares: friendly errors and logging.
 
 ``ragserve.cli.main`` and the sub-apps that live beside the code they drive
-(``ragserve.evaluation.cli``, ``ragserve.stores.migrate``) import from here, so the layers point
+(``ragserve.cli.evaluate``, ``ragserve.stores.migrate``) import from here, so the layers point
 one way: the top-level CLI depends on its sub-apps, never the reverse.
 """
 

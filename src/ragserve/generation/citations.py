@@ -8,6 +8,7 @@ from itertools import pairwise
 
 from ragserve.context.assembler import AssembledContext
 from ragserve.text.sentences import CODE_FENCES, split_sentences
+from ragserve.text.stemming import stem_words
 from ragserve.text.support import own_words
 from ragserve.types import Citation
 
@@ -238,12 +239,14 @@ def _word_shares(
 ) -> list[float] | None:
     """Per source, the share of the answer's own words (not the question's) it contains;
     ``None`` when the answer has no words of its own."""
-    words = own_words(strip_markers(answer), question, content_only=content_only)
+    # Compared as stems: "using" in a source supports an answer's "use", and a plural its
+    # singular; a fact an answer invents (a name, a number, an option) has no stem there.
+    words = stem_words(own_words(strip_markers(answer), question, content_only=content_only))
     if not words:
         return None
     shares = []
     for text in texts:
-        vocab = {w.lower() for w in _WORD.findall(text)}
+        vocab = set(stem_words([w.lower() for w in _WORD.findall(text)]))
         shares.append(sum(w in vocab for w in words) / len(words))
     return shares
 

@@ -80,10 +80,16 @@ def _referenced_nouns(turn: str) -> list[str]:
 
 
 def readings(hits: Sequence[Hit], *, limit: int = 3) -> list[str]:
-    """The distinct subjects the best sources are about, best first."""
+    """The distinct subjects the best sources are about, best first. The sections of one
+    document are one reading: "Is the library thread safe?" over three parts of the zlib
+    manual is not a choice between its page header and its FAQ link."""
     names: list[str] = []
+    documents: set[str] = set()
     for hit in hits:
         name = _subject(hit)
+        if hit.chunk.doc_id in documents:
+            continue
+        documents.add(hit.chunk.doc_id)
         if name and name.lower() not in {n.lower() for n in names}:
             names.append(name)
         if len(names) == limit:

@@ -68,6 +68,7 @@ class AnswerPolicy:
         reranked: bool,
         judge_threshold: float | None = None,
         turn: str | None = None,
+        in_conversation: bool = False,
     ) -> str | None:
         """The refusal reason before generation ('no_sources', 'low_support'), or None.
 
@@ -75,18 +76,35 @@ class AnswerPolicy:
         differ. The sources support the turn if they cover either reading: the subject words
         a follow-up gains are the conversation's, and a source about the turn need not repeat
         them all ("How do I check whether a path exists? (iterate Boost.Filesystem
-        directory_iterator)" is answered by the sentence on ``exists``).
+        directory_iterator)" is answered by the sentence on ``exists``). A turn with history
+        (``in_conversation``) whose sources the judge scored is judged by
+        :meth:`_conversation_gate` instead.
         """
         if not hits:
             return "no_sources"
-        if self._weak_retrieval(hits, reranked=reranked, judge_threshold=judge_threshold):
-            return "low_support"
         g = self.generation
-        if g.min_support <= 0:
-            return None
         best = [h.chunk.text for h in hits[: g.support_sources]]
         covered = max(self.support.best(q, best) for q in _readings(question, turn))
+        if in_conversation and g.conversation_gate and "answerable" in hits[0].scores:
+            return self._conversation_gate(hits, covered)
+        if self._weak_retrieval(hits, reranked=reranked, judge_threshold=judge_threshold):
+            return "low_support"
         return "low_support" if covered < g.min_support else None
+
+    def _conversation_gate(self, hits: Sequence[Hit], covered: float) -> str | None:
+        """Admitted when any one signal vouches for the turn. A follow-up's words are few and
+        its referent implicit, so each signal alone misses answerable turns the others see:
+        "Which package do I need to install for it?" re-ranks 0.96 and the judge gives 0.11;
+        MTRAG's "how can I apply?" turns are the other way round."""
+        g = self.generation
+        if covered < g.conversation_min_support:
+            return "low_support"
+        vouched = (
+            max(h.scores.get("answerable", 0.0) for h in hits) >= g.conversation_judge_threshold
+            or max(h.scores.get("rerank", 0.0) for h in hits) >= g.conversation_rerank_threshold
+            or covered >= g.conversation_support_threshold
+        )
+        return None if vouched else "low_support"
 
     def _weak_retrieval(
         self, hits: Sequence[Hit], *, reranked: bool, judge_threshold: float | None

@@ -124,6 +124,7 @@ class RagPipeline:
             with ThreadPoolExecutor(max_workers=1) as pool:
                 reader = pool.submit(self._warm_generation)
                 self._warm_retrieval()
+                self._warm_judge()
                 self._prime_search()
                 reader.result()
 
@@ -146,6 +147,17 @@ class RagPipeline:
             self.reranker.warm_up()
         self._retrieval_ready = True
 
+    def _warm_judge(self) -> None:
+        # On this thread, after the re-ranker: two threads importing from transformers at
+        # once can fail ("cannot import name AutoModelForSequenceClassification").
+        g = self.settings.generation
+        if self.judge is None and (g.answerability or g.conversation_gate):
+            from ragserve.grounding.answerability import AnswerabilityJudge
+
+            self.judge = AnswerabilityJudge.from_settings(self.settings)
+        if self.judge is not None:
+            self.judge.warm_up()
+
     def _prime_search(self) -> None:
         """One throwaway search while the reader loads: a runtime's first inference made the
         first question ~150 ms slower; a server pays that before it is ready. Failing here
@@ -163,12 +175,6 @@ class RagPipeline:
         from ragserve.pipeline.assembly import build_assembler
 
         s = self.settings
-        if self.judge is None and s.generation.answerability:
-            from ragserve.grounding.answerability import AnswerabilityJudge
-
-            self.judge = AnswerabilityJudge.from_settings(s)
-        if self.judge is not None:
-            self.judge.warm_up()
         generator = self.generator or build_generator(s)
         generator.warm_up()
         self.generator = generator
@@ -273,9 +279,15 @@ class RagPipeline:
             yield from self._reply_without_sources(base, bool(history), timer)
             return
         hits = self.search(processed, timer)
+        g = self.settings.generation
+        in_conversation = bool(history)
         if hits and self.judge is not None:
-            with timer.stage("answerability"):
-                hits = self._judge_answerability(processed.text, hits)
+            if in_conversation and g.conversation_gate:
+                with timer.stage("answerability"):
+                    hits = self._judge_answerability(processed, hits)
+            elif g.answerability:
+                with timer.stage("answerability"):
+                    hits = self._judge_answerability(processed, hits, both_readings=False)
         base.sources = hits
         if self.settings.generation.clarify:
             question = clarifying_question(processed.original, history, hits)
@@ -286,8 +298,9 @@ class RagPipeline:
             processed.text,
             hits,
             reranked=self.reranker is not None,
-            judge_threshold=self.judge.threshold if self.judge is not None else None,
+            judge_threshold=self.judge.threshold if self.judge and g.answerability else None,
             turn=processed.original,
+            in_conversation=in_conversation,
         )
         if reason is not None:
             base.refused, base.refusal_reason = True, reason
@@ -311,12 +324,19 @@ class RagPipeline:
             reply = CONVERSATION_REPLY if in_conversation else CHITCHAT_REPLY
             yield from self._finish(base, reply, "reply", timer)
 
-    def _judge_answerability(self, query: str, hits: list[Hit]) -> list[Hit]:
+    def _judge_answerability(
+        self, processed: ProcessedQuery, hits: list[Hit], *, both_readings: bool = True
+    ) -> list[Hit]:
         """Attach the judge's P(answers the question) to the best few sources (the order stays
-        retrieval's: re-ordering by the judge put the gold first less often, 0.79 vs 0.83)."""
+        retrieval's: re-ordering by the judge put the gold first less often, 0.79 vs 0.83).
+        With ``both_readings``, the better of the standalone question and the user's words."""
         assert self.judge is not None
         n = self.settings.generation.answerability_candidates
-        probs = self.judge.score(query, [h.chunk.searchable_text for h in hits[:n]])
+        passages = [h.chunk.searchable_text for h in hits[:n]]
+        probs = self.judge.score(processed.text, passages)
+        if both_readings and processed.original != processed.text:
+            own = self.judge.score(processed.original, passages)
+            probs = [max(a, b) for a, b in zip(probs, own, strict=True)]
         # Not with_score: that would make the judge's probability the ranking score.
         scored = [
             replace(h, scores={**h.scores, "answerable": p})

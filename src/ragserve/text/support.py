@@ -24,6 +24,9 @@ from ragserve.text.stemming import stem_words, stemmer
 __all__ = ["STOPWORDS", "ScoredSentence", "SentenceSupport", "own_words"]
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'_-]*")
+# The parts of a code identifier: `TimeoutException` and `file_size` are also the words a user
+# asks in ("what exception", "the size of a file").
+_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # Code identifiers and numbers as the citation check reads them: `AsyncHTTPTransport(retries=1)`
 # is the words AsyncHTTPTransport, retries and 1.
 _ANY_WORD = re.compile(r"\w+")
@@ -71,7 +74,12 @@ class SentenceSupport:
         return self._terms(text)
 
     def _terms(self, text: str) -> list[str]:
-        words = [w.lower() for w in _WORD.findall(text)]
+        words = []
+        for word in _WORD.findall(text):
+            words.append(word.lower())
+            parts = [] if "'" in word else _PART.findall(word)
+            if len(parts) > 1:
+                words += [p.lower() for p in parts if len(p) > 1]
         return stem_words([w for w in words if w not in STOPWORDS])
 
     def rank(

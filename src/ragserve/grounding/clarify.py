@@ -86,10 +86,10 @@ def readings(hits: Sequence[Hit], *, limit: int = 3) -> list[str]:
     names: list[str] = []
     documents: set[str] = set()
     for hit in hits:
-        name = _subject(hit)
         if hit.chunk.doc_id in documents:
             continue
         documents.add(hit.chunk.doc_id)
+        name = _subject(hit)
         if name and name.lower() not in {n.lower() for n in names}:
             names.append(name)
         if len(names) == limit:

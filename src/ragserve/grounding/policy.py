@@ -83,13 +83,18 @@ class AnswerPolicy:
         if not hits:
             return "no_sources"
         g = self.generation
-        best = [h.chunk.text for h in hits[: g.support_sources]]
-        covered = max(self.support.best(q, best) for q in _readings(question, turn))
         if in_conversation and g.conversation_gate and "answerable" in hits[0].scores:
-            return self._conversation_gate(hits, covered)
+            return self._conversation_gate(hits, self._covered(question, turn, hits))
         if self._weak_retrieval(hits, reranked=reranked, judge_threshold=judge_threshold):
             return "low_support"
-        return "low_support" if covered < g.min_support else None
+        if g.min_support <= 0:
+            return None
+        return "low_support" if self._covered(question, turn, hits) < g.min_support else None
+
+    def _covered(self, question: str, turn: str | None, hits: Sequence[Hit]) -> float:
+        """The lexical support of the better reading over the best ``support_sources``."""
+        best = [h.chunk.text for h in hits[: self.generation.support_sources]]
+        return max(self.support.best(q, best) for q in _readings(question, turn))
 
     def _conversation_gate(self, hits: Sequence[Hit], covered: float) -> str | None:
         """Admitted when any one signal vouches for the turn. A follow-up's words are few and

@@ -281,15 +281,12 @@ class RagPipeline:
         hits = self.search(processed, timer)
         g = self.settings.generation
         in_conversation = bool(history)
-        if hits and self.judge is not None:
-            if in_conversation and g.conversation_gate:
-                with timer.stage("answerability"):
-                    hits = self._judge_answerability(processed, hits)
-            elif g.answerability:
-                with timer.stage("answerability"):
-                    hits = self._judge_answerability(processed, hits, both_readings=False)
+        conversation_gate = in_conversation and g.conversation_gate
+        if hits and self.judge is not None and (conversation_gate or g.answerability):
+            with timer.stage("answerability"):
+                hits = self._judge_answerability(processed, hits, both_readings=conversation_gate)
         base.sources = hits
-        if self.settings.generation.clarify:
+        if g.clarify:
             question = clarifying_question(processed.original, history, hits)
             if question is not None:
                 yield from self._finish(base, question, "clarify", timer)
@@ -325,7 +322,7 @@ class RagPipeline:
             yield from self._finish(base, reply, "reply", timer)
 
     def _judge_answerability(
-        self, processed: ProcessedQuery, hits: list[Hit], *, both_readings: bool = True
+        self, processed: ProcessedQuery, hits: list[Hit], *, both_readings: bool
     ) -> list[Hit]:
         """Attach the judge's P(answers the question) to the best few sources (the order stays
         retrieval's: re-ordering by the judge put the gold first less often, 0.79 vs 0.83).

@@ -8,7 +8,8 @@ the p50 of the query stage and of the search, split by the task's ``Multi-Turn``
 
 Variants: (a) the old rule (8 words of the last user turn, follow-ups only), (b) no
 condensation, (c) subject words from the whole conversation weighted by recency, role and
-corpus IDF (every turn / follow-ups only / without IDF / a few settings), (d) a dense query
+corpus IDF, with a pronoun replaced by the best of them (every turn / pronouns kept /
+follow-ups only / without IDF / a few settings), (d) a dense query
 vector mixed with the recent user turns, (e) the cost of a rewrite by the local reader
 (prompt tokens for every task, a few real rewrites timed), (f) combinations. Also: how many
 turns of each label the intent rule calls small talk.
@@ -133,6 +134,7 @@ def build_variants(weights: CorpusTermWeights) -> dict[str, Variant]:
         "a: old rule (last user turn, follow-ups)": lambda q, h: (condense(q, h), None),
         "b: no condensation": none,
         "c: subject, every turn (k=4)": default,
+        "c: subject, pronouns kept (no resolution)": subject(resolve_pronouns=False),
         "c: subject, follow-ups only": subject(only_follow_ups=True),
         "f: c (k=4) + d w=0.5": mixed(default, 2, 0.5),
         "d: dense mix 2 user turns w=0.5": mixed(none, 2, 0.5),

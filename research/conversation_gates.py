@@ -59,6 +59,8 @@ def signals(tasks_path: Path, corpus: Path, out: Path) -> list[dict[str, object]
                     "task_id": task.task_id,
                     "label": task.label,
                     "history_turns": len(task.turns) - 1,
+                    "standalone": processed.text,
+                    "hit": any(h.chunk.doc_id in task.reference_ids for h in hits),
                     "rerank": max((h.scores.get("rerank", 0.0) for h in hits), default=0.0),
                     "support_standalone": support.best(processed.text, best),
                     "support_turn": support.best(task.query, best),
@@ -75,6 +77,15 @@ def _with_previous(task: ConversationTask) -> str:
     """The turn with the user's previous turn: the conversation reading of a follow-up."""
     users = [t.text for t in task.turns if t.speaker == "user"]
     return " ".join(users[-2:])
+
+
+def hits(rows: list[dict[str, float]]) -> None:
+    """A reference passage among the sources, per group with references."""
+    print("| group | reference among sources |\n|---|---|")
+    for name, labels in GROUPS.items():
+        group = [r for r in rows if r["label"] in labels]
+        if name != "unanswerable" and group:
+            print(f"| {name} | {sum(bool(r['hit']) for r in group) / len(group):.3f} |")
 
 
 def separation(rows: list[dict[str, float]]) -> None:
@@ -191,6 +202,8 @@ def main() -> None:
         rows = [json.loads(line) for line in args.out.read_text().splitlines()]
     else:
         rows = signals(args.tasks, corpus, args.out)
+    hits(rows)  # type: ignore[arg-type]
+    print()
     separation(rows)  # type: ignore[arg-type]
     print()
     table(rows)  # type: ignore[arg-type]

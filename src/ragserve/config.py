@@ -209,6 +209,12 @@ class RetrievalSettings(_Group):
 
     # --- query processing ------------------------------------------------------------------
     condense_history: bool = True
+    resolve_pronouns: bool = Field(
+        True,
+        description="In a condensed follow-up, replace 'it', 'they', 'she' ... by the "
+        "conversation's subject ('when the timeout expires'), as the re-ranker and the "
+        "answerability judge read it.",
+    )
     query_expansion: bool = False
     intent_detection: bool = True
     # --- search and fusion -----------------------------------------------------------------

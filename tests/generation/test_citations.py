@@ -90,21 +90,21 @@ def test_words_repeated_from_the_question_do_not_count_as_support() -> None:
 
 
 def test_ground_keeps_a_citation_whose_source_holds_the_answer() -> None:
-    from ragserve.generation.citations import ground
+    from ragserve.grounding.evidence import ground
 
     texts = ["Timeouts default to five seconds.", "HTTP/2 needs the h2 package."]
     assert ground("five seconds [1]", texts, [1], question="What is the default timeout?") == [1]
 
 
 def test_ground_moves_a_wrong_citation_to_the_source_that_holds_the_words() -> None:
-    from ragserve.generation.citations import ground
+    from ragserve.grounding.evidence import ground
 
     texts = ["Timeouts default to five seconds.", "HTTP/2 needs the h2 package."]
     assert ground("the h2 package [1]", texts, [1], question="What does HTTP/2 need?") == [2]
 
 
 def test_ground_rejects_a_fact_no_source_states() -> None:
-    from ragserve.generation.citations import ground
+    from ragserve.grounding.evidence import ground
 
     texts = ["The Louvre is a museum in Paris.", "It holds the Mona Lisa."]
     assert (
@@ -114,7 +114,7 @@ def test_ground_rejects_a_fact_no_source_states() -> None:
 
 
 def test_ground_does_not_count_function_words_as_unsupported() -> None:
-    from ragserve.generation.citations import ground
+    from ragserve.grounding.evidence import ground
 
     texts = ["For instance: transport = httpx.AsyncHTTPTransport(retries=1) for AsyncClient."]
     question = "How do I configure retries in httpx?"
@@ -141,7 +141,7 @@ _RETRIES = "How do I configure retries in httpx?"
 
 
 def test_ground_rejects_code_composed_from_words_the_sources_hold() -> None:
-    from ragserve.generation.citations import ground
+    from ragserve.grounding.evidence import ground
 
     # Every word of the invented call is in ssl.md (retries is the question's own), so the
     # word check alone passes it; its token pairs (Client + retries) are in no source.
@@ -157,7 +157,7 @@ def test_ground_rejects_code_composed_from_words_the_sources_hold() -> None:
 
 
 def test_ground_reads_tilde_fences_like_backtick_ones() -> None:
-    from ragserve.generation.citations import ground
+    from ragserve.grounding.evidence import ground
 
     invented = "Pass it to the client:\n\n~~~python\nclient = httpx.Client(retries=3)\n~~~"
     assert ground(invented, [_SSL_MD, _ASYNC_MD], [1], question=_RETRIES) is None
@@ -166,7 +166,7 @@ def test_ground_reads_tilde_fences_like_backtick_ones() -> None:
 
 
 def test_ground_reads_inline_code_like_a_block() -> None:
-    from ragserve.generation.citations import ground
+    from ragserve.grounding.evidence import ground
 
     invented = "Pass `httpx.Client(retries=3)` when instantiating the client [1]."
     assert ground(invented, [_SSL_MD], [1], question=_RETRIES) is None
@@ -174,7 +174,7 @@ def test_ground_reads_inline_code_like_a_block() -> None:
 
 
 def test_supported_prefix_drops_a_closing_line_no_source_holds() -> None:
-    from ragserve.generation.citations import ground, supported_prefix
+    from ragserve.grounding.evidence import ground, supported_prefix
 
     answer = (
         "You can use the `retries` parameter when creating an `AsyncHTTPTransport`. For example:"
@@ -189,7 +189,7 @@ def test_supported_prefix_drops_a_closing_line_no_source_holds() -> None:
 
 
 def test_supported_prefix_keeps_the_first_sentence_and_a_supported_answer_whole() -> None:
-    from ragserve.generation.citations import supported_prefix
+    from ragserve.grounding.evidence import supported_prefix
 
     texts = ["The Louvre is a museum in Paris. It holds the Mona Lisa."]
     question = "Where is the Louvre?"
@@ -219,7 +219,7 @@ def test_code_keeps_its_indentation_and_its_brackets() -> None:
 
 
 def test_code_check_lets_the_asker_choose_values_and_quote_the_question() -> None:
-    from ragserve.generation.citations import ground
+    from ragserve.grounding.evidence import ground
 
     texts = [_ASYNC_MD]
     changed = "Use:\n\n```python\ntransport = httpx.AsyncHTTPTransport(retries=3)\n```"
@@ -233,19 +233,19 @@ def test_code_check_lets_the_asker_choose_values_and_quote_the_question() -> Non
 
 
 def test_code_check_reads_comments_and_stray_backticks_as_prose() -> None:
-    from ragserve.generation.citations import _code_shares
+    from ragserve.generation.citations import code_shares
 
     source = ["x = httpx.Client(timeout=10.0)"]
     commented = "```js\nx = httpx.Client(timeout=10.0)  // ten seconds\n```"
-    assert _code_shares(commented, source) == [1.0]
+    assert code_shares(commented, source) == [1.0]
     # An odd backtick would pair prose with code: no inline code is read at all.
-    assert _code_shares("network `inactivity. Use `httpx.Client(...)`", source) is None
+    assert code_shares("network `inactivity. Use `httpx.Client(...)`", source) is None
     include = "```cpp\n#include <boost/filesystem.hpp>\n```"
-    assert _code_shares(include, ["#include <boost/filesystem.hpp>"]) == [1.0]
+    assert code_shares(include, ["#include <boost/filesystem.hpp>"]) == [1.0]
 
 
 def test_supported_prefix_never_cuts_inside_a_code_block() -> None:
-    from ragserve.generation.citations import supported_prefix
+    from ragserve.grounding.evidence import supported_prefix
 
     answer = (
         "Pass a transport. For example:\n\n```python\nimport httpx\n\n"
@@ -263,7 +263,7 @@ def test_supported_prefix_never_cuts_inside_a_code_block() -> None:
 
 
 def test_grounding_compares_stems_so_a_paraphrase_of_a_source_is_supported() -> None:
-    from ragserve.generation.citations import ground
+    from ragserve.grounding.evidence import ground
 
     source = ["When using the client, HTTP/2 support is enabled with httpx.Client(http2=True)."]
     answer = "Use the http2 argument on clients and set it to True. [1]"
@@ -272,3 +272,33 @@ def test_grounding_compares_stems_so_a_paraphrase_of_a_source_is_supported() -> 
     assert ground(answer, source, [1], question="How do I enable HTTP/2?") == [1]
     invented = "Use the h3 flag on sessions with retries set to True. [1]"
     assert ground(invented, source, [1], question="How do I enable HTTP/2?") is None
+
+
+def test_ground_wants_the_words_and_the_code_from_one_source() -> None:
+    """A Frankenstein answer: its words from timeouts.md, its exception from ssl.md. It is
+    cited to the source its code comes from, never to the one it does not."""
+    from ragserve.grounding.evidence import ground
+
+    timeouts = (
+        "The connect timeout specifies the maximum amount of time to wait until a socket "
+        "connection is established. If HTTPX is unable to connect, a `ConnectTimeout` "
+        "exception is raised."
+    )
+    ssl = "If the certificate has expired, httpx raises `httpx.ConnectError`."
+    answer = "The exception you get when the timeout expires is `httpx.ConnectError`. [1]"
+    question = "What exception do I get when the timeout expires?"
+    assert ground(answer, [timeouts, ssl], [1], question=question) == [2]
+    assert ground(answer, [timeouts], [1], question=question) is None
+    copied = "You get a `ConnectTimeout` exception. [1]"
+    assert ground(copied, [timeouts, ssl], [1], question=question) == [1]
+
+
+def test_a_one_word_code_span_must_be_in_a_source() -> None:
+    from ragserve.grounding.evidence import ground
+
+    source = "A `TimeoutException` is raised after 5 seconds of network inactivity."
+    question = "What exception is raised?"
+    assert ground("`TimeoutException` [1]", [source], [1], question=question) == [1]
+    # Each part of the invented name is in the source; the name is not.
+    invented = "A `TimeoutRaisedException` after 5 seconds [1]."
+    assert ground(invented, [source], [1], question=question) is None

@@ -62,7 +62,8 @@ def test_a_fact_the_source_does_not_hold_never_reaches_the_user(
 ) -> None:
     """The 1.5B model sometimes answers from memory ("Gustave Eiffel") although asked not to;
     either it says it does not know, or the grounding check refuses what no source holds."""
-    from ragserve.generation.citations import ground, is_refusal
+    from ragserve.generation.citations import is_refusal
+    from ragserve.grounding.evidence import ground
 
     context = eiffel(reader.count_tokens)
     question = "Who was the Eiffel Tower's architect?"

@@ -30,9 +30,53 @@ def test_the_timeout_subject_survives_two_turns() -> None:
     out = SubjectCondenser(weights).condense(
         "What exception do I get when it expires?", TIMEOUT_TURNS
     )
-    assert out.startswith("What exception do I get when it expires? (")
-    assert "timeout" in out and "async" in out
+    assert out.startswith("What exception do I get when the timeout expires? (")
+    assert "async" in out
     # The old rule searched "... (async client)": the subject of the first turn was gone.
+
+
+def test_pronouns_stay_when_resolution_is_off() -> None:
+    out = SubjectCondenser(resolve_pronouns=False).condense(
+        "What exception do I get when it expires?", TIMEOUT_TURNS
+    )
+    assert out.startswith("What exception do I get when it expires? (") and "timeout" in out
+
+
+@pytest.mark.parametrize(
+    ("turn", "resolved"),
+    [
+        ("how do I use it?", "how do I use the timeout?"),
+        # The first "it" stands for nothing; the second for the subject.
+        ("Is it possible to change it?", "Is it possible to change the timeout?"),
+        ("Does its value matter?", "Does the timeout's value matter?"),
+        ("It depends on what?", "It depends on what?"),
+        ("Are those the only steps?", "Are those the only steps?"),
+    ],
+)
+def test_a_pronoun_is_replaced_by_the_subject(turn: str, resolved: str) -> None:
+    weights = corpus_weight({"timeout": 0.6, "async": 0.7, "client": 0.4, "set": 0.3})
+    assert SubjectCondenser(weights).resolve(turn, TIMEOUT_TURNS) == resolved
+
+
+def test_a_person_is_the_name_said_last_and_said_whole() -> None:
+    history = [
+        Message("user", "Who wrote the novel about the Bennet sisters?"),
+        Message("assistant", "Pride and Prejudice was written by Jane Austen [1]."),
+    ]
+    assert SubjectCondenser().resolve("When was she born?", history) == "When was Jane Austen born?"
+    history = [
+        Message("user", "Tell me about Andre Gunder Frank."),
+        Message("assistant", "Andre Gunder Frank was a German-American economic historian [1]."),
+    ]
+    condenser = SubjectCondenser()
+    assert (
+        condenser.resolve("Was he a communist?", history) == "Was Andre Gunder Frank a communist?"
+    )
+    assert condenser.resolve("what did her books say", history) == (
+        "what did Andre Gunder Frank's books say"
+    )
+    # No name in the conversation: a person pronoun is left alone.
+    assert condenser.resolve("Was he right?", TIMEOUT_TURNS) == "Was he right?"
 
 
 def test_the_timeout_subject_survives_without_assistant_turns() -> None:

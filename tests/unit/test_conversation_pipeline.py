@@ -14,7 +14,7 @@ import pytest
 from ragserve.config import Settings
 from ragserve.context.assembler import AssembledContext, CompactContextAssembler, fit_history
 from ragserve.generation.citations import REFUSAL_TEXT
-from ragserve.grounding.clarify import clarifying_question, unresolved_reference
+from ragserve.grounding.clarify import clarifying_question, unresolved_reference, which_one
 from ragserve.grounding.policy import AnswerPolicy
 from ragserve.grounding.verified_stream import VerifiedStream
 from ragserve.pipeline import RagPipeline
@@ -137,6 +137,34 @@ def test_one_reading_or_a_named_subject_is_not_asked_back() -> None:
     assert unresolved_reference("who won the battle of Bull Run", []) is None
 
 
+def test_which_one_names_the_phrase_the_conversation_never_resolved() -> None:
+    history = [Message("user", "I'm not sure if I should take a credit card.")]
+    assert which_one("What is the yield of this savings bond?", history) == (
+        "Which savings bond do you mean?"
+    )
+    # The conversation said it, or the turn names what it means: nothing to ask.
+    assert which_one("What are the potential rewards of this credit card?", history) is None
+    assert which_one("What are the rewards of the Discover card?", history) is None
+    assert which_one("How do I apply?", history) is None
+
+
+def test_a_conversation_turn_the_gate_refuses_is_asked_back_when_it_never_says_which() -> None:
+    p = _pipeline("unused", min_support=0.9)
+    history = [
+        Message("user", "What is the default timeout?"),
+        Message("assistant", "Five seconds."),
+    ]
+    asked = p.answer("What are the potential rewards of this credit card?", history)
+    assert asked.kind == "clarify" and not asked.refused
+    assert asked.text == "Which credit card do you mean?"
+    # The same words as a first question are refused, as a single question always was.
+    alone = p.answer("What are the potential rewards of this credit card?")
+    assert alone.kind == "refusal" and alone.refusal_reason == "low_support"
+    # A turn that says what it means is refused, not asked back.
+    plain = p.answer("How do I send an email with smtplib?", history)
+    assert plain.kind == "refusal"
+
+
 # --- the reader's view of the conversation ---------------------------------------------------
 
 
@@ -217,7 +245,7 @@ class _FakeReader:
 
 
 def _pipeline(answer: str, *, load_seconds: float = 0.0, **settings: object) -> RagPipeline:
-    s = Settings(rerank=False, min_support=0.0, **settings)  # type: ignore[arg-type]
+    s = Settings(**{"rerank": False, "min_support": 0.0, **settings})  # type: ignore[arg-type]
     p = RagPipeline(
         s, index=_FakeIndex(), embedder=_FakeEmbedder(), generator=_FakeReader(answer, load_seconds)
     )  # type: ignore[arg-type]

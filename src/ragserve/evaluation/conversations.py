@@ -21,7 +21,7 @@ import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,11 @@ class TaskResult:
     target: str
     error: str | None = None
     """Why the turn got no answer at all (the reader failed twice, e.g. timed out)."""
+    draft: str | None = None
+    """What the reader wrote, for an answer the checks after generation refused (never shown
+    to a user; kept so the checks can be studied offline against ``context``)."""
+    context: list[str] | None = None
+    """The sources' text as the reader was given it, with ``draft``."""
 
 
 # --- reading the tasks file ----------------------------------------------------------------------
@@ -300,6 +305,10 @@ def ask(pipeline: Any, task: ConversationTask, attempts: int = 2) -> TaskResult:
 
 
 def _ask_once(pipeline: Any, task: ConversationTask, started: float) -> TaskResult:
+    reader = getattr(pipeline, "generator", None)
+    recorder = reader if isinstance(reader, DraftRecorder) else None
+    if recorder is not None:
+        recorder.draft, recorder.context = "", None
     ttft: float | None = None
     final: Answer | None = None
     for event in pipeline.stream(task.query, task.history):
@@ -309,7 +318,33 @@ def _ask_once(pipeline: Any, task: ConversationTask, started: float) -> TaskResu
             final = event.answer
     total = (time.perf_counter() - started) * 1000
     assert final is not None, "the stream ended without its 'done' event"
-    return score_answer(task, final, total if ttft is None else ttft, total)
+    row = score_answer(task, final, total if ttft is None else ttft, total)
+    if recorder is not None and final.refused and recorder.context is not None:
+        row.draft, row.context = recorder.draft, recorder.context
+    return row
+
+
+class DraftRecorder:
+    """The reader, with what it last wrote and was given kept: the eval's view of a draft
+    the checks refused. Asks run one at a time, so "last" is the task's own."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.draft = ""
+        self.context: list[str] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reader, name)
+
+    def stream(self, question: str, context: Any, history: Any = ()) -> Iterator[str]:
+        self.draft, self.context = "", list(context.texts)
+        pieces = self.reader.stream(question, context, history)
+        try:
+            for piece in pieces:
+                self.draft += piece
+                yield piece
+        finally:  # the pipeline closes this stream to stop the model: pass that on
+            pieces.close()
 
 
 def _failed(task: ConversationTask, error: str, elapsed_ms: float) -> TaskResult:
@@ -552,6 +587,7 @@ def _run(
 
     with RagPipeline(settings.replace(collection="eval-conversations")) as pipeline:
         pipeline.warm_up()
+        pipeline.generator = DraftRecorder(pipeline.generator)
         index_corpus(pipeline, corpus, progress)
         bar: Callable[..., Iterable[ConversationTask]] = tqdm
         for task in bar(tasks, desc="conversations", disable=not progress, dynamic_ncols=True):

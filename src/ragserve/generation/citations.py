@@ -1,4 +1,9 @@
-"""After generation: check every ``[n]`` against the sources that were actually given."""
+"""After generation: check every ``[n]`` against the sources that were actually given.
+
+Also the evidence two layers read: how much of an answer's words (``word_shares``) and code
+(``code_shares``) each source holds. ``attribute`` credits an uncited answer with it here;
+the grounding checks (``grounding.evidence``) refuse an unsupported one with it.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +18,17 @@ from ragserve.text.support import own_words
 from ragserve.types import Citation
 
 __all__ = [
+    "FENCED_CODE",
+    "INLINE_CODE",
+    "MIN_CODE_SHARE",
     "REFUSAL_TEXT",
-    "answer_units",
     "attribute",
-    "ground",
+    "best_source",
+    "code_shares",
     "is_refusal",
     "strip_markers",
-    "supported_prefix",
     "validate_citations",
+    "word_shares",
 ]
 
 REFUSAL_TEXT = "I couldn't find that in the documents."
@@ -154,87 +162,14 @@ def attribute(
     is credited to it; an answer no source supports gets no citation rather than a made-up one.
     Words the answer repeats from the question prove nothing and are not counted.
     """
-    shares = _word_shares(answer, texts, question)
+    shares = word_shares(answer, texts, question)
     if shares is None:  # empty, or only the question's own words: nothing a source could support
         return None
-    best = _best_source(shares, min_share)
+    best = best_source(shares, min_share)
     return None if best is None else best + 1
 
 
-def ground(
-    answer: str, texts: list[str], cited: list[int], *, question: str = "", min_share: float = 0.5
-) -> list[int] | None:
-    """Check that an answer's own words come from the sources; return the sources to cite.
-
-    A small model asked for "the shortest answer" sometimes states a fact no source holds
-    (a date, a name) and cites a source anyway. The answer's content words that the question
-    did not already contain must mostly occur in one source: the one it cited if that holds
-    them, else the one that does (citation corrected). ``None`` means no source supports it,
-    and the caller refuses rather than show an unsupported claim.
-
-    Function words are not evidence either way: counted, a how-to answer's "you can ... when"
-    framing sank a correct `AsyncHTTPTransport(retries=1)` answer below the bar. On 100 SQuAD
-    training-article questions, content words at 0.5 refused as many answers without the gold
-    paragraph as all words at 0.6 (0.58 vs 0.59) and fewer with it (0.11 vs 0.12).
-
-    Code must be copied, not composed: each of its identifiers can sit in a source while the
-    call is invented (`httpx.Client(retries=3)` from a page that shows `httpx.Client(verify=...)`),
-    so the answer's code is checked on adjacent token pairs as well (``_code_shares``).
-    """
-    shares = _word_shares(answer, texts, question, content_only=True)
-    code = _code_shares(answer, texts, question)
-    if code is not None and max(code, default=0.0) < _MIN_CODE_SHARE:
-        return None
-    if shares is None:
-        return cited or None
-    supported = [n for n in cited if 0 < n <= len(shares) and shares[n - 1] >= min_share]
-    if supported:
-        return supported
-    best = _best_source(shares, min_share)
-    return None if best is None else [best + 1]
-
-
-def supported_prefix(
-    answer: str, texts: list[str], *, question: str = "", min_share: float = 0.5
-) -> str:
-    """The answer without its trailing sentences that no source supports.
-
-    A small model often closes a correct, copied answer with a line of its own ("This will set
-    the number of retries to 1. You can adjust this value as needed."): words no source holds
-    that sink the whole answer below ``ground``'s bar, and whether it writes them changes with
-    the order of the sources. Such a tail is dropped instead of the answer; what remains is
-    grounded again as a whole. A fenced code block is one unit (never cut inside), a sentence
-    that only introduced what was dropped ("For example:") goes with it, and so do units
-    without words of their own (a bare ``[3]``): the caller cites again. The first unit always
-    stays.
-    """
-    units = answer_units(answer)
-    if not units:
-        return answer
-    keep = len(units)
-    while keep > 1:
-        a, b = units[keep - 1]
-        shares = _word_shares(answer[a:b], texts, question, content_only=True)
-        if shares is not None and max(shares, default=0.0) >= min_share:
-            break
-        keep -= 1
-    if keep < len(units) and keep > 1 and answer[: units[keep - 1][1]].rstrip().endswith(":"):
-        keep -= 1
-    return answer[: units[keep - 1][1]].strip()
-
-
-def answer_units(text: str) -> list[tuple[int, int]]:
-    """Sentence spans of ``text``, with each fenced code block as one span."""
-    units: list[tuple[int, int]] = []
-    cursor = 0
-    for m in FENCED_CODE.finditer(text):
-        units += split_sentences(text, cursor, m.start())
-        units.append((m.start(), m.end()))
-        cursor = m.end()
-    return units + split_sentences(text, cursor)
-
-
-def _word_shares(
+def word_shares(
     answer: str, texts: list[str], question: str, *, content_only: bool = False
 ) -> list[float] | None:
     """Per source, the share of the answer's own words (not the question's) it contains;
@@ -269,7 +204,7 @@ _COMMENT = re.compile(r"(?:^|\s)(?:#|//)(?!include|define|!).*$")
 # A snippet may add an import and still be the source's; an invented call changes most pairs
 # on its line (measured on the sample corpus's how-to answers). Pairs with a number are not
 # counted: a value is the asker's to choose (`retries=3` where the docs show `retries=1`).
-_MIN_CODE_SHARE = 0.8
+MIN_CODE_SHARE = 0.8
 
 
 def _code_pairs(text: str) -> set[tuple[str, str]]:
@@ -278,6 +213,8 @@ def _code_pairs(text: str) -> set[tuple[str, str]]:
         line = _COMMENT.sub("", _PROMPT.sub("", line))
         words = [w.lower() for w in _WORD.findall(line)]
         pairs.update(p for p in pairwise(words) if not (p[0].isdigit() or p[1].isdigit()))
+        if len(words) == 1 and not words[0].isdigit():  # `TimeoutException`: a unit alone
+            pairs.add((words[0], ""))
     return pairs
 
 
@@ -292,23 +229,24 @@ def _code_of(text: str) -> str:
     return "\n".join(blocks + inline)
 
 
-def _code_shares(answer: str, texts: list[str], question: str = "") -> list[float] | None:
+def code_shares(answer: str, texts: list[str], question: str = "") -> list[float] | None:
     """Per source, the share of the adjacent token pairs of the answer's code (fenced blocks
-    and inline spans) that occur in it or in the question; ``None`` when the answer has no code
-    of two tokens."""
+    and inline spans; a one-word span is a unit alone) that occur in it or in the question;
+    ``None`` when the answer has no code."""
     pairs = _code_pairs(_code_of(answer))
     if not pairs:
         return None
-    asked = set(pairwise(w.lower() for w in _WORD.findall(question)))
+    question_words = [w.lower() for w in _WORD.findall(question)]
+    asked = set(pairwise(question_words)) | {(w, "") for w in question_words}
     shares = []
     for text in texts:
         words = [w.lower() for w in _WORD.findall(text)]
-        present = set(pairwise(words)) | asked
+        present = set(pairwise(words)) | {(w, "") for w in words} | asked
         shares.append(len(pairs & present) / len(pairs))
     return shares
 
 
-def _best_source(shares: list[float], min_share: float) -> int | None:
+def best_source(shares: list[float], min_share: float) -> int | None:
     """Index of the source holding the largest share (the first on a tie), if enough."""
     best = max(range(len(shares)), key=shares.__getitem__, default=None)
     return best if best is not None and shares[best] >= min_share else None

@@ -13,6 +13,12 @@ Two signals, both cheap and explainable:
   turn that names nothing specific itself (no capitalised name past its first word).
 * **Several readings**: the best sources name at least two different subjects (their titles,
   sections or first lines), and none of them is named in the conversation.
+
+A turn of a conversation with an unresolved reference that the gate would refuse (no source
+is about it as asked) gets "Which credit card do you mean?" instead (:func:`which_one`): the documents may
+well hold the answer for the right one, and a refusal tells the person nothing about why. This
+is how MTRAG's reference replies to such turns read ("Which credit card are you talking
+about?").
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Sequence
 from ragserve.text.support import STOPWORDS
 from ragserve.types import Hit, Message
 
-__all__ = ["clarifying_question", "readings", "unresolved_reference"]
+__all__ = ["clarifying_question", "readings", "unresolved_reference", "which_one"]
 
 _DETERMINERS = frozenset({"the", "this", "that", "these", "those"})
 # Where a noun phrase ends: prepositions, and (without a tagger) words shaped like verbs and
@@ -44,18 +50,30 @@ _WORD = re.compile(r"[A-Za-z][\w'-]*")
 
 def unresolved_reference(turn: str, history: Sequence[Message]) -> str | None:
     """The noun of a reference the conversation never resolves, if the turn has one."""
+    phrase = _unresolved_phrase(turn, history)
+    return None if phrase is None else phrase.split()[-1]
+
+
+def which_one(turn: str, history: Sequence[Message]) -> str | None:
+    """ "Which <phrase> do you mean?" for a turn with an unresolved reference, else None."""
+    phrase = _unresolved_phrase(turn, history)
+    return None if phrase is None else f"Which {phrase} do you mean?"
+
+
+def _unresolved_phrase(turn: str, history: Sequence[Message]) -> str | None:
     if _names_something(turn):
         return None
     said = {w.lower().rstrip("s") for m in history for w in _WORD.findall(m.content)}
-    for noun in _referenced_nouns(turn):
+    for phrase in _referenced_phrases(turn):
+        noun = phrase.split()[-1]
         if noun not in _NOT_AMBIGUOUS and noun.rstrip("s") not in said:
-            return noun
+            return phrase
     return None
 
 
-def _referenced_nouns(turn: str) -> list[str]:
-    """The head noun of each "the/this/... <up to 3 words>" phrase, unless an "of ..." or a
-    name follows that says which one ("the battle of Bull Run")."""
+def _referenced_phrases(turn: str) -> list[str]:
+    """Each "the/this/... <up to 3 words>" phrase, its head noun last, unless an "of ..." or
+    a name follows that says which one ("the battle of Bull Run")."""
     words = [w.lower() for w in _WORD.findall(turn)]
     nouns: list[str] = []
     for i, word in enumerate(words):
@@ -75,7 +93,7 @@ def _referenced_nouns(turn: str) -> list[str]:
             continue
         noun = re.sub(r"(?:'s|’s)$", "", phrase[-1])
         if len(noun) >= 3:
-            nouns.append(noun)
+            nouns.append(" ".join([*phrase[:-1], noun]))
     return nouns
 
 

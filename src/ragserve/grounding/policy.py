@@ -22,13 +22,8 @@ from dataclasses import dataclass, field
 
 from ragserve.config import Settings
 from ragserve.context.assembler import AssembledContext
-from ragserve.generation.citations import (
-    ground,
-    is_refusal,
-    strip_markers,
-    supported_prefix,
-    validate_citations,
-)
+from ragserve.generation.citations import is_refusal, strip_markers, validate_citations
+from ragserve.grounding.evidence import ground, supported_prefix
 from ragserve.text.sentences import CODE_FENCES
 from ragserve.text.support import SentenceSupport
 from ragserve.types import Citation, Hit

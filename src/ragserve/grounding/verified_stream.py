@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ragserve.context.assembler import AssembledContext
-from ragserve.generation.citations import answer_units, strip_markers, validate_citations
+from ragserve.generation.citations import strip_markers, validate_citations
+from ragserve.grounding.evidence import answer_units
 from ragserve.grounding.policy import AnswerPolicy, Verdict, cite_at_end
 from ragserve.text.sentences import CODE_FENCES
 

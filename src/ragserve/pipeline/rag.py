@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from ragserve.config import Settings
 from ragserve.embedding.embedder import SentenceTransformerEmbedder, open_index_with
 from ragserve.generation.citations import REFUSAL_TEXT
-from ragserve.grounding.clarify import clarifying_question
+from ragserve.grounding.clarify import clarifying_question, which_one
 from ragserve.grounding.policy import AnswerPolicy
 from ragserve.grounding.verified_stream import VerifiedStream
 from ragserve.pipeline.cache import SearchCache
@@ -95,6 +95,7 @@ class RagPipeline:
         self.index: DocumentIndex = index or open_index(s)
         self.query_processor = RuleBasedQueryProcessor(
             condense_history=s.retrieval.condense_history,
+            resolve_pronouns=s.retrieval.resolve_pronouns,
             expansion=s.retrieval.query_expansion,
             intent_detection=s.retrieval.intent_detection,
         )
@@ -300,6 +301,12 @@ class RagPipeline:
             in_conversation=in_conversation,
         )
         if reason is not None:
+            # In a conversation only: 0.15 of SQuAD's single questions ("What day was the game
+            # played on?") read as underspecified out of their paragraph.
+            ask = which_one(processed.original, history) if g.clarify and history else None
+            if ask is not None and reason == "low_support":
+                yield from self._finish(base, ask, "clarify", timer)
+                return
             base.refused, base.refusal_reason = True, reason
             yield from self._finish(base, REFUSAL_TEXT, "refusal", timer)
             return
@@ -355,9 +362,11 @@ class RagPipeline:
             processed.text,
             context,
             quoted=self.generator.quotes_sources,
-            turn=processed.original,
+            turn=processed.asked,
         )
-        pieces = self.generator.stream(processed.original, context, history)
+        # The turn with "it" resolved: the history alone left the reader answering "when it
+        # expires" from the source about expired certificates, not the timeout's.
+        pieces = self.generator.stream(processed.asked, context, history)
         with timer.stage("generate"):
             try:
                 for piece in pieces:

@@ -62,6 +62,7 @@ class RuleBasedQueryProcessor:
         self,
         *,
         condense_history: bool = True,
+        resolve_pronouns: bool = True,
         expansion: bool = False,
         intent_detection: bool = True,
         term_weight: TermWeight | None = None,
@@ -69,7 +70,7 @@ class RuleBasedQueryProcessor:
         self.condense_history = condense_history
         self.expansion = expansion
         self.intent_detection = intent_detection
-        self.condenser = SubjectCondenser(term_weight)
+        self.condenser = SubjectCondenser(term_weight, resolve_pronouns=resolve_pronouns)
 
     @property
     def term_weight(self) -> TermWeight | None:
@@ -86,10 +87,18 @@ class RuleBasedQueryProcessor:
             raise EmptyQueryError()
         intent = classify_intent(original) if self.intent_detection else Intent.QUESTION
         condensed = self.condense_history and intent is Intent.QUESTION
-        text = self.condenser.condense(original, history) if condensed else original
+        resolved, text = (
+            self.condenser.standalone(original, history) if condensed else (original, original)
+        )
         expansions: tuple[str, ...] = ()
         if self.expansion and intent is Intent.QUESTION:
             kw = " ".join(keywords(text))
             if kw and kw.lower() != text.lower():
                 expansions = (kw,)
-        return ProcessedQuery(original=original, text=text, intent=intent, expansions=expansions)
+        return ProcessedQuery(
+            original=original,
+            text=text,
+            intent=intent,
+            expansions=expansions,
+            resolved=resolved if resolved != original else None,
+        )

@@ -157,13 +157,6 @@ class ProcessedQuery:
     intent: Intent = Intent.QUESTION
     expansions: tuple[str, ...] = ()
     """Extra queries or keywords retrieval may also search (multi-query / keyword expansion)."""
-    resolved: str | None = None
-    """The turn with its pronoun replaced by what it stands for, when it has one."""
-
-    @property
-    def asked(self) -> str:
-        """The turn as the reader is asked it: the user's words, the pronoun resolved."""
-        return self.resolved or self.original
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,4 +196,5 @@ def test_no_current_setting_is_missing_from_the_old_names_unless_new() -> None:
         "conversation_min_support",
     }
     added = {"history_budget", "clarify", "rate_limit_storage", "resolve_pronouns"}
+    added |= {"context_pick_floor"}
     assert new <= added | conversation_gate, sorted(new)

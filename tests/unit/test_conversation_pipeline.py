@@ -376,3 +376,23 @@ def test_the_conversation_gate_admits_a_turn_any_one_signal_vouches_for() -> Non
     assert gate(judge=0.0, rerank=0.5, q=fully, conversation=False) is None
     assert gate(judge=0.9, rerank=0.05, q=fully, conversation=False) == "low_support"
     assert gate(judge=0.9, rerank=0.99, conversation=False) == "low_support"  # support 0.28
+
+
+def test_grounding_reads_the_users_words_not_the_bracketed_subject() -> None:
+    """The condenser's bracketed subject words are the conversation's, not the user's: an
+    answer that names them claims them, and they count as its own words."""
+    source = (
+        "Easter Island is also called by its Polynesian name, Rapa Nui, coined after the "
+        "slave raids of the early 1860s."
+    )
+    policy = AnswerPolicy(Settings())
+    standalone = "Is Easter Island called another name besides those? (Rapa Nui Dutch Roggeveen)"
+    turn = "Is Easter Island called another name besides those?"
+
+    def verify(answer: str) -> str | None:
+        return policy.verify(standalone, answer, _context([source]), turn=turn).reason
+
+    assert verify("Yes, it is also called Rapa Nui. [1]") is None
+    # "Dutch" and "Roggeveen" are bracket words no source holds: read as the question's, they
+    # went unchecked and "named" alone carried the answer.
+    assert verify("Yes, Dutch Roggeveen named it. [1]") == "unsupported"

@@ -253,12 +253,14 @@ class CompactContextAssembler:
         max_sources: int = 3,
         context_window: int = 4096,
         history_budget: int = 200,
+        pick_floor: float = 0.05,
     ) -> None:
         from ragserve.text.support import SentenceSupport
 
         self.count_tokens = count_tokens
         self.budget = budget
         self.max_sources = max_sources
+        self.pick_floor = pick_floor
         self.context_window = context_window
         self.history_budget = history_budget
         self.support = SentenceSupport()
@@ -311,7 +313,15 @@ class CompactContextAssembler:
             keep = list(range(min(len(hits), self.max_sources)))
             return keep, self._anchors(query, [hits[i].chunk.text for i in keep])
         anchors = self._anchors(query, [h.chunk.text for h in hits])
-        last = min(range(fixed, len(hits)), key=lambda i: (-round(anchors[i][1], 6), i))
+        # A source the re-ranker all but rules out is not worth the slot for one shared word:
+        # "What exception do I get when the timeout expires?" filled it with ssl.md's expired
+        # certificate (re-rank 0.02), and the reader answered `ConnectError` from it.
+        lower = [
+            i
+            for i in range(fixed, len(hits))
+            if hits[i].scores.get("rerank", 1.0) >= self.pick_floor
+        ]
+        last = min(lower or [fixed], key=lambda i: (-round(anchors[i][1], 6), i))
         keep = [*range(fixed), last]
         return keep, [anchors[i] for i in keep]
 

@@ -138,7 +138,7 @@ class AnswerPolicy:
 
         ``question`` is the standalone question: a follow-up's words alone would make every
         answer about its subject look unverified. ``turn`` (the user's words) is the other
-        reading verification accepts, as in :meth:`gate`.
+        reading verification accepts, as in :meth:`gate`, and the question grounding reads.
         """
         if not raw.strip() or is_refusal(raw):
             return Verdict("", reason="model")
@@ -149,7 +149,11 @@ class AnswerPolicy:
             return Verdict(text, citations)
         g = self.generation
         if g.verify_grounding:
-            text, citations = self._grounded(question, text, citations, context)
+            # The words an answer may repeat unsupported are the user's (the turn), not the
+            # subject words the condenser put in the standalone query for retrieval: those
+            # came from the conversation, and an answer naming them ("It is also known as
+            # Rapa Nui") claims them.
+            text, citations = self._grounded(turn or question, text, citations, context)
             if not text:
                 return Verdict("", reason="unsupported")
         if g.min_answer_coverage > 0 and (

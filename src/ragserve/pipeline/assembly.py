@@ -35,7 +35,11 @@ def build_assembler(settings: Settings, generator: Generator) -> ContextAssemble
         )
     if style == "compact":
         return CompactContextAssembler(
-            generator.count_tokens, budget=g.context_budget, max_sources=g.context_sources, **common
+            generator.count_tokens,
+            budget=g.context_budget,
+            max_sources=g.context_sources,
+            pick_floor=g.context_pick_floor,
+            **common,
         )
     return ContextAssembler(
         generator.count_tokens,

@@ -362,11 +362,12 @@ class RagPipeline:
             processed.text,
             context,
             quoted=self.generator.quotes_sources,
-            turn=processed.asked,
+            turn=processed.original,
         )
-        # The turn with "it" resolved: the history alone left the reader answering "when it
-        # expires" from the source about expired certificates, not the timeout's.
-        pieces = self.generator.stream(processed.asked, context, history)
+        # The user's own words, with the history: asked the resolved turn instead, the reader
+        # lost 4 of MTRAG's answers and the sample corpus's "Does HTTPS also work with SOCKS?"
+        # (the rule took "it" for HTTPS, not the proxy). The resolution serves retrieval.
+        pieces = self.generator.stream(processed.original, context, history)
         with timer.stage("generate"):
             try:
                 for piece in pieces:

@@ -87,18 +87,10 @@ class RuleBasedQueryProcessor:
             raise EmptyQueryError()
         intent = classify_intent(original) if self.intent_detection else Intent.QUESTION
         condensed = self.condense_history and intent is Intent.QUESTION
-        resolved, text = (
-            self.condenser.standalone(original, history) if condensed else (original, original)
-        )
+        text = self.condenser.condense(original, history) if condensed else original
         expansions: tuple[str, ...] = ()
         if self.expansion and intent is Intent.QUESTION:
             kw = " ".join(keywords(text))
             if kw and kw.lower() != text.lower():
                 expansions = (kw,)
-        return ProcessedQuery(
-            original=original,
-            text=text,
-            intent=intent,
-            expansions=expansions,
-            resolved=resolved if resolved != original else None,
-        )
+        return ProcessedQuery(original=original, text=text, intent=intent, expansions=expansions)

@@ -396,3 +396,40 @@ def test_grounding_reads_the_users_words_not_the_bracketed_subject() -> None:
     # "Dutch" and "Roggeveen" are bracket words no source holds: read as the question's, they
     # went unchecked and "named" alone carried the answer.
     assert verify("Yes, Dutch Roggeveen named it. [1]") == "unsupported"
+
+
+_ZLIB = [
+    "The data format used by the zlib library is described by RFC 1950 to 1952.",
+    "The code is thread safe, assuming that the standard library functions used are thread "
+    "safe, such as memory allocation routines.",
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "sources", "expected"),
+    [
+        # A "yes" that restates the question stands on the sentence that covers it, cited there.
+        (
+            "Yes, the library is thread safe. [1]",
+            _ZLIB,
+            ("Yes, the library is thread safe. [2]", None),
+        ),
+        ("Yes. [1]", _ZLIB, ("Yes. [2]", None)),
+        # The sentence that covers the question says otherwise.
+        (
+            "Yes, the library is thread safe. [1]",
+            ["The library is not thread safe."],
+            ("", "unverified"),
+        ),
+        # No sentence covers the question.
+        ("Yes, the library is thread safe. [1]", _ZLIB[:1], ("", "unverified")),
+        # Two claims, each needing its evidence: not one restated question.
+        ("Yes, it is thread safe. Yes, thread safe it is. [2]", _ZLIB, ("", "unverified")),
+    ],
+)
+def test_a_yes_that_restates_the_question_needs_a_sentence_that_says_so(
+    answer: str, sources: list[str], expected: tuple[str, str | None]
+) -> None:
+    policy = AnswerPolicy(Settings())
+    verdict = policy.verify("Is the library thread safe?", answer, _context(sources))
+    assert (verdict.text, verdict.reason) == expected

@@ -17,6 +17,7 @@ Every threshold is a setting (``GenerationSettings``), read here and nowhere els
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,11 +25,16 @@ from ragserve.config import Settings
 from ragserve.context.assembler import AssembledContext
 from ragserve.generation.citations import is_refusal, strip_markers, validate_citations
 from ragserve.grounding.evidence import ground, supported_prefix
-from ragserve.text.sentences import CODE_FENCES
-from ragserve.text.support import SentenceSupport
+from ragserve.text.sentences import CODE_FENCES, split_sentences
+from ragserve.text.support import SentenceSupport, own_words
 from ragserve.types import Citation, Hit
 
 __all__ = ["AnswerPolicy", "Verdict"]
+
+_YES = re.compile(r"^\W*(?:yes|yeah|yep|correct|that's right|indeed)\b", re.IGNORECASE)
+_NEGATION = re.compile(
+    r"\b(?:not|no|never|none|cannot|neither|nor|without|no longer)\b|n't\b", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +153,9 @@ class AnswerPolicy:
             return Verdict("", reason="model")
         if quoted:
             return Verdict(text, citations)
+        affirmed = self._affirmation(_readings(question, turn), text, context)
+        if affirmed is not None:
+            return affirmed
         g = self.generation
         if g.verify_grounding:
             # The words an answer may repeat unsupported are the user's (the turn), not the
@@ -165,6 +174,28 @@ class AnswerPolicy:
         ):
             return Verdict("", reason="unverified")
         return Verdict(text, citations)
+
+    def _affirmation(
+        self, readings: list[str], text: str, context: AssembledContext
+    ) -> Verdict | None:
+        """A "yes" that only restates the question ("Yes, the library is thread safe."), or
+        None for any other answer. It has no words of its own for grounding or verification
+        to trace, so it stands when one source sentence covers the question as verification
+        asks (``min_answer_coverage``) and says nothing against it (no negation), and is
+        cited to that sentence's source."""
+        bare = strip_markers(text)
+        if not _YES.match(bare) or any(own_words(bare, q) for q in readings):
+            return None
+        if len(split_sentences(bare)) > 1:  # "Yes, it smokes. Yes, you can climb it.": each
+            return Verdict("", reason="unverified")  # claim needs its own evidence
+        ranked = [s for q in readings for s in self.support.rank(q, context.texts)]
+        best = max(ranked, key=lambda s: s.overlap, default=None)
+        if best is None or best.overlap < self.generation.min_answer_coverage:
+            return Verdict("", reason="unverified")
+        if _NEGATION.search(best.text):
+            return Verdict("", reason="unverified")
+        cited, citations, _ = validate_citations(cite_at_end(bare, [best.source]), context)
+        return Verdict(cited, citations)
 
     def show_code(self, question: str, verdict: Verdict, context: AssembledContext) -> str:
         """The accepted answer's text with the code its cited source shows for its steps."""

@@ -121,6 +121,18 @@ def test_an_unresolved_reference_with_several_readings_is_asked_back() -> None:
     assert question == "Do you mean Chris Hemsworth or Harrison Ford?"
 
 
+def test_only_sources_the_reranker_lets_through_are_readings() -> None:
+    """A question whose sources all fail the re-rank floor is not asked back with their
+    titles (SQuAD with its paragraph removed was asked "Do you mean Geology or ...?")."""
+    hits = [
+        _hit("Chris Hemsworth\nHe trained for Thor.", 1, rerank=0.6),
+        _hit("Harrison Ford\nHe kept fit for Indiana Jones.", 2, rerank=0.05),
+    ]
+    question = "What is the actor's approach to fitness?"
+    assert clarifying_question(question, [], hits) is not None
+    assert clarifying_question(question, [], hits, min_rerank=0.1) is None
+
+
 def test_a_reference_the_conversation_resolved_is_not_asked_back() -> None:
     history = [
         Message("user", "Tell me about the actor Harrison Ford."),

@@ -97,14 +97,15 @@ def _referenced_phrases(turn: str) -> list[str]:
     return nouns
 
 
-def readings(hits: Sequence[Hit], *, limit: int = 3) -> list[str]:
+def readings(hits: Sequence[Hit], *, limit: int = 3, min_rerank: float = 0.0) -> list[str]:
     """The distinct subjects the best sources are about, best first. The sections of one
     document are one reading: "Is the library thread safe?" over three parts of the zlib
-    manual is not a choice between its page header and its FAQ link."""
+    manual is not a choice between its page header and its FAQ link. A source the re-ranker
+    gives less than ``min_rerank`` is no reading: the documents do not hold it as an answer."""
     names: list[str] = []
     documents: set[str] = set()
     for hit in hits:
-        if hit.chunk.doc_id in documents:
+        if hit.chunk.doc_id in documents or hit.scores.get("rerank", 1.0) < min_rerank:
             continue
         documents.add(hit.chunk.doc_id)
         name = _subject(hit)
@@ -115,12 +116,14 @@ def readings(hits: Sequence[Hit], *, limit: int = 3) -> list[str]:
     return names
 
 
-def clarifying_question(turn: str, history: Sequence[Message], hits: Sequence[Hit]) -> str | None:
+def clarifying_question(
+    turn: str, history: Sequence[Message], hits: Sequence[Hit], *, min_rerank: float = 0.0
+) -> str | None:
     """A short question naming the readings, when the turn needs one; otherwise None."""
     noun = unresolved_reference(turn, history)
     if noun is None:
         return None
-    found = readings(hits)
+    found = readings(hits, min_rerank=min_rerank)
     said = " ".join(m.content for m in history).lower()
     if len(found) < 2 or any(name.lower() in said for name in found):
         return None

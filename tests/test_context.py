@@ -168,8 +168,9 @@ def test_compact_context_gives_its_last_slot_to_the_lower_source_that_covers_the
 
 
 def test_a_source_the_reranker_rules_out_never_takes_the_last_slot() -> None:
-    """The slot goes to the best-covering lower source the re-ranker gives at least 0.05;
-    below that one shared word does not earn it (ssl.md's "expired" for a timeout question)."""
+    """With a pick floor (off by default) the slot goes to the best-covering lower source the
+    re-ranker gives at least that; below it one shared word does not earn it (ssl.md's
+    "expired" for a timeout question). Without one it does."""
     from dataclasses import replace
 
     from ragserve.context.assembler import CompactContextAssembler
@@ -181,11 +182,13 @@ def test_a_source_the_reranker_rules_out_never_takes_the_last_slot() -> None:
         return replace(h, scores={"rerank": rerank})
 
     question = "How do I configure retries for clients?"
-    asm = CompactContextAssembler(words, budget=60, max_sources=3)
+    asm = CompactContextAssembler(words, budget=60, max_sources=3, pick_floor=0.05)
     ruled_out = [scored(hit(i, topic), 0.5) for i in range(3)] + [scored(hit(3, exact), 0.02)]
     assert [h.chunk.id for h in asm.assemble(question, ruled_out).sources] == ["c0", "c1", "c2"]
-    kept = ruled_out[:3] + [scored(hit(3, exact), 0.06)]
+    kept = [*ruled_out[:3], scored(hit(3, exact), 0.06)]
     assert "c3" in [h.chunk.id for h in asm.assemble(question, kept).sources]
+    no_floor = CompactContextAssembler(words, budget=60, max_sources=3)
+    assert "c3" in [h.chunk.id for h in no_floor.assemble(question, ruled_out).sources]
 
 
 def test_compact_context_reads_the_last_pick_first_only_when_it_covers_far_more() -> None:

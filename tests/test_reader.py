@@ -95,7 +95,8 @@ def test_a_how_to_answer_shows_the_code_its_source_shows(pipeline: RagPipeline) 
 _GATED = pytest.mark.xfail(
     reason="issue 36, open (2026-12-08): timeouts turn 3 now searches 'when the timeout "
     "expires' (re-rank 0.67, admitted) but the compact context holds none of the sentence "
-    "naming TimeoutException, so the reader's right answer is refused 'unsupported'; the http2 "
+    "naming TimeoutException: the reader answers from ssl.md's expired certificate, or its "
+    "right answer from memory is refused 'unsupported'; the http2 "
     "first turn 'unsupported' (the compact context cut the http2=True code away); boost turn 2 "
     "'unverified' (noise word 'Constructed' in the standalone query). 0.55 of MTRAG answerable "
     "turns are refused (docs/eval/conversations/)",

@@ -302,3 +302,12 @@ def test_a_one_word_code_span_must_be_in_a_source() -> None:
     # Each part of the invented name is in the source; the name is not.
     invented = "A `TimeoutRaisedException` after 5 seconds [1]."
     assert ground(invented, [source], [1], question=question) is None
+
+
+def test_a_numeral_is_grounded_by_its_number_word() -> None:
+    from ragserve.grounding.evidence import ground
+
+    source = "The network has eight owned-and-operated stations."
+    question = "How many of the network's stations are owned-and-operated?"
+    assert ground("8 [1]", [source], [1], question=question) == [1]
+    assert ground("9 [1]", [source], [1], question=question) is None

@@ -253,7 +253,7 @@ class CompactContextAssembler:
         max_sources: int = 3,
         context_window: int = 4096,
         history_budget: int = 200,
-        pick_floor: float = 0.05,
+        pick_floor: float = 0.0,
     ) -> None:
         from ragserve.text.support import SentenceSupport
 
@@ -313,9 +313,9 @@ class CompactContextAssembler:
             keep = list(range(min(len(hits), self.max_sources)))
             return keep, self._anchors(query, [hits[i].chunk.text for i in keep])
         anchors = self._anchors(query, [h.chunk.text for h in hits])
-        # A source the re-ranker all but rules out is not worth the slot for one shared word:
-        # "What exception do I get when the timeout expires?" filled it with ssl.md's expired
-        # certificate (re-rank 0.02), and the reader answered `ConnectError` from it.
+        # ``pick_floor`` keeps a source the re-ranker all but rules out from the slot ("What
+        # exception do I get when the timeout expires?" filled it with ssl.md's expired
+        # certificate, re-rank 0.02); off by default, as it cost SQuAD answers (config).
         lower = [
             i
             for i in range(fixed, len(hits))

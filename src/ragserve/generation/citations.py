@@ -176,14 +176,31 @@ def word_shares(
     ``None`` when the answer has no words of its own."""
     # Compared as stems: "using" in a source supports an answer's "use", and a plural its
     # singular; a fact an answer invents (a name, a number, an option) has no stem there.
-    words = stem_words(own_words(strip_markers(answer), question, content_only=content_only))
+    words = _numbers(
+        stem_words(own_words(strip_markers(answer), question, content_only=content_only))
+    )
     if not words:
         return None
     shares = []
     for text in texts:
-        vocab = set(stem_words([w.lower() for w in _WORD.findall(text)]))
+        vocab = set(_numbers(stem_words([w.lower() for w in _WORD.findall(text)])))
         shares.append(sum(w in vocab for w in words) / len(words))
     return shares
+
+
+_NUMBER_WORDS = {
+    w: str(n)
+    for n, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+        "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+
+
+def _numbers(words: list[str]) -> list[str]:
+    """Number words as digits: an answer's "8" is the source's "eight" (SQuAD: "8 [1]" for
+    "eight owned-and-operated stations" was refused as unsupported)."""
+    return [_NUMBER_WORDS.get(w, w) for w in words]
 
 
 # A fence (``` or ~~~, as CommonMark has them) opens and closes at the start of a line, and

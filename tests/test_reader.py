@@ -136,7 +136,6 @@ CONVERSATIONS = [
             ("Is the library thread safe?", "zlib.3.pdf"),
         ],
         id="zlib",
-        marks=_GATED,
     ),
     pytest.param(
         [

@@ -110,20 +110,32 @@ class SubjectCondenser:
     def condense(self, query: str, history: Sequence[Message]) -> str:
         if not history or (self.only_follow_ups and not looks_like_follow_up(query)):
             return query
+        # One scoring of the history serves both steps: resolving a pronoun only moves its
+        # referent's words into the turn, and those the subject step skips.
+        ranked = self._ranked(query, history)
         if self.resolve_pronouns:
-            query = self.resolve(query, history)
-        terms = self.subject(query, history)
+            query = self._resolve(query, history, ranked)
+        terms = self._subject(query, ranked)
         return f"{query} ({' '.join(terms)})" if terms else query
 
     def resolve(self, query: str, history: Sequence[Message]) -> str:
         """``query`` with its first personal pronoun replaced by the subject it stands for."""
+        return self._resolve(query, history, self._ranked(query, history))
+
+    def subject(self, query: str, history: Sequence[Message]) -> list[str]:
+        """The best ``max_terms`` subject words of the history not already in ``query``."""
+        return self._subject(query, self._ranked(query, history))
+
+    def _ranked(self, query: str, history: Sequence[Message]) -> list[_Candidate]:
+        present = {_norm(w) for w in keywords(query)}
+        return sorted(self._candidates(history, present), key=lambda c: -c.score)
+
+    def _resolve(self, query: str, history: Sequence[Message], ranked: list[_Candidate]) -> str:
         tokens = _TOKEN.findall(query)
         at = _pronoun_at(tokens)
         if at is None:
             return query
         kind = _PRONOUNS[tokens[at].lower()]
-        present = {_norm(w) for w in keywords(query)}
-        ranked = sorted(self._candidates(history, present), key=lambda c: -c.score)
         referent = _referent(ranked, person=kind.startswith("person"))
         if referent is None:
             return query
@@ -134,10 +146,9 @@ class SubjectCondenser:
             noun = noun[:1].upper() + noun[1:]
         return _replace_token(query, tokens, at, noun)
 
-    def subject(self, query: str, history: Sequence[Message]) -> list[str]:
-        """The best ``max_terms`` subject words of the history not already in ``query``."""
+    def _subject(self, query: str, ranked: list[_Candidate]) -> list[str]:
         present = {_norm(w) for w in keywords(query)}
-        best = sorted(self._candidates(history, present), key=lambda c: -c.score)
+        best = [c for c in ranked if _norm(c.word) not in present]
         chosen = [c for c in best[: self.max_terms] if c.score > 0]
         return [c.word for c in sorted(chosen, key=lambda c: c.first_seen)]
 

@@ -311,3 +311,6 @@ def test_a_numeral_is_grounded_by_its_number_word() -> None:
     question = "How many of the network's stations are owned-and-operated?"
     assert ground("8 [1]", [source], [1], question=question) == [1]
     assert ground("9 [1]", [source], [1], question=question) is None
+    # Mapped before stemming: Snowball makes "twelve" "twelv" and "twenty" "twenti".
+    assert ground("12 [1]", ["It has twelve stations."], [1], question=question) == [1]
+    assert ground("20 [1]", ["It has twenty stations."], [1], question=question) == [1]

@@ -176,14 +176,14 @@ def word_shares(
     ``None`` when the answer has no words of its own."""
     # Compared as stems: "using" in a source supports an answer's "use", and a plural its
     # singular; a fact an answer invents (a name, a number, an option) has no stem there.
-    words = _numbers(
-        stem_words(own_words(strip_markers(answer), question, content_only=content_only))
+    words = stem_words(
+        _numbers(own_words(strip_markers(answer), question, content_only=content_only))
     )
     if not words:
         return None
     shares = []
     for text in texts:
-        vocab = set(_numbers(stem_words([w.lower() for w in _WORD.findall(text)])))
+        vocab = set(stem_words(_numbers([w.lower() for w in _WORD.findall(text)])))
         shares.append(sum(w in vocab for w in words) / len(words))
     return shares
 
@@ -198,8 +198,9 @@ _NUMBER_WORDS = {
 
 
 def _numbers(words: list[str]) -> list[str]:
-    """Number words as digits: an answer's "8" is the source's "eight" (SQuAD: "8 [1]" for
-    "eight owned-and-operated stations" was refused as unsupported)."""
+    """Number words as digits, before stemming (which makes "twelve" "twelv"): an answer's
+    "8" is the source's "eight" (SQuAD: "8 [1]" for "eight owned-and-operated stations" was
+    refused as unsupported)."""
     return [_NUMBER_WORDS.get(w, w) for w in words]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +29,14 @@ from ragserve.grounding.policy import AnswerPolicy
 from ragserve.grounding.verified_stream import VerifiedStream
 from ragserve.types import Chunk, Hit
 
-# A variant: (the task, its recorded row) -> (question, turn) as the checks read them.
-Variant = Callable[[ConversationTask, dict[str, object]], tuple[str, str]]
+# A variant: (the task, its recorded row) -> (question, turn, resolved turn) as the checks
+# read them.
+Variant = Callable[[ConversationTask, dict[str, object]], tuple[str, str, str | None]]
+
+
+def _resolved(row: dict[str, object]) -> str:
+    """The standalone query without the subject words the condenser appends in brackets."""
+    return re.sub(r" \([^()]*\)$", "", str(row["standalone_query"]))
 
 
 def _users(task: ConversationTask, n: int) -> str:
@@ -41,12 +48,22 @@ def _agents(task: ConversationTask, n: int) -> str:
 
 
 VARIANTS: dict[str, Variant] = {
-    "as served (standalone, turn)": lambda t, r: (str(r["standalone_query"]), t.query),
-    "+ the last 2 user turns": lambda t, r: (f"{r['standalone_query']} {_users(t, 2)}", t.query),
-    "+ every user turn": lambda t, r: (f"{r['standalone_query']} {_users(t, 99)}", t.query),
+    "standalone, turn": lambda t, r: (str(r["standalone_query"]), t.query, None),
+    "as served (standalone, turn, resolved turn)": lambda t, r: (
+        str(r["standalone_query"]),
+        t.query,
+        _resolved(r),
+    ),
+    "+ the last 2 user turns": lambda t, r: (
+        f"{r['standalone_query']} {_users(t, 2)}",
+        t.query,
+        None,
+    ),
+    "+ every user turn": lambda t, r: (f"{r['standalone_query']} {_users(t, 99)}", t.query, None),
     "+ user turns and the last answer": lambda t, r: (
         f"{r['standalone_query']} {_users(t, 99)} {_agents(t, 1)}",
         t.query,
+        None,
     ),
 }
 
@@ -59,8 +76,15 @@ def _context(texts: list[str]) -> AssembledContext:
     return AssembledContext(sources=hits, text="", tokens=0, texts=texts)
 
 
-def replay(policy: AnswerPolicy, draft: str, texts: list[str], question: str, turn: str) -> str:
-    stream = VerifiedStream(policy, question, _context(texts), turn=turn)
+def replay(
+    policy: AnswerPolicy,
+    draft: str,
+    texts: list[str],
+    question: str,
+    turn: str,
+    resolved: str | None = None,
+) -> str:
+    stream = VerifiedStream(policy, question, _context(texts), turn=turn, resolved=resolved)
     stream.feed(draft)
     verdict, _ = stream.finish()
     return "accepted" if verdict.accepted else str(verdict.reason)
@@ -82,8 +106,8 @@ def main() -> None:
         accepted: Counter[str] = Counter()
         for r in drafted:
             task = tasks[r["task_id"]]
-            question, turn = variant(task, r)
-            if replay(policy, r["draft"], r["context"], question, turn) == "accepted":
+            question, turn, resolved = variant(task, r)
+            if replay(policy, r["draft"], r["context"], question, turn, resolved) == "accepted":
                 accepted[r["label"]] += 1
         cells = [f"{accepted[lb]} / {n}" for lb, n in _labels(drafted).items()]
         print(f"| {name} | " + " | ".join(cells) + " |")

@@ -157,6 +157,13 @@ class ProcessedQuery:
     intent: Intent = Intent.QUESTION
     expansions: tuple[str, ...] = ()
     """Extra queries or keywords retrieval may also search (multi-query / keyword expansion)."""
+    resolved: str = ""
+    """The user's turn with its pronoun resolved, without the subject words ``text`` adds:
+    what the turn itself asks, which the context's sentence windows are centred on."""
+
+    @property
+    def focus(self) -> str:
+        return self.resolved or self.original
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -49,10 +50,19 @@ class AssembledContext:
 
 @runtime_checkable
 class ContextAssemblerProtocol(Protocol):
-    """Stage 4's contract: the sources (and conversation) the reader sees, within budget."""
+    """Stage 4's contract: the sources (and conversation) the reader sees, within budget.
+
+    ``query`` is the standalone question retrieval searched; ``focus``, when it differs, what
+    the turn itself asks (its pronoun resolved, without the conversation's subject words).
+    """
 
     def assemble(
-        self, query: str, hits: Sequence[Hit], history: Sequence[Message] = ()
+        self,
+        query: str,
+        hits: Sequence[Hit],
+        history: Sequence[Message] = (),
+        *,
+        focus: str | None = None,
     ) -> AssembledContext: ...
 
 
@@ -143,6 +153,17 @@ def _in_order(
 # and 2x moves the fewest.
 _READ_FIRST_MARGIN = 2.0
 
+# What the standalone query's coverage adds to the turn's own in a follow-up: enough to break
+# the turn's ties towards the conversation's subject ("exists" in the Boost sentence, not in
+# "The current directory exists"), too little to outweigh a word the turn asks for.
+_SUBJECT_SHARE = 0.25
+
+# A how-to question is answered by what the docs show, and they name a feature in prose before
+# they show it: a sentence that introduces code and covers two thirds of what the source's
+# best sentence covers anchors the window instead.
+_HOW_TO = re.compile(r"\W*(?:how (?:do|can|should|would|could) (?:i|we|you|one)|how to)\b", re.I)
+_HOW_TO_SHARE = 2 / 3
+
 
 def _introduces_code(ranked: Sequence[ScoredSentence]) -> set[tuple[int, int]]:
     """(source, position) of each sentence followed by a code block: among sentences that
@@ -176,7 +197,12 @@ class ContextAssembler:
             self.budget_history = min(self.budget_history, history_budget)
 
     def assemble(
-        self, query: str, hits: Sequence[Hit], history: Sequence[Message] = ()
+        self,
+        query: str,
+        hits: Sequence[Hit],
+        history: Sequence[Message] = (),
+        *,
+        focus: str | None = None,
     ) -> AssembledContext:
         budget = self.budget_context
         chosen: list[tuple[Hit, str]] = []
@@ -253,7 +279,7 @@ class CompactContextAssembler:
         max_sources: int = 3,
         context_window: int = 4096,
         history_budget: int = 200,
-        pick_floor: float = 0.0,
+        pick_floor: float = 0.1,
     ) -> None:
         from ragserve.text.support import SentenceSupport
 
@@ -266,9 +292,14 @@ class CompactContextAssembler:
         self.support = SentenceSupport()
 
     def assemble(
-        self, query: str, hits: Sequence[Hit], history: Sequence[Message] = ()
+        self,
+        query: str,
+        hits: Sequence[Hit],
+        history: Sequence[Message] = (),
+        *,
+        focus: str | None = None,
     ) -> AssembledContext:
-        chosen, anchors = self._choose(query, hits)
+        chosen, anchors = self._choose(query, hits, focus)
         texts = [
             self._window(hit.chunk.text, anchor, self._share(rank, len(chosen)))
             for rank, (hit, (anchor, _)) in enumerate(zip(chosen, anchors, strict=True))
@@ -281,7 +312,9 @@ class CompactContextAssembler:
             history=fit_history(self.count_tokens, history, self.history_budget),
         )
 
-    def _choose(self, query: str, hits: Sequence[Hit]) -> tuple[list[Hit], list[tuple[int, float]]]:
+    def _choose(
+        self, query: str, hits: Sequence[Hit], focus: str | None = None
+    ) -> tuple[list[Hit], list[tuple[int, float]]]:
         """The sources to read, with their anchors: the best ``max_sources - 1`` in retrieval
         order, and the last slot for whichever of the rest covers the question best.
 
@@ -300,28 +333,30 @@ class CompactContextAssembler:
         on both (0.750 to 0.767, 0.830 to 0.840); reading all three in coverage order lost on
         both (0.737, 0.817). ``research/read_first_margin.py`` measures it.
         """
-        keep, anchors = self.picks(query, hits)
+        keep, anchors = self.picks(query, hits, focus)
         cover = [coverage for _, coverage in anchors]
         if len(hits) > self.max_sources > 1 and cover[-1] > _READ_FIRST_MARGIN * max(cover[:-1]):
             keep, anchors = keep[-1:] + keep[:-1], anchors[-1:] + anchors[:-1]
         return [hits[i] for i in keep], anchors
 
-    def picks(self, query: str, hits: Sequence[Hit]) -> tuple[list[int], list[tuple[int, float]]]:
+    def picks(
+        self, query: str, hits: Sequence[Hit], focus: str | None = None
+    ) -> tuple[list[int], list[tuple[int, float]]]:
         """``_choose``'s picks in retrieval order (indices into ``hits``), with their anchors."""
         fixed = max(self.max_sources - 1, 0)
         if len(hits) <= self.max_sources or fixed == 0:
             keep = list(range(min(len(hits), self.max_sources)))
-            return keep, self._anchors(query, [hits[i].chunk.text for i in keep])
-        anchors = self._anchors(query, [h.chunk.text for h in hits])
-        # ``pick_floor`` keeps a source the re-ranker all but rules out from the slot ("What
-        # exception do I get when the timeout expires?" filled it with ssl.md's expired
-        # certificate, re-rank 0.02); off by default, as it cost SQuAD answers (config).
-        lower = [
-            i
-            for i in range(fixed, len(hits))
-            if hits[i].scores.get("rerank", 1.0) >= self.pick_floor
-        ]
-        last = min(lower or [fixed], key=lambda i: (-round(anchors[i][1], 6), i))
+            return keep, self.anchors(query, [hits[i].chunk.text for i in keep], focus)
+        anchors = self.anchors(query, [h.chunk.text for h in hits], focus)
+        # ``pick_floor`` keeps a source the re-ranker all but rules out beside another from
+        # the slot: "What exception do I get when the timeout expires?" filled it with ssl.md's
+        # expired certificate (re-rank 0.02) over the connect timeouts (0.68). Relative: in a
+        # SQuAD article every lower paragraph may re-rank near 0, and an absolute floor of
+        # 0.05 dropped gold ones.
+        rerank = {i: hits[i].scores.get("rerank", 1.0) for i in range(fixed, len(hits))}
+        floor = self.pick_floor * max(rerank.values())
+        lower = [i for i, score in rerank.items() if score >= floor]
+        last = min(lower, key=lambda i: (-round(anchors[i][1], 6), i))
         keep = [*range(fixed), last]
         return keep, [anchors[i] for i in keep]
 
@@ -331,28 +366,56 @@ class CompactContextAssembler:
             return self.budget
         return self.budget // 2 if rank == 0 else self.budget // (2 * (n - 1))
 
-    def _anchors(self, query: str, texts: list[str]) -> list[tuple[int, float]]:
+    def anchors(
+        self, query: str, texts: list[str], focus: str | None = None
+    ) -> list[tuple[int, float]]:
         """For each source, its best sentence's position and the share of the question's
         IDF-weighted terms it covers (code and headings count: a how-to's answer sits there).
 
         Among equally good sentences the one that introduces code wins, then the earliest:
         docs name a feature in prose first ("HTTP/2 is not enabled by default") and show how
         later ("a client with HTTP/2 enabled:" + code), and the window grows from its anchor.
+        For a how-to question ("How do I ...?") a sentence that introduces code counts as an
+        equal when it covers ``_HOW_TO_SHARE`` of what the source's best covers: "How do I
+        enable HTTP/2 in httpx?" matched "`httpx` ... not enabled by default" fully, and the
+        window grown from there ended before `http2=True`.
         """
         ranked = self.support.rank(query, texts, answers_only=False)
+        overlap = self._focused(ranked, texts, None if focus == query else focus)
         code_after = _introduces_code(ranked)
+        top: dict[int, float] = {}
+        for (source, _), value in overlap.items():
+            top[source] = max(top.get(source, 0.0), value)
+        how_to = bool(_HOW_TO.match(focus or query))
         best: dict[int, tuple[float, bool, int]] = {}
         for sentence in ranked:
-            key = (
-                -round(sentence.overlap, 6),
-                (sentence.source, sentence.position) not in code_after,
-                sentence.position,
-            )
+            at = (sentence.source, sentence.position)
+            shows = at in code_after
+            value = overlap[at]
+            if how_to and shows and value >= _HOW_TO_SHARE * top[sentence.source]:
+                value = top[sentence.source]
+            key = (-round(value, 6), not shows, sentence.position)
             if sentence.source not in best or key < best[sentence.source]:
                 best[sentence.source] = key
         return [
             (best[n][2], -best[n][0]) if n in best else (0, 0.0) for n in range(1, len(texts) + 1)
         ]
+
+    def _focused(
+        self, ranked: Sequence[ScoredSentence], texts: list[str], focus: str | None
+    ) -> dict[tuple[int, int], float]:
+        """Each sentence's coverage of the question, led by the turn's own words when the
+        standalone query adds the conversation's: those find the right sources, but as equals
+        they centred the window of "What exception do I get when the timeout expires? (set
+        client creating async)" on client code, not on "raise a `TimeoutException`"."""
+        plain = {(s.source, s.position): s.overlap for s in ranked}
+        if not focus:
+            return plain
+        own = {
+            (s.source, s.position): s.overlap
+            for s in self.support.rank(focus, texts, answers_only=False)
+        }
+        return {k: own.get(k, 0.0) + _SUBJECT_SHARE * v for k, v in plain.items()}
 
     def _window(self, text: str, anchor: int, limit: int) -> str:
         spans = split_sentences(text) or [(0, len(text))]
@@ -421,7 +484,12 @@ class FocusedContextAssembler:
         self.support = SentenceSupport()
 
     def assemble(
-        self, query: str, hits: Sequence[Hit], history: Sequence[Message] = ()
+        self,
+        query: str,
+        hits: Sequence[Hit],
+        history: Sequence[Message] = (),
+        *,
+        focus: str | None = None,
     ) -> AssembledContext:
         chosen = list(hits[: self.max_sources])
         texts = [h.chunk.text for h in chosen]

@@ -138,14 +138,19 @@ class AnswerPolicy:
         *,
         quoted: bool = False,
         turn: str | None = None,
+        resolved: str | None = None,
     ) -> Verdict:
         """The reader's ``raw`` answer checked: markers validated, then (unless ``quoted``:
         an extractive answer is source sentences by construction) grounding and verification.
 
         ``question`` is the standalone question: a follow-up's words alone would make every
-        answer about its subject look unverified. ``turn`` (the user's words) is the other
-        reading verification accepts, as in :meth:`gate`, and the question grounding reads.
+        answer about its subject look unverified. ``turn`` (the user's words) is another
+        reading verification accepts, as in :meth:`gate`, and the question grounding reads;
+        ``resolved`` (the turn with its pronoun resolved) the third: "What exception do I get
+        when the timeout expires?" is what the user asked, and the subject words the
+        standalone query adds ("set client creating async") dilute it.
         """
+        readings = _readings(question, turn, resolved)
         if not raw.strip() or is_refusal(raw):
             return Verdict("", reason="model")
         text, citations, _invalid = validate_citations(raw.strip(), context)
@@ -153,7 +158,7 @@ class AnswerPolicy:
             return Verdict("", reason="model")
         if quoted:
             return Verdict(text, citations)
-        affirmed = self._affirmation(_readings(question, turn), text, context)
+        affirmed = self._affirmation(readings, text, context)
         if affirmed is not None:
             return affirmed
         g = self.generation
@@ -168,7 +173,7 @@ class AnswerPolicy:
         if g.min_answer_coverage > 0 and (
             max(
                 self.support.answer_coverage(q, strip_markers(text), context.texts)
-                for q in _readings(question, turn)
+                for q in readings
             )
             < g.min_answer_coverage
         ):
@@ -229,9 +234,9 @@ class AnswerPolicy:
         return recited, fixed
 
 
-def _readings(question: str, turn: str | None) -> list[str]:
-    """The standalone question, and the user's own words when the two differ."""
-    return [question] if not turn or turn == question else [question, turn]
+def _readings(question: str, turn: str | None, resolved: str | None = None) -> list[str]:
+    """The standalone question, and the user's own words (as said, and resolved) that differ."""
+    return list(dict.fromkeys(q for q in (question, turn, resolved) if q))
 
 
 def cite_at_end(text: str, numbers: Sequence[int]) -> str:

@@ -43,9 +43,10 @@ class VerifiedStream:
         *,
         quoted: bool = False,
         turn: str | None = None,
+        resolved: str | None = None,
     ) -> None:
         self.policy, self.question, self.context, self.quoted = policy, question, context, quoted
-        self.turn = turn
+        self.turn, self.resolved = turn, resolved
         self._raw = ""
         self._checked = 0
         self._released: _Released | None = None
@@ -94,7 +95,12 @@ class VerifiedStream:
 
     def _try(self, prefix: str) -> str:
         verdict = self.policy.verify(
-            self.question, prefix, self.context, quoted=self.quoted, turn=self.turn
+            self.question,
+            prefix,
+            self.context,
+            quoted=self.quoted,
+            turn=self.turn,
+            resolved=self.resolved,
         )
         if self._first is None:
             self._first = verdict

@@ -317,7 +317,7 @@ class RagPipeline:
             return
         assert self.assembler is not None
         with timer.stage("context"):
-            context = self.assembler.assemble(processed.text, hits, history)
+            context = self.assembler.assemble(processed.text, hits, history, focus=processed.focus)
         base.context_tokens = context.tokens
         yield from self._generate(processed, context, history, base, timer)
 
@@ -368,6 +368,7 @@ class RagPipeline:
             context,
             quoted=self.generator.quotes_sources,
             turn=processed.original,
+            resolved=processed.focus,
         )
         # The user's own words, with the history: asked the resolved turn instead, the reader
         # lost 4 of MTRAG's answers and the sample corpus's "Does HTTPS also work with SOCKS?"

@@ -87,10 +87,15 @@ class RuleBasedQueryProcessor:
             raise EmptyQueryError()
         intent = classify_intent(original) if self.intent_detection else Intent.QUESTION
         condensed = self.condense_history and intent is Intent.QUESTION
-        text = self.condenser.condense(original, history) if condensed else original
+        resolved, terms = (
+            self.condenser.condense_parts(original, history) if condensed else (original, [])
+        )
+        text = f"{resolved} ({' '.join(terms)})" if terms else resolved
         expansions: tuple[str, ...] = ()
         if self.expansion and intent is Intent.QUESTION:
             kw = " ".join(keywords(text))
             if kw and kw.lower() != text.lower():
                 expansions = (kw,)
-        return ProcessedQuery(original=original, text=text, intent=intent, expansions=expansions)
+        return ProcessedQuery(
+            original=original, text=text, intent=intent, expansions=expansions, resolved=resolved
+        )

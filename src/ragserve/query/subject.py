@@ -108,15 +108,19 @@ class SubjectCondenser:
         self.resolve_pronouns = resolve_pronouns
 
     def condense(self, query: str, history: Sequence[Message]) -> str:
+        resolved, terms = self.condense_parts(query, history)
+        return f"{resolved} ({' '.join(terms)})" if terms else resolved
+
+    def condense_parts(self, query: str, history: Sequence[Message]) -> tuple[str, list[str]]:
+        """The turn with its pronoun resolved, and the subject words searched beside it."""
         if not history or (self.only_follow_ups and not looks_like_follow_up(query)):
-            return query
+            return query, []
         # One scoring of the history serves both steps: resolving a pronoun only moves its
         # referent's words into the turn, and those the subject step skips.
         ranked = self._ranked(query, history)
         if self.resolve_pronouns:
             query = self._resolve(query, history, ranked)
-        terms = self._subject(query, ranked)
-        return f"{query} ({' '.join(terms)})" if terms else query
+        return query, self._subject(query, ranked)
 
     def resolve(self, query: str, history: Sequence[Message]) -> str:
         """``query`` with its first personal pronoun replaced by the subject it stands for."""

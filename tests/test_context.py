@@ -52,6 +52,18 @@ def test_prefix_names_file_and_page_or_section() -> None:
     )
 
 
+def test_a_label_names_the_file_not_its_path_and_never_an_opaque_id() -> None:
+    from dataclasses import replace
+
+    def labelled(source: str, title: str | None = None) -> str:
+        h = hit(0, "x")
+        return source_label(replace(h, chunk=replace(h.chunk, source=source, title=title)), 1)
+
+    assert labelled("/srv/docs/httpx/timeouts.md") == "[Source 1: timeouts.md]"
+    assert labelled("796426170_8685-16964-0-1952") == "[Source 1]"
+    assert labelled("a00p000", title="Super_Bowl_50") == "[Source 1: Super_Bowl_50]"
+
+
 def test_chunk_trimmed_at_a_sentence_boundary_never_mid_sentence() -> None:
     long = " ".join(f"Sentence {i} has five words." for i in range(100))
     a = ContextAssembler(words, context_window=16384, context=60)
@@ -225,6 +237,49 @@ def test_compact_context_anchors_on_the_sentence_that_introduces_code_among_equa
         "How do I enable HTTP/2 support?", [hit(0, doc)]
     )
     assert "http2=True" in ctx.texts[0], ctx.texts
+
+
+def test_a_how_to_anchors_on_the_code_a_near_match_introduces() -> None:
+    """The prose names the feature with every word the question has ("`httpx` ... not enabled
+    by default"); the sentence that shows how covers two thirds of it. A how-to reads the code,
+    any other question the prose."""
+    from ragserve.context.assembler import CompactContextAssembler
+
+    doc = (
+        "When using the httpx client, HTTP/2 support is not enabled by default. "
+        "HTTP/1.1 is mature and well tested. It is robust in production. "
+        "It may change in a future version. Many users never need more. "
+        "To get a client with HTTP/2 support enabled:\n\n"
+        "```python\nclient = httpx.Client(http2=True)\n```\n\n"
+        "Servers must support it too."
+    )
+    asm = CompactContextAssembler(words, budget=16, max_sources=1)
+    how = asm.assemble("How do I enable HTTP/2 in httpx?", [hit(0, doc)])
+    assert "http2=True" in how.texts[0], how.texts
+    asked = asm.assemble("Is HTTP/2 enabled by default in httpx?", [hit(0, doc)])
+    assert "not enabled by default" in asked.texts[0], asked.texts
+
+
+def test_a_follow_ups_window_centres_on_what_the_turn_asks() -> None:
+    """The standalone query adds the conversation's subject words ("set client creating
+    async"): they find the source, but counted as equals they centre its window on the client
+    code. The turn's own words (``focus``) lead, and the subject words only break its ties."""
+    from ragserve.context.assembler import CompactContextAssembler
+
+    doc = (
+        "HTTPX enforces timeouts everywhere. "
+        "The default behavior is to raise a TimeoutException after 5 seconds. "
+        "Most users keep it. Some change it per request. Others never notice it. "
+        "You can set a client timeout when creating the async client: "
+        "client = httpx.AsyncClient(timeout=10.0) sets it for the client."
+    )
+    standalone = "What exception do I get when the timeout expires? (set client creating async)"
+    turn = "What exception do I get when the timeout expires?"
+    asm = CompactContextAssembler(words, budget=14, max_sources=1)
+    focused = asm.assemble(standalone, [hit(0, doc)], focus=turn)
+    assert "TimeoutException" in focused.texts[0], focused.texts
+    unfocused = asm.assemble(standalone, [hit(0, doc)])
+    assert "TimeoutException" not in unfocused.texts[0], "the test no longer shows the pull"
 
 
 def test_focused_context_keeps_the_best_supported_sentences_across_sources() -> None:

@@ -250,3 +250,14 @@ def test_term_weights_built_over_an_empty_index_are_rebuilt_at_once_after_the_fi
     index.texts.extend(["proxies route requests", "clients send requests"])
     index.v = 2
     assert weights("proxies") > 0
+
+
+def test_the_processed_query_keeps_the_resolved_turn_apart_from_the_subject_words() -> None:
+    weights = corpus_weight({"timeout": 0.6, "async": 0.7, "client": 0.4, "set": 0.3})
+    processor = RuleBasedQueryProcessor(term_weight=weights)
+    processed = processor.process("What exception do I get when it expires?", TIMEOUT_TURNS)
+    assert processed.resolved == "What exception do I get when the timeout expires?"
+    assert processed.text.startswith(processed.resolved + " (")
+    assert processed.focus == processed.resolved
+    alone = processor.process("What is a timeout?")
+    assert alone.text == alone.resolved == alone.focus == "What is a timeout?"

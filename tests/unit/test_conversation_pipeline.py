@@ -445,3 +445,23 @@ def test_a_yes_that_restates_the_question_needs_a_sentence_that_says_so(
     policy = AnswerPolicy(Settings())
     verdict = policy.verify("Is the library thread safe?", answer, _context(sources))
     assert (verdict.text, verdict.reason) == expected
+
+
+def test_verification_reads_the_turn_with_its_pronoun_resolved() -> None:
+    """Neither the user's words ("when it expires": no timeout) nor the standalone query (its
+    subject words dilute the question) cover the source sentence of a right answer enough;
+    the turn as the user meant it does."""
+    source = (
+        "The connect timeout is the time to wait for a socket connection. If HTTPX is "
+        "unable to connect within this time frame, a ConnectTimeout exception is raised."
+    )
+    policy = AnswerPolicy(Settings())
+    standalone = "What exception do I get when the timeout expires? (set client creating async)"
+    turn, resolved = "What exception do I get when it expires?", standalone.split(" (")[0]
+    answer = "You get a `ConnectTimeout` exception when the connection attempt fails. [1]"
+
+    def reason(**readings: str) -> str | None:
+        return policy.verify(standalone, answer, _context([source]), **readings).reason
+
+    assert reason(turn=turn) == "unverified"
+    assert reason(turn=turn, resolved=resolved) is None

@@ -341,7 +341,10 @@ class _FakePipeline:
     """Only what ``ask`` reads; records the history each question came with."""
 
     def __init__(self) -> None:
+        from ragserve.runtime.admission import AnswerAdmission
+
         self.histories: list[list[tuple[str, str]]] = []
+        self.admission = AnswerAdmission(1)
 
     def answer(self, question: str, history: Any = ()) -> Any:
         from ragserve.types import Answer
@@ -386,3 +389,23 @@ async def test_ask_refuses_a_bad_history_by_the_api_rule_and_keeps_serving(
         kept = pipeline.histories[-1]
         assert len(kept) == 2 * Settings().api.max_history_turns
         assert kept[-1] == ("assistant", "assistant 29") and kept[0][0] == "user"
+
+
+@pytest.mark.fast
+@pytest.mark.anyio
+async def test_ask_beyond_the_admission_bound_is_a_busy_tool_error(tmp_path: Path) -> None:
+    """MCP's ``ask`` counts against the same bound as /chat (issue 37): with the one place
+    taken, the tool says the server is busy instead of queueing the question unseen."""
+    from ragserve.serving.mcp import build_server
+
+    pipeline = _FakePipeline()
+    server = build_server(lambda: pipeline, Settings(data_dir=tmp_path))  # type: ignore[arg-type,return-value]
+    async with Client(server) as client:
+        taken = pipeline.admission.enter()
+        busy = await client.call_tool("ask", {"question": "What is it?"})
+        assert busy.is_error and "answering 1 questions already" in _text(busy), _text(busy)
+        assert not pipeline.histories
+        taken()
+        good = await client.call_tool("ask", {"question": "What is it?"})
+        assert not good.is_error, _text(good)
+    assert pipeline.admission.in_flight == 0

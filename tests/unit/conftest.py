@@ -15,6 +15,7 @@ import pytest
 
 from ragserve.config import Settings
 from ragserve.pipeline import StreamEvent
+from ragserve.runtime.admission import AnswerAdmission
 from ragserve.stores.base import IndexInfo
 from ragserve.types import Answer, Chunk, Citation, DocumentRecord, Hit, Message
 
@@ -80,6 +81,9 @@ class FakePipeline:
         self.embedder: Any = None
         self.closed = False
         self.busy = False
+        self.admission = AnswerAdmission(1 + settings.generation.llm_max_waiting)
+        self.go = threading.Event()  # cleared, answers wait for it: a reader still busy
+        self.go.set()
 
     def warm_up(self) -> None: ...
 
@@ -93,9 +97,11 @@ class FakePipeline:
         self.closed = True
 
     def answer(self, query: str, history: Sequence[Message] = ()) -> Answer:
+        self.go.wait(10)
         return make_answer(query)
 
     def stream(self, query: str, history: Sequence[Message] = ()) -> Iterator[StreamEvent]:
+        self.go.wait(10)
         answer = make_answer(query)
         for word in answer.text.split(" "):
             yield StreamEvent("token", text=word + " ")

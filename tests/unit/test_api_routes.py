@@ -345,3 +345,43 @@ def test_shutdown_closes_the_pipeline(tmp_path: Path, fake_pipeline_factory: Any
     with TestClient(app):
         pipeline = app.state.ragserve.pipeline
     assert pipeline.closed and not app.state.ragserve.ready
+
+
+def test_answers_beyond_the_queue_bound_are_refused_at_once_on_every_route(
+    tmp_path: Path, fake_pipeline_factory: Any
+) -> None:
+    """Issue 37: questions waited for a CPU thread before they reached the reader's queue, so
+    its bound never fired. The bound (one being read + ``llm_max_waiting``) counts at the door:
+    with the reader busy on a stream and an OpenAI request waiting behind it (one thread),
+    the next question on any route is a 503 with Retry-After, and the places come back."""
+    settings = _settings(tmp_path, llm_max_waiting=1, workers=1)
+    app = create_app(settings, pipeline_factory=fake_pipeline_factory)
+    with TestClient(app) as c:
+        pipeline = c.app.state.ragserve.pipeline  # type: ignore[attr-defined]
+        pipeline.go.clear()
+        held = [
+            ("/chat", {"query": "Hi?", "stream": True}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi?"}]}),
+        ]
+        codes: list[int] = []
+        threads = [
+            threading.Thread(target=lambda p=p, b=b: codes.append(c.post(p, json=b).status_code))
+            for p, b in held
+        ]
+        for t in threads:
+            t.start()
+        for _ in range(500):
+            if pipeline.admission.in_flight == 2:
+                break
+            threading.Event().wait(0.01)
+        assert pipeline.admission.in_flight == 2
+        for path, body in [*held, ("/chat", {"query": "Hi?"})]:
+            r = c.post(path, json=body)
+            assert r.status_code == 503, (path, r.text)
+            assert r.json()["error"] == "generation_busy" and int(r.headers["retry-after"]) > 0
+        pipeline.go.set()
+        for t in threads:
+            t.join(10)
+        assert codes == [200, 200] or sorted(codes) == [200, 200]
+        assert pipeline.admission.in_flight == 0
+        assert c.post("/chat", json={"query": "Hi?"}).status_code == 200

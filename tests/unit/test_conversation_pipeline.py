@@ -465,3 +465,24 @@ def test_verification_reads_the_turn_with_its_pronoun_resolved() -> None:
 
     assert reason(turn=turn) == "unverified"
     assert reason(turn=turn, resolved=resolved) is None
+
+
+def test_the_answers_a_server_admits_are_bounded_by_the_readers_queue() -> None:
+    """Issue 37: the routes count answers at arrival against the reader's own bound (one
+    being read + ``llm_max_waiting``); a reader with no queue (here the fake, as extractive)
+    sets none, so fast answers are never shed."""
+    from ragserve.generation.llama import LlamaCppGenerator
+
+    p = _pipeline("The default timeout is five seconds [1].")
+    list(p.stream("What is the default timeout?"))
+    assert p.admission.limit is None
+    release = [p.admission.enter() for _ in range(50)]
+    for r in release:
+        r()
+    reader = LlamaCppGenerator(max_waiting=2)
+    bounded = RagPipeline(
+        Settings(rerank=False), index=_FakeIndex(), embedder=_FakeEmbedder(), generator=reader
+    )  # type: ignore[arg-type]
+    reader.warm_up = lambda: None  # type: ignore[method-assign]  # no model: only the bound
+    bounded._warm_generation()
+    assert bounded.admission.limit == 3

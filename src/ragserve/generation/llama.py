@@ -256,6 +256,12 @@ class LlamaCppGenerator:
         self.slots.check()
 
     @property
+    def max_in_flight(self) -> int:
+        """Answers a server may admit for this reader at once: the one it reads and those
+        its queue holds (``RagPipeline.admission``)."""
+        return 1 + self.slots.max_waiting
+
+    @property
     def llm(self) -> Any:
         """The loaded ``llama_cpp.Llama`` (None before ``warm_up``), for studies that read its
         logits."""

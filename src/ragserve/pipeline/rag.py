@@ -29,6 +29,7 @@ from ragserve.pipeline.cache import SearchCache
 from ragserve.pipeline.timing import StageTimer
 from ragserve.query.processor import RuleBasedQueryProcessor
 from ragserve.retrieval.hybrid import HybridRetriever
+from ragserve.runtime.admission import AnswerAdmission
 from ragserve.runtime.priority import ForegroundGate
 from ragserve.stores import open_index
 from ragserve.stores.base import DocumentIndex
@@ -108,6 +109,10 @@ class RagPipeline:
         self.cache = SearchCache()
         # Answers and searches in flight: ingestion in the same process yields to them.
         self.foreground = ForegroundGate()
+        # Answers a server has admitted (the one being read and those queued for it), counted
+        # before they wait for a CPU thread: beyond the reader's bound every face refuses at
+        # once. The bound is the generator's, set when it loads.
+        self.admission = AnswerAdmission()
         self._ingestor: Ingestor | None = None
         self._retrieval_ready = False
         # Loading only: searches never wait on it (the cache has a lock of its own).
@@ -179,6 +184,7 @@ class RagPipeline:
         generator = self.generator or build_generator(s)
         generator.warm_up()
         self.generator = generator
+        self.admission.limit = getattr(generator, "max_in_flight", None)
         self.assembler = build_assembler(s, generator)
 
     def ingest(

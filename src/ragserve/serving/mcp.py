@@ -265,14 +265,20 @@ class _Tools:
             security=ResourceSecurity(exempt_params={"doc_id"}),
         )(read_document)
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, admit: bool = False) -> T:
+        """``fn(pipeline, *args)`` in the CPU pool; with ``admit``, an answer counted against
+        the pipeline's admission bound first (refused at once beyond it, as /chat's)."""
         pipeline = self.get_pipeline()
         if pipeline is None:
             raise ToolError("ragserve is still loading its models. Retry in a few seconds.")
         try:
-            return await anyio.to_thread.run_sync(
-                partial(fn, pipeline, *args), limiter=self.limiter
-            )
+            release = pipeline.admission.enter() if admit else (lambda: None)
+            try:
+                return await anyio.to_thread.run_sync(
+                    partial(fn, pipeline, *args), limiter=self.limiter
+                )
+            finally:
+                release()
         except RagServeError as exc:
             raise ToolError(str(exc)) from exc
 
@@ -297,7 +303,7 @@ class _Tools:
         def run(pipeline: "RagPipeline") -> Any:
             return pipeline.answer(question, turns)
 
-        answer = await self._run(run)
+        answer = await self._run(run, admit=True)
         return AskResult(
             answer=answer.text,
             refused=answer.refused,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import anyio
@@ -63,13 +63,16 @@ class AppState:
         self.streams = 0
 
     @contextlib.contextmanager
-    def open_stream(self) -> Iterator[None]:
-        """Counted, so a graceful shutdown can wait for answers still streaming."""
+    def open_stream(self, release: Callable[[], None] | None = None) -> Iterator[None]:
+        """Counted, so a graceful shutdown can wait for answers still streaming; at its end
+        the stream's admission (``RagPipeline.admission``) is released."""
         self.streams += 1
         try:
             yield
         finally:
             self.streams -= 1
+            if release is not None:
+                release()
 
     def observe_answer(self, answer: Answer) -> None:
         for stage, ms in answer.timings.items():

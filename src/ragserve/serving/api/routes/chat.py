@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -36,13 +37,18 @@ async def chat(body: ChatRequest, request: Request, state: StateDep, pipeline: P
     markers; ``kind`` says answer, refusal, clarify or reply), or an ``error`` event."""
     guard_chat(state, request, body.query)
     history = conversation_turns(body.history, state.settings.api.max_history_turns)
+    pipeline.check_capacity()  # a full queue is a 503 before any wait (or stream) starts
+    release = pipeline.admission.enter()
     if body.stream:
-        pipeline.check_capacity()  # a full queue is a 503 before the stream opens
-        events = _sse(state, pipeline, body.query, history)
+        events = _sse(state, pipeline, body.query, history, release)
+        weakref.finalize(events, release)  # a stream never started still gives its place back
         return EventSourceResponse(events, ping=15, send_timeout=30)
-    answer = await anyio.to_thread.run_sync(
-        pipeline.answer, body.query, history, limiter=state.cpu_pool
-    )
+    try:
+        answer = await anyio.to_thread.run_sync(
+            pipeline.answer, body.query, history, limiter=state.cpu_pool
+        )
+    finally:
+        release()
     state.observe_answer(answer)
     return ChatResponse.from_answer(answer)
 
@@ -57,9 +63,13 @@ async def chat_stream(
 
 
 async def _sse(
-    state: AppState, pipeline: RagPipeline, query: str, history: list[Message]
+    state: AppState,
+    pipeline: RagPipeline,
+    query: str,
+    history: list[Message],
+    release: Callable[[], None],
 ) -> AsyncIterator[dict[str, str]]:
-    with state.open_stream():
+    with state.open_stream(release):
         try:
             async for event in pipeline_events(pipeline, query, history, state.cpu_pool):
                 if event.kind == "token":

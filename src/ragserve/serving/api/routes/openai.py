@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -45,11 +46,18 @@ async def chat_completions(
     )
     query, history = turns[-1].content, turns[:-1]
     check_query(state.settings, query)
+    pipeline.check_capacity()  # a full queue is a 503 before any wait (or stream) starts
+    release = pipeline.admission.enter()
     if body.stream:
-        pipeline.check_capacity()  # a full queue is a 503 before the stream opens
-        chunks = _completion_chunks(state, pipeline, query, history, body.model)
+        chunks = _completion_chunks(state, pipeline, query, history, body.model, release)
+        weakref.finalize(chunks, release)  # a stream never started still gives its place back
         return EventSourceResponse(chunks, ping=15)
-    answer = await anyio.to_thread.run_sync(pipeline.answer, query, history, limiter=state.cpu_pool)
+    try:
+        answer = await anyio.to_thread.run_sync(
+            pipeline.answer, query, history, limiter=state.cpu_pool
+        )
+    finally:
+        release()
     state.observe_answer(answer)
     return completion_response(answer, body.model)
 
@@ -96,10 +104,15 @@ class _ChunkWriter:
 
 
 async def _completion_chunks(
-    state: AppState, pipeline: RagPipeline, query: str, history: list[Message], model: str
+    state: AppState,
+    pipeline: RagPipeline,
+    query: str,
+    history: list[Message],
+    model: str,
+    release: Callable[[], None],
 ) -> AsyncIterator[dict[str, str]]:
     chunk = _ChunkWriter(model)
-    with state.open_stream():
+    with state.open_stream(release):
         try:
             yield chunk({"role": "assistant", "content": ""})
             async for event in pipeline_events(pipeline, query, history, state.cpu_pool):

@@ -447,6 +447,25 @@ def test_a_yes_that_restates_the_question_needs_a_sentence_that_says_so(
     assert (verdict.text, verdict.reason) == expected
 
 
+def test_a_yes_stands_on_the_users_words_not_the_conversations_subject() -> None:
+    """MTRAG: "Is it safe to invest in options?" searched with the subject "(prices stock
+    value derivative)". A sentence on derivatives covers that standalone query, not the
+    question; the "yes" the reader opened with was shown, and was an invented claim."""
+    sources = [
+        "In this way, the future and option are derivatives in that they derive their value "
+        "(in part) based on something else, in this case the stock price as of now.",
+        "Is your money safe? If you mean will they take your money and run off with it, then "
+        "no they probably won't.",
+    ]
+    policy = AnswerPolicy(Settings())
+    turn = "Is it safe to invest in options?"
+    standalone = f"{turn} (prices stock value derivative)"
+    verdict = policy.verify(
+        standalone, "Yes, it is safe to invest in options. [1]", _context(sources), turn=turn
+    )
+    assert verdict.reason == "unverified", verdict
+
+
 def test_verification_reads_the_turn_with_its_pronoun_resolved() -> None:
     """Neither the user's words ("when it expires": no timeout) nor the standalone query (its
     subject words dilute the question) cover the source sentence of a right answer enough;

@@ -158,7 +158,11 @@ class AnswerPolicy:
             return Verdict("", reason="model")
         if quoted:
             return Verdict(text, citations)
-        affirmed = self._affirmation(readings, text, context)
+        # A "yes" restates what the user asked: the subject words the standalone query adds
+        # are the conversation's, and a source sentence about them ("options are
+        # derivatives") is no evidence for "Yes, it is safe to invest in options."
+        own = [q for q in (turn, resolved) if q] or [question]
+        affirmed = self._affirmation(list(dict.fromkeys(own)), text, context)
         if affirmed is not None:
             return affirmed
         g = self.generation

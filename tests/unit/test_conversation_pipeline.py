@@ -505,3 +505,17 @@ def test_the_answers_a_server_admits_are_bounded_by_the_readers_queue() -> None:
     reader.warm_up = lambda: None  # type: ignore[method-assign]  # no model: only the bound
     bounded._warm_generation()
     assert bounded.admission.limit == 3
+
+
+def test_a_yes_to_a_resolved_turn_needs_evidence_for_what_it_resolved_to() -> None:
+    """MTRAG: "Could it be the Man with No Name?" (unanswerable) was confirmed. A sentence
+    that names the character covers the bare words; it says nothing of what "it" stands for."""
+    sources = ["The Lone Ranger is a masked former Texas Ranger who fights outlaws."]
+    policy = AnswerPolicy(Settings())
+    turn = "Could it be the Lone Ranger?"
+    answer = "Yes, it could be the Lone Ranger. [1]"
+    alone = policy.verify(turn, answer, _context(sources), turn=turn)
+    assert alone.accepted, "the bare question is covered: the test would show nothing"
+    resolved = "Could the killer of the sheriff in chapter three be the Lone Ranger?"
+    verdict = policy.verify(turn, answer, _context(sources), turn=turn, resolved=resolved)
+    assert verdict.reason == "unverified", verdict

@@ -160,9 +160,10 @@ class AnswerPolicy:
             return Verdict(text, citations)
         # A "yes" restates what the user asked: the subject words the standalone query adds
         # are the conversation's, and a source sentence about them ("options are
-        # derivatives") is no evidence for "Yes, it is safe to invest in options."
-        own = [q for q in (turn, resolved) if q] or [question]
-        affirmed = self._affirmation(list(dict.fromkeys(own)), text, context)
+        # derivatives") is no evidence for "Yes, it is safe to invest in options." Where the
+        # turn's pronoun was resolved, the resolved turn is what it asks: "Could it be the Man
+        # with No Name?" is not confirmed by a sentence naming the Man with No Name.
+        affirmed = self._affirmation([resolved or turn or question], text, context)
         if affirmed is not None:
             return affirmed
         g = self.generation

@@ -372,6 +372,21 @@ def test_load_chat_refuses_a_target_off_loopback(monkeypatch: pytest.MonkeyPatch
     assert module._pct([1.0, 2.0, 3.0], 50) == 2.0
 
 
+def test_load_chat_reports_answers_a_minute_and_how_fast_it_sheds(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+    from collections import Counter
+
+    module = load_script(BENCHMARKS / "load_chat.py", monkeypatch)
+    args = argparse.Namespace(clients=6, seconds=30.0, generator="llama")
+    codes = Counter({200: 4, 503: 3})
+    module._report(args, codes, {200: [900.0, 1100.0, 950.0, 1000.0], 503: [4.0, 6.0, 5.0]}, [1.0])
+    out = capsys.readouterr().out
+    assert "answers per minute: 8.0" in out and "errors (other than 429 and 503): 0" in out
+    assert "503 (shed) ms: p50 5" in out and "CPU flags:" in out
+
+
 def test_compare_stores_uses_the_migration_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     from ragserve.stores.migrate import copy_index
 

@@ -52,18 +52,6 @@ def test_prefix_names_file_and_page_or_section() -> None:
     )
 
 
-def test_a_label_names_the_file_not_its_path_and_never_an_opaque_id() -> None:
-    from dataclasses import replace
-
-    def labelled(source: str, title: str | None = None) -> str:
-        h = hit(0, "x")
-        return source_label(replace(h, chunk=replace(h.chunk, source=source, title=title)), 1)
-
-    assert labelled("/srv/docs/httpx/timeouts.md") == "[Source 1: timeouts.md]"
-    assert labelled("796426170_8685-16964-0-1952") == "[Source 1]"
-    assert labelled("a00p000", title="Super_Bowl_50") == "[Source 1: Super_Bowl_50]"
-
-
 def test_chunk_trimmed_at_a_sentence_boundary_never_mid_sentence() -> None:
     long = " ".join(f"Sentence {i} has five words." for i in range(100))
     a = ContextAssembler(words, context_window=16384, context=60)

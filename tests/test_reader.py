@@ -97,7 +97,7 @@ _GATED = pytest.mark.xfail(
     "function') is refused 'unverified': its source says 'status query functions such as "
     "exists', not 'check' or 'path', so it covers 1 of the question's 3 terms (0.4 needed); "
     "turn 3's ('the `file_size` function from the Boost.Filesystem library') 'unsupported': "
-    "the source is code, and 'function', 'library' are in none. 0.55 of MTRAG answerable "
+    "the source is code, and 'function', 'library' are in none. 0.38 of MTRAG answerable "
     "turns are refused (docs/eval/conversations/)",
     strict=False,
 )

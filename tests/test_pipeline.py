@@ -119,6 +119,7 @@ class _ScriptedGenerator:
     name = "scripted"
     context_window = 4096
     quotes_sources = False
+    max_in_flight = None
 
     def __init__(self, reply: str) -> None:
         self.reply = reply

@@ -239,6 +239,7 @@ class _FakeReader:
     name = "fake"
     context_window = 4096
     quotes_sources = False
+    max_in_flight = None
 
     def __init__(self, answer: str, load_seconds: float = 0.0) -> None:
         self.answer, self.load_seconds = answer, load_seconds

@@ -19,6 +19,9 @@ class Generator(Protocol):
     context_window: int
     quotes_sources: bool
     """Its answers are source sentences verbatim (extractive): grounding has nothing to check."""
+    max_in_flight: int | None
+    """Answers a server may admit for it at once (the one it writes and those its queue
+    holds); None when it has no queue of its own to bound."""
 
     def warm_up(self) -> None: ...
 

@@ -23,6 +23,7 @@ __all__ = ["ExtractiveGenerator"]
 class ExtractiveGenerator:
     name = "extractive"
     quotes_sources = True
+    max_in_flight = None  # no queue of its own: answers take milliseconds
     context_window = 16384
 
     def __init__(self, *, max_sentences: int = 2, min_overlap: float = 0.2) -> None:

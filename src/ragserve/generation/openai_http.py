@@ -23,6 +23,7 @@ log = logging.getLogger("ragserve.generation")
 class OpenAICompatibleGenerator:
     name = "openai"
     quotes_sources = False
+    max_in_flight = None  # the remote server bounds its own queue
 
     def __init__(
         self,

@@ -169,7 +169,7 @@ class RagPipeline:
         generator = self.generator or build_generator(s)
         generator.warm_up()
         self.generator = generator
-        self.admission.limit = getattr(generator, "max_in_flight", None)
+        self.admission.limit = generator.max_in_flight
         self.assembler = build_assembler(s, generator)
 
     def ingest(

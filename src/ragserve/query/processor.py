@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 from ragserve.errors import EmptyQueryError
 from ragserve.query.intent import classify_intent
 from ragserve.query.keywords import keywords
-from ragserve.query.subject import SubjectCondenser, looks_like_follow_up
+from ragserve.query.subject import SubjectCondenser, looks_like_follow_up, standalone
 from ragserve.query.term_weights import TermWeight
 from ragserve.types import Intent, Message, ProcessedQuery
 
@@ -90,7 +90,7 @@ class RuleBasedQueryProcessor:
         resolved, terms = (
             self.condenser.condense_parts(original, history) if condensed else (original, [])
         )
-        text = f"{resolved} ({' '.join(terms)})" if terms else resolved
+        text = standalone(resolved, terms)
         expansions: tuple[str, ...] = ()
         if self.expansion and intent is Intent.QUESTION:
             kw = " ".join(keywords(text))

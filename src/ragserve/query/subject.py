@@ -38,7 +38,7 @@ from ragserve.query.keywords import FOLLOW_UP, STOPWORDS, keywords
 from ragserve.query.term_weights import TermWeight
 from ragserve.types import Message
 
-__all__ = ["SubjectCondenser", "looks_like_follow_up"]
+__all__ = ["SubjectCondenser", "looks_like_follow_up", "standalone"]
 
 # What an assistant says about its own answer, never what the conversation is about.
 _META = frozenset(
@@ -76,6 +76,11 @@ class _Candidate:
     named: bool = False  # a name or an identifier somewhere in the conversation
 
 
+def standalone(resolved: str, terms: Sequence[str]) -> str:
+    """The standalone query: the resolved turn, then the subject words in brackets."""
+    return f"{resolved} ({' '.join(terms)})" if terms else resolved
+
+
 class SubjectCondenser:
     """``condense(query, history) -> str``: the turn plus the conversation's subject words.
 
@@ -108,8 +113,7 @@ class SubjectCondenser:
         self.resolve_pronouns = resolve_pronouns
 
     def condense(self, query: str, history: Sequence[Message]) -> str:
-        resolved, terms = self.condense_parts(query, history)
-        return f"{resolved} ({' '.join(terms)})" if terms else resolved
+        return standalone(*self.condense_parts(query, history))
 
     def condense_parts(self, query: str, history: Sequence[Message]) -> tuple[str, list[str]]:
         """The turn with its pronoun resolved, and the subject words searched beside it."""
